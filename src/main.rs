@@ -1,3 +1,122 @@
-fn main() {
-    println!("Hello, world!");
+//! The `visits-gateway` binary: settings, telemetry, serve until shutdown.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use visits_gateway::app::App;
+use visits_gateway::config::{Cli, Command, LogFormat, Settings};
+use visits_gateway::demo::{EXAMPLE_ACTIVITY, SimPlatform};
+use visits_gateway::secret::{Secret, TokenSource};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (settings, demo) = match cli.command {
+        Command::Schema => {
+            print!("{}", visits_gateway::graphql::sdl());
+            return ExitCode::SUCCESS;
+        }
+        Command::Serve(s) => (s, false),
+        Command::Demo(s) => (s, true),
+    };
+    if let Err(e) = settings.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    init_tracing(settings.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings, demo)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(mut settings: Settings, demo: bool) -> Result<(), String> {
+    let token = if demo {
+        // The simulated platform gets a fresh token; nobody needs to know it.
+        let token = Secret::new(format!(
+            "demo-{:016x}{:016x}",
+            fastrand::u64(..),
+            fastrand::u64(..)
+        ));
+        let sim = SimPlatform::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            token.clone(),
+            chrono::Utc::now(),
+        )
+        .await
+        .map_err(|e| format!("cannot start the simulated platform: {e}"))?;
+        sim.spawn_live_visits(std::time::Duration::from_secs(5));
+        settings.upstream_base_url = sim.base_url().parse().map_err(|e| format!("{e}"))?;
+        TokenSource::fixed(token)
+    } else {
+        settings.token_source()?
+    };
+    token.spawn_reload(std::time::Duration::from_secs(30));
+    let app = App::build(&settings, token)?;
+    let listener = TcpListener::bind(settings.listen_addr)
+        .await
+        .map_err(|e| format!("cannot listen on LISTEN_ADDR {}: {e}", settings.listen_addr))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, demo, "visits-gateway listening");
+    if demo {
+        print_demo_banner(addr);
+    }
+    app.serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn print_demo_banner(addr: SocketAddr) {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    println!(
+        "\nvisits-gateway demo: a simulated platform with live visits is running behind the gateway.\n\
+         GraphiQL: http://{host}:{port}/graphql\n\n\
+         Try:\n  query {{ userVisits(activityId: \"{EXAMPLE_ACTIVITY}\", first: 5) {{\n    totalCount range {{ from to }}\n    \
+         pageInfo {{ hasNextPage endCursor }}\n    nodes {{ nickname isAnonymous city visitAt durationMinutes }} }} }}\n",
+        port = addr.port()
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    tracing::info!("shutdown signal received");
 }

@@ -1,0 +1,234 @@
+//! Settings: every one a flag with an environment fallback (SPEC §5a),
+//! checked at start so a bad value stops the process with its name.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reqwest::Url;
+
+use crate::secret::{Secret, TokenSource};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "visits-gateway",
+    version,
+    about = "GraphQL gateway for an activity's user visits"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the production gateway.
+    Serve(Settings),
+    /// Run the gateway in front of a built-in simulated platform.
+    Demo(Settings),
+    /// Print the GraphQL schema (SDL).
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+fn secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
+}
+
+fn base_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.host().is_none() {
+        return Err("must be an http(s) URL such as https://shangzhibo.tv".into());
+    }
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err("must have no query, fragment or credentials".into());
+    }
+    Ok(url)
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address the gateway listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// The platform's base URL.
+    #[arg(long, env = "UPSTREAM_BASE_URL", default_value = "https://shangzhibo.tv", value_parser = base_url)]
+    pub upstream_base_url: Url,
+
+    /// The platform token (prefer UPSTREAM_TOKEN_FILE: a flag shows in `ps`).
+    #[arg(long, env = "UPSTREAM_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub upstream_token: Option<Secret>,
+
+    /// A file holding the platform token; re-read when it changes.
+    #[arg(long, env = "UPSTREAM_TOKEN_FILE", conflicts_with = "upstream_token")]
+    pub upstream_token_file: Option<PathBuf>,
+
+    /// `first`/`last` when the client gives neither.
+    #[arg(long, env = "DEFAULT_PAGE_SIZE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub default_page_size: u32,
+
+    /// The largest `first`/`last` a client may ask for.
+    #[arg(long, env = "MAX_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_page_size: u32,
+
+    /// The page size the gateway asks the platform for.
+    #[arg(long, env = "UPSTREAM_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub upstream_page_size: u64,
+
+    /// The longest range a client may ask for, in days.
+    #[arg(long, env = "MAX_RANGE_DAYS", default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    pub max_range_days: u32,
+
+    /// Open ranges end at now truncated to this many seconds.
+    #[arg(long, env = "PIN_GRANULARITY_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub pin_granularity_seconds: u32,
+
+    /// Page cache capacity in bytes.
+    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub cache_max_bytes: u64,
+
+    /// TTL of pages of windows that end within the last hour.
+    #[arg(long, env = "CACHE_TTL_RECENT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub cache_ttl_recent_seconds: u64,
+
+    /// TTL of pages of settled windows.
+    #[arg(long, env = "CACHE_TTL_SETTLED_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604800))]
+    pub cache_ttl_settled_seconds: u64,
+
+    /// Upstream connect timeout, in milliseconds.
+    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60000))]
+    pub upstream_connect_timeout_ms: u64,
+
+    /// Upstream total timeout per request, in milliseconds.
+    #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..=120000))]
+    pub upstream_timeout_ms: u64,
+
+    /// Upstream requests one client request may have in flight.
+    #[arg(long, env = "WINDOW_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub window_concurrency: u32,
+
+    /// Log format: json (default) or text.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Checks that need more than one setting. The message names them.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.default_page_size > self.max_page_size {
+            return Err(format!(
+                "DEFAULT_PAGE_SIZE ({}) must not exceed MAX_PAGE_SIZE ({})",
+                self.default_page_size, self.max_page_size
+            ));
+        }
+        if self.cache_ttl_recent_seconds > self.cache_ttl_settled_seconds {
+            return Err(
+                "CACHE_TTL_RECENT_SECONDS must not exceed CACHE_TTL_SETTLED_SECONDS".into(),
+            );
+        }
+        if self.upstream_connect_timeout_ms > self.upstream_timeout_ms {
+            return Err("UPSTREAM_CONNECT_TIMEOUT_MS must not exceed UPSTREAM_TIMEOUT_MS".into());
+        }
+        Ok(())
+    }
+
+    /// The platform token from UPSTREAM_TOKEN or UPSTREAM_TOKEN_FILE.
+    pub fn token_source(&self) -> Result<TokenSource, String> {
+        match (&self.upstream_token, &self.upstream_token_file) {
+            (Some(t), _) if t.expose().trim().is_empty() => Err("UPSTREAM_TOKEN is empty".into()),
+            (Some(t), _) => Ok(TokenSource::fixed(Secret::new(t.expose().trim()))),
+            (None, Some(path)) => TokenSource::from_file(path.clone())
+                .map_err(|e| format!("UPSTREAM_TOKEN_FILE: {e}")),
+            (None, None) => Err(
+                "set UPSTREAM_TOKEN_FILE (or UPSTREAM_TOKEN) to the platform's access token".into(),
+            ),
+        }
+    }
+
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_connect_timeout_ms)
+    }
+
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_timeout_ms)
+    }
+
+    /// Defaults, for tests and the demo.
+    pub fn defaults() -> Self {
+        Cli::try_parse_from(["visits-gateway", "demo"])
+            .ok()
+            .and_then(|cli| match cli.command {
+                Command::Demo(s) => Some(s),
+                _ => None,
+            })
+            .expect("defaults parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let cli = Cli::try_parse_from([&["visits-gateway", "serve"], args].concat())
+            .map_err(|e| e.to_string())?;
+        let Command::Serve(s) = cli.command else {
+            unreachable!()
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.listen_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.upstream_base_url.as_str(), "https://shangzhibo.tv/");
+        assert_eq!(
+            (s.default_page_size, s.max_page_size, s.upstream_page_size),
+            (20, 100, 100)
+        );
+        assert_eq!((s.max_range_days, s.pin_granularity_seconds), (92, 60));
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_setting() {
+        let e = parse(&["--max-page-size", "0"]).unwrap_err();
+        assert!(e.contains("MAX_PAGE_SIZE"), "{e}");
+        let e = parse(&["--upstream-base-url", "ftp://x"]).unwrap_err();
+        assert!(e.contains("UPSTREAM_BASE_URL"), "{e}");
+        let e = parse(&["--default-page-size", "200", "--max-page-size", "100"]).unwrap_err();
+        assert!(e.contains("DEFAULT_PAGE_SIZE"), "{e}");
+    }
+
+    #[test]
+    fn the_token_is_required_and_redacted() {
+        let s = parse(&[]).unwrap();
+        assert!(
+            s.token_source()
+                .unwrap_err()
+                .contains("UPSTREAM_TOKEN_FILE")
+        );
+        let s = parse(&["--upstream-token", "hunter2-token"]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.token_source().unwrap().get().expose(), "hunter2-token");
+        let s = parse(&["--upstream-token-file", "/nonexistent/token"]).unwrap();
+        assert!(
+            s.token_source()
+                .unwrap_err()
+                .contains("UPSTREAM_TOKEN_FILE")
+        );
+    }
+}

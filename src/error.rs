@@ -1,0 +1,112 @@
+//! One error type for everything a client can be told, each with the code of
+//! SPEC §4. Causes that matter only to operators are logged where they happen;
+//! the client gets the code and a message it can act on, never a secret and
+//! never the platform's raw body.
+
+use std::time::Duration;
+
+use async_graphql::ErrorExtensions;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadUserInput,
+    Unauthenticated,
+    Forbidden,
+    RateLimited,
+    ActivityNotFound,
+    UpstreamFeatureDisabled,
+    UpstreamUnauthorized,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamBadResponse,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        Self::BadUserInput,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::RateLimited,
+        Self::ActivityNotFound,
+        Self::UpstreamFeatureDisabled,
+        Self::UpstreamUnauthorized,
+        Self::UpstreamRateLimited,
+        Self::UpstreamTimeout,
+        Self::UpstreamUnavailable,
+        Self::UpstreamBadResponse,
+        Self::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadUserInput => "BAD_USER_INPUT",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::ActivityNotFound => "ACTIVITY_NOT_FOUND",
+            Self::UpstreamFeatureDisabled => "UPSTREAM_FEATURE_DISABLED",
+            Self::UpstreamUnauthorized => "UPSTREAM_UNAUTHORIZED",
+            Self::UpstreamRateLimited => "UPSTREAM_RATE_LIMITED",
+            Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+            Self::UpstreamBadResponse => "UPSTREAM_BAD_RESPONSE",
+            Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// Failures worth retrying against the platform (SPEC §3).
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamRateLimited | Self::UpstreamTimeout | Self::UpstreamUnavailable
+        )
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct GatewayError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The `message` of the platform's `{name,message,status}` envelope, when it sent one.
+    pub upstream_message: Option<String>,
+    /// From a 429's `Retry-After`, used by the retry policy.
+    pub retry_after: Option<Duration>,
+}
+
+impl GatewayError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            upstream_message: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadUserInput, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, message)
+    }
+
+    pub fn with_upstream_message(mut self, message: Option<String>) -> Self {
+        self.upstream_message = message;
+        self
+    }
+}
+
+impl ErrorExtensions for GatewayError {
+    fn extend(&self) -> async_graphql::Error {
+        async_graphql::Error::new(self.message.clone()).extend_with(|_, e| {
+            e.set("code", self.code.as_str());
+            if let Some(m) = &self.upstream_message {
+                e.set("upstreamMessage", m.as_str());
+            }
+        })
+    }
+}

@@ -1,0 +1,239 @@
+//! The GraphQL schema of SPEC §2 and its one resolver, `userVisits`: it turns
+//! arguments into a validated plan, runs it, and shapes the connection.
+
+pub mod cursor;
+pub mod scalars;
+pub mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{
+    Context, EmptyMutation, EmptySubscription, ErrorExtensions, ID, InputObject, Object, Schema,
+};
+use chrono::Utc;
+
+use crate::cache::PageCache;
+use crate::error::GatewayError;
+use crate::paging::{self, ActivityId, Direction, RangePolicy, ResolvedRange, SliceArgs};
+use crate::visits::{self, FetchPolicy};
+use cursor::Cursor;
+use scalars::DateTime;
+use types::{PageInfo, UserVisit, UserVisitConnection, UserVisitEdge};
+
+pub type GatewaySchema = Schema<Query, EmptyMutation, EmptySubscription>;
+
+/// What the resolver needs, shared by every request.
+pub struct Resolver {
+    pub cache: PageCache,
+    pub range_policy: RangePolicy,
+    pub fetch_policy: FetchPolicy,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+}
+
+/// A half-open range `[from, to)`; `to` defaults to now.
+#[derive(InputObject)]
+pub struct TimeRange {
+    pub from: DateTime,
+    pub to: Option<DateTime>,
+}
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// The people who watched an activity, oldest visit first, as a Relay
+    /// connection. `range` defaults to the 7 days ending now; `first`
+    /// defaults to 20.
+    #[allow(clippy::too_many_arguments)]
+    async fn user_visits(
+        &self,
+        ctx: &Context<'_>,
+        activity_id: ID,
+        range: Option<TimeRange>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> async_graphql::Result<UserVisitConnection> {
+        // Every failure leaves here through `extend`, which carries its code;
+        // a bare `?` would turn a GatewayError into a codeless message.
+        let resolver = ctx
+            .data::<Arc<Resolver>>()
+            .map_err(|_| GatewayError::internal("the resolver is not configured").extend())?;
+        let result = async {
+            let activity = ActivityId::parse(&activity_id)?;
+            let request = resolver.plan(activity, range, first, after, last, before)?;
+            resolver.run(request).await
+        };
+        result.await.map_err(|e| e.extend())
+    }
+}
+
+/// A validated `userVisits` request: nothing here can reach the platform
+/// unless it passed every check of SPEC §2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisitsRequest {
+    pub activity: ActivityId,
+    pub range: ResolvedRange,
+    pub args: SliceArgs,
+}
+
+impl Resolver {
+    pub fn plan(
+        &self,
+        activity: ActivityId,
+        range: Option<TimeRange>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<VisitsRequest, GatewayError> {
+        if first.is_some() && last.is_some() {
+            return Err(GatewayError::bad_input(
+                "first and last cannot be used together: page forward with first/after or backward with last/before",
+            ));
+        }
+        let first = first.map(|n| self.page_size("first", n)).transpose()?;
+        let last = last.map(|n| self.page_size("last", n)).transpose()?;
+        let after = after
+            .map(|c| decode_cursor("after", &c, activity))
+            .transpose()?;
+        let before = before
+            .map(|c| decode_cursor("before", &c, activity))
+            .transpose()?;
+
+        let now = Utc::now();
+        let cursor_range = match (after, before) {
+            (Some(a), Some(b)) if a.range != b.range => {
+                return Err(GatewayError::bad_input(
+                    "after and before come from different ranges",
+                ));
+            }
+            (Some(c), _) | (_, Some(c)) => Some(c.range),
+            _ => None,
+        };
+        let range = match (cursor_range, range) {
+            (Some(cursor), None) => cursor,
+            (Some(cursor), Some(input)) => {
+                // The client may repeat the range it started with: same `from`,
+                // and a `to` that is omitted, equal, or in the future (pinned).
+                let to_matches = input
+                    .to
+                    .is_none_or(|t| paging::truncate_ms(t.0) == cursor.to || t.0 > now);
+                if paging::truncate_ms(input.from.0) != cursor.from || !to_matches {
+                    return Err(GatewayError::bad_input(
+                        "the cursor belongs to another range: omit range when paging, or pass connection.range",
+                    ));
+                }
+                cursor
+            }
+            (None, input) => paging::resolve_range(
+                input.as_ref().map(|r| r.from.0),
+                input.as_ref().and_then(|r| r.to.map(|t| t.0)),
+                now,
+                &self.range_policy,
+            )?,
+        };
+
+        let offset = |c: Option<Cursor>| c.map(|c| c.offset);
+        let args = match last {
+            Some(last) => SliceArgs {
+                direction: Direction::Backward {
+                    last,
+                    before: offset(before),
+                },
+                other_bound: offset(after),
+            },
+            None => SliceArgs {
+                direction: Direction::Forward {
+                    first: first.unwrap_or(u64::from(self.default_page_size)),
+                    after: offset(after),
+                },
+                other_bound: offset(before),
+            },
+        };
+        Ok(VisitsRequest {
+            activity,
+            range,
+            args,
+        })
+    }
+
+    fn page_size(&self, name: &str, n: i32) -> Result<u64, GatewayError> {
+        let max = self.max_page_size;
+        match u32::try_from(n) {
+            Ok(n) if (1..=max).contains(&n) => Ok(u64::from(n)),
+            _ => Err(GatewayError::bad_input(format!(
+                "{name} must be between 1 and {max}, got {n}"
+            ))),
+        }
+    }
+
+    pub async fn run(&self, req: VisitsRequest) -> Result<UserVisitConnection, GatewayError> {
+        let loaded = visits::load(
+            &self.cache,
+            self.fetch_policy,
+            req.activity,
+            req.range,
+            req.args,
+        )
+        .await?;
+        let cursor = |offset| {
+            Cursor {
+                activity: req.activity,
+                range: req.range,
+                offset,
+            }
+            .encode()
+        };
+        let edges: Vec<UserVisitEdge> = loaded
+            .items
+            .into_iter()
+            .map(|(offset, visit)| UserVisitEdge {
+                cursor: cursor(offset),
+                node: UserVisit::from(visit),
+            })
+            .collect();
+        Ok(UserVisitConnection {
+            page_info: PageInfo {
+                has_next_page: loaded.slice.has_next_page,
+                has_previous_page: loaded.slice.has_previous_page,
+                start_cursor: edges.first().map(|e| e.cursor.clone()),
+                end_cursor: edges.last().map(|e| e.cursor.clone()),
+            },
+            nodes: edges.iter().map(|e| e.node.clone()).collect(),
+            edges,
+            total_count: i64::try_from(loaded.total).unwrap_or(i64::MAX),
+            range: types::ResolvedRange {
+                from: DateTime(req.range.from),
+                to: DateTime(req.range.to),
+            },
+        })
+    }
+}
+
+fn decode_cursor(name: &str, raw: &str, activity: ActivityId) -> Result<Cursor, GatewayError> {
+    let cursor = Cursor::decode(raw).ok_or_else(|| {
+        GatewayError::bad_input(format!("{name} is not a cursor returned by userVisits"))
+    })?;
+    if cursor.activity != activity {
+        return Err(GatewayError::bad_input(format!(
+            "{name} is a cursor of another activity"
+        )));
+    }
+    Ok(cursor)
+}
+
+pub fn build_schema(resolver: Option<Arc<Resolver>>) -> GatewaySchema {
+    let mut builder = Schema::build(Query, EmptyMutation, EmptySubscription);
+    if let Some(r) = resolver {
+        builder = builder.data(r);
+    }
+    builder.finish()
+}
+
+/// The SDL, as committed in `schema/schema.graphql`.
+pub fn sdl() -> String {
+    build_schema(None).sdl()
+}

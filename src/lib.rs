@@ -1,0 +1,28 @@
+//! visits-gateway: a GraphQL gateway in front of a live-streaming platform's
+//! "user visits of an activity" REST report.
+//!
+//! # Layout
+//! The data path, top to bottom:
+//! - [`http`]: the HTTP surface (`POST /graphql`, playground, probes).
+//! - [`graphql`]: the schema and the `userVisits` resolver, cursors, scalars.
+//! - [`paging`]: pure rules: ranges, pinning, 7-day windows, slices, pages.
+//! - [`visits`]: runs a paging plan against the page cache.
+//! - [`cache`]: the moka page cache with coalescing and TTL by window age.
+//! - [`upstream`]: the platform's REST client and its JSON.
+//!
+//! Around it: [`config`] (settings), [`secret`] (redacted secrets, token
+//! reload), [`error`] (codes of SPEC §4), [`app`] (wiring and serving),
+//! [`demo`] (the simulated platform), [`time`] (the timestamp format).
+
+pub mod app;
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod graphql;
+pub mod http;
+pub mod paging;
+pub mod secret;
+pub mod time;
+pub mod upstream;
+pub mod visits;

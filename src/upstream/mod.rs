@@ -1,0 +1,367 @@
+//! The platform's REST client: builds the one request we make, sends it with
+//! the server's token and timeouts, and maps every answer onto SPEC §4.
+
+pub mod dto;
+
+use std::time::{Duration, Instant};
+
+use reqwest::{StatusCode, Url};
+
+use crate::error::{ErrorCode, GatewayError};
+use crate::paging::{ActivityId, ResolvedRange};
+use crate::secret::TokenSource;
+pub use dto::Visit;
+
+/// Everything that makes one upstream request (and so one cache key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageRequest {
+    pub activity: ActivityId,
+    pub window: ResolvedRange,
+    /// 1-based.
+    pub page: u64,
+    pub page_size: u64,
+}
+
+/// One page as the platform served it.
+#[derive(Debug, Clone)]
+pub struct UpstreamPage {
+    /// Items in the whole window.
+    pub total: u64,
+    /// The page size actually served: at most what we asked for.
+    pub page_size: u64,
+    pub items: Vec<Visit>,
+}
+
+impl UpstreamPage {
+    pub fn weight(&self) -> usize {
+        std::mem::size_of::<Self>() + self.items.iter().map(Visit::weight).sum::<usize>()
+    }
+}
+
+#[derive(Clone)]
+pub struct UpstreamClient {
+    http: reqwest::Client,
+    base: Url,
+    token: TokenSource,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("base", &self.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamClient {
+    pub fn new(
+        base: Url,
+        token: TokenSource,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            .user_agent(concat!("visits-gateway/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry the token to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self { http, base, token })
+    }
+
+    /// `{base}/api/activity/{id}/stats/user-visits?page=..&pageSize=..&startedAt=..&endedAt=..`
+    pub fn url(&self, req: &PageRequest) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("base URL validated at start")
+            .pop_if_empty()
+            .extend([
+                "api",
+                "activity",
+                &req.activity.to_string(),
+                "stats",
+                "user-visits",
+            ]);
+        url.query_pairs_mut()
+            .append_pair("page", &req.page.to_string())
+            .append_pair("pageSize", &req.page_size.to_string())
+            .append_pair("startedAt", &crate::time::format(req.window.from))
+            .append_pair("endedAt", &crate::time::format(req.window.to));
+        url
+    }
+
+    pub async fn fetch_page(&self, req: &PageRequest) -> Result<UpstreamPage, GatewayError> {
+        let started = Instant::now();
+        let result = self.send(req).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(page) => tracing::debug!(
+                activity = %req.activity, page = req.page, page_size = req.page_size,
+                items = page.items.len(), elapsed_ms, "upstream page fetched"
+            ),
+            Err(e) => tracing::warn!(
+                activity = %req.activity, page = req.page, code = e.code.as_str(),
+                error = %e.message, elapsed_ms, "upstream request failed"
+            ),
+        }
+        result
+    }
+
+    async fn send(&self, req: &PageRequest) -> Result<UpstreamPage, GatewayError> {
+        let response = self
+            .http
+            .get(self.url(req))
+            .bearer_auth(self.token.get().expose())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await.map_err(transport_error)?;
+        if !status.is_success() {
+            let mut e = classify_failure(status, &body);
+            if e.retry_after.is_none() {
+                e.retry_after = retry_after;
+            }
+            return Err(e);
+        }
+        parse_page(&body, req.page_size)
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> GatewayError {
+    // The error's Display may hold the URL; it holds no token (that travels
+    // in a header), but keep the client message generic anyway.
+    if e.is_timeout() {
+        GatewayError::new(
+            ErrorCode::UpstreamTimeout,
+            "the platform did not answer in time",
+        )
+    } else if e.is_decode() || e.is_body() {
+        GatewayError::new(
+            ErrorCode::UpstreamBadResponse,
+            "the platform's answer could not be read",
+        )
+    } else {
+        GatewayError::new(
+            ErrorCode::UpstreamUnavailable,
+            "the platform cannot be reached",
+        )
+    }
+}
+
+/// Reads a 200 body, checking that it is self-consistent.
+pub fn parse_page(body: &[u8], asked_page_size: u64) -> Result<UpstreamPage, GatewayError> {
+    let bad = |m: &str| GatewayError::new(ErrorCode::UpstreamBadResponse, m.to_owned());
+    let dto: dto::PageDto = serde_json::from_slice(body)
+        .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
+    if dto.pager.page_size == 0 {
+        return Err(bad("the platform reported a page size of 0"));
+    }
+    let page_size = dto.pager.page_size.min(asked_page_size);
+    if dto.items.len() as u64 > page_size {
+        return Err(bad("the platform sent more items than its page size"));
+    }
+    let items = dto
+        .items
+        .into_iter()
+        .map(Visit::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(UpstreamPage {
+        total: dto.pager.total,
+        page_size,
+        items,
+    })
+}
+
+/// Maps a non-2xx answer onto SPEC §4. Status codes are the only reliable
+/// signal; the envelope's `message` is kept for `extensions.upstreamMessage`.
+pub fn classify_failure(status: StatusCode, body: &[u8]) -> GatewayError {
+    let upstream_message = serde_json::from_slice::<dto::ErrorEnvelope>(body)
+        .ok()
+        .and_then(|e| e.message)
+        .filter(|m| !m.is_empty() && m.chars().count() <= 200);
+    let feature_off = upstream_message
+        .as_deref()
+        .is_some_and(|m| m.contains("未开启") || m.contains("开通"));
+    let (code, message) = match status.as_u16() {
+        401 => (
+            ErrorCode::UpstreamUnauthorized,
+            "the platform rejected the gateway's token; an operator must check UPSTREAM_TOKEN",
+        ),
+        403 => (
+            ErrorCode::UpstreamFeatureDisabled,
+            "the platform refuses this report for the gateway's account: the user detail feature must be enabled by the platform",
+        ),
+        400 if feature_off => (
+            ErrorCode::UpstreamFeatureDisabled,
+            "the platform refuses this report for the gateway's account: the user detail feature must be enabled by the platform",
+        ),
+        // Any other 400 means the platform refused a request the gateway built.
+        400 => (
+            ErrorCode::Internal,
+            "the platform refused the gateway's request",
+        ),
+        404 => (
+            ErrorCode::ActivityNotFound,
+            "the platform has no such activity",
+        ),
+        429 => (
+            ErrorCode::UpstreamRateLimited,
+            "the platform is throttling the gateway; try again shortly",
+        ),
+        500..=599 => (
+            ErrorCode::UpstreamUnavailable,
+            "the platform is failing; try again shortly",
+        ),
+        _ => (
+            ErrorCode::UpstreamBadResponse,
+            "the platform answered with an unexpected status",
+        ),
+    };
+    let mut e = GatewayError::new(code, message).with_upstream_message(upstream_message);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        e.retry_after = e.upstream_message.as_deref().and_then(retry_hint);
+    }
+    e
+}
+
+/// The platform's `请于xxx后重试` hint: "请于 30 秒后重试", "请于30s后重试".
+fn retry_hint(message: &str) -> Option<Duration> {
+    let rest = &message[message.find("请于")? + "请于".len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let n: u64 = digits.parse().ok()?;
+    let unit = rest.trim_start()[digits.len()..].trim_start();
+    let secs = if unit.starts_with("分") || unit.starts_with("min") {
+        n * 60
+    } else if unit.starts_with("ms") || unit.starts_with("毫秒") {
+        n.div_ceil(1000)
+    } else {
+        n
+    };
+    Some(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_onto_the_spec_codes() {
+        let env = |m: &str, s: u16| {
+            format!(r#"{{"name":"X","message":"{m}","status":{s}}}"#).into_bytes()
+        };
+        let cases = [
+            (
+                401,
+                env("请提供正确有效的 access_token 值", 401),
+                ErrorCode::UpstreamUnauthorized,
+            ),
+            (
+                403,
+                env("无权访问该接口", 403),
+                ErrorCode::UpstreamFeatureDisabled,
+            ),
+            (
+                400,
+                env("您未开启用户详情功能, 请先开通后再进行操作", 400),
+                ErrorCode::UpstreamFeatureDisabled,
+            ),
+            (400, env("Invalid Date", 400), ErrorCode::Internal),
+            (404, env("NotFound", 404), ErrorCode::ActivityNotFound),
+            (
+                429,
+                env("请求速度太频繁了, 请于30秒后重试", 429),
+                ErrorCode::UpstreamRateLimited,
+            ),
+            (
+                502,
+                b"<html>bad gateway</html>".to_vec(),
+                ErrorCode::UpstreamUnavailable,
+            ),
+            (302, Vec::new(), ErrorCode::UpstreamBadResponse),
+        ];
+        for (status, body, code) in cases {
+            let e = classify_failure(StatusCode::from_u16(status).unwrap(), &body);
+            assert_eq!(e.code, code, "status {status}");
+        }
+    }
+
+    #[test]
+    fn the_envelope_message_is_kept_but_a_raw_body_never_is() {
+        let e = classify_failure(
+            StatusCode::NOT_FOUND,
+            br#"{"name":"NotFound","message":"NotFound","status":404}"#,
+        );
+        assert_eq!(e.upstream_message.as_deref(), Some("NotFound"));
+        let e = classify_failure(
+            StatusCode::BAD_GATEWAY,
+            b"<html>stack trace with secrets</html>",
+        );
+        assert_eq!(e.upstream_message, None);
+        assert!(!e.message.contains("html"));
+    }
+
+    #[test]
+    fn the_retry_hint_is_read_from_a_429_message() {
+        assert_eq!(
+            retry_hint("请求速度太频繁了, 请于30秒后重试"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_hint("请求速度太频繁了, 请于 2 分钟后重试"),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(retry_hint("请求速度太频繁了, 请于xxx后重试"), None);
+    }
+
+    #[test]
+    fn a_capped_page_size_is_read_from_the_pager() {
+        let body = br#"{"pager":{"page":1,"pageSize":50,"total":120},"items":[]}"#;
+        let page = parse_page(body, 100).unwrap();
+        assert_eq!((page.total, page.page_size), (120, 50));
+        assert!(parse_page(b"not json", 100).is_err());
+        assert!(
+            parse_page(
+                br#"{"pager":{"page":1,"pageSize":0,"total":1},"items":[]}"#,
+                100
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_url_is_built_from_a_validated_id_and_platform_timestamps() {
+        let client = UpstreamClient::new(
+            Url::parse("https://example.test/base/").unwrap(),
+            TokenSource::fixed(crate::secret::Secret::new("t")),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let t = |s| crate::time::parse_rfc3339(s).unwrap();
+        let req = PageRequest {
+            activity: ActivityId::parse("10024069").unwrap(),
+            window: ResolvedRange {
+                from: t("2019-06-21T01:52:12.736Z"),
+                to: t("2019-06-28T01:52:12.736Z"),
+            },
+            page: 2,
+            page_size: 100,
+        };
+        assert_eq!(
+            client.url(&req).as_str(),
+            "https://example.test/base/api/activity/10024069/stats/user-visits?page=2&pageSize=100&startedAt=2019-06-21T01%3A52%3A12.736Z&endedAt=2019-06-28T01%3A52%3A12.736Z"
+        );
+    }
+}

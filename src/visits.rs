@@ -1,0 +1,103 @@
+//! Executes a paging plan against the page cache: learn each window's shape
+//! from its first page, cut the client's slice, read just the pages holding it.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+
+use crate::cache::{CachedPage, PageCache};
+use crate::error::GatewayError;
+use crate::paging::{self, ActivityId, ResolvedRange, Slice, SliceArgs, WindowShape};
+use crate::upstream::{PageRequest, Visit};
+
+#[derive(Debug, Clone, Copy)]
+pub struct FetchPolicy {
+    /// The page size the gateway asks the platform for.
+    pub upstream_page_size: u64,
+    /// How many upstream requests one client request may have in flight.
+    pub window_concurrency: usize,
+}
+
+/// A slice of an activity's visits, with where it sits in the whole list.
+#[derive(Debug)]
+pub struct VisitSlice {
+    pub total: u64,
+    pub slice: Slice,
+    /// `(global offset, visit)`, in list order.
+    pub items: Vec<(u64, Visit)>,
+}
+
+pub async fn load(
+    cache: &PageCache,
+    policy: FetchPolicy,
+    activity: ActivityId,
+    range: ResolvedRange,
+    args: SliceArgs,
+) -> Result<VisitSlice, GatewayError> {
+    let windows = paging::split_windows(range);
+    let first_page = |window: ResolvedRange| PageRequest {
+        activity,
+        window,
+        page: 1,
+        page_size: policy.upstream_page_size,
+    };
+    // Every window's first page: totals for `totalCount` and the page size the
+    // platform really serves. Oldest first, a bounded number at a time.
+    let firsts: Vec<Arc<CachedPage>> =
+        futures::stream::iter(windows.iter().copied().map(|w| cache.page(first_page(w))))
+            .buffered(policy.window_concurrency)
+            .try_collect()
+            .await?;
+    let shapes: Vec<WindowShape> = firsts
+        .iter()
+        .map(|c| WindowShape {
+            total: c.page.total,
+            page_size: c.page.page_size,
+        })
+        .collect();
+    let total = shapes.iter().map(|s| s.total).sum();
+    let slice = paging::select_slice(total, args);
+    let reads = paging::pages_for_slice(&shapes, slice.start, slice.end);
+
+    let pages: Vec<Arc<CachedPage>> = futures::stream::iter(reads.iter().copied().map(|r| {
+        let first = firsts[r.window].clone();
+        let req = PageRequest {
+            activity,
+            window: windows[r.window],
+            page: r.page,
+            // Page numbers count in the size the platform serves.
+            page_size: shapes[r.window].page_size,
+        };
+        async move {
+            if r.page == 1 {
+                Ok(first)
+            } else {
+                cache.page(req).await
+            }
+        }
+    }))
+    .buffered(policy.window_concurrency)
+    .try_collect()
+    .await?;
+
+    let mut items = Vec::with_capacity((slice.end - slice.start) as usize);
+    for (read, page) in reads.iter().zip(&pages) {
+        let skip = read.skip as usize;
+        let take = read.take as usize;
+        let got = page.page.items.iter().skip(skip).take(take);
+        let before = items.len();
+        items.extend(
+            got.enumerate()
+                .map(|(i, v)| (read.offset + i as u64, v.clone())),
+        );
+        if items.len() - before < take {
+            // The platform's list shrank between two of our requests.
+            tracing::warn!(activity = %activity, page = read.page, "upstream page shorter than its pager said");
+        }
+    }
+    Ok(VisitSlice {
+        total,
+        slice,
+        items,
+    })
+}

@@ -1,0 +1,156 @@
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use visits_gateway::app::App;
+use visits_gateway::config::Settings;
+use visits_gateway::demo::SimPlatform;
+use visits_gateway::secret::{Secret, TokenSource};
+
+/// Every log line of every test in this binary, at debug level, so tests can
+/// assert what never appears in logs.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = LogBuffer(buffer.clone());
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("debug")
+            .with_writer(move || writer.clone())
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+pub fn logs() -> String {
+    String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned()
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub sim: SimPlatform,
+    pub http: reqwest::Client,
+    /// The platform token this app holds; unique per test.
+    pub token: String,
+    /// When the simulated data ends.
+    pub now: DateTime<Utc>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a simulated platform and a gateway in front of it; `configure`
+/// adjusts the gateway's settings.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    capture_logs();
+    let token = format!("platform-token-{:016x}", fastrand::u64(..));
+    let now = Utc::now();
+    let sim = SimPlatform::start(([127, 0, 0, 1], 0).into(), Secret::new(token.as_str()), now)
+        .await
+        .expect("simulated platform starts");
+    let mut settings = Settings::defaults();
+    settings.upstream_base_url = sim.base_url().parse().unwrap();
+    settings.upstream_timeout_ms = 3000;
+    configure(&mut settings);
+    settings.validate().expect("test settings are valid");
+    let app = App::build(&settings, TokenSource::fixed(Secret::new(token.as_str())))
+        .expect("gateway builds");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(app.serve(listener, std::future::pending()));
+    TestApp {
+        addr,
+        sim,
+        http: reqwest::Client::new(),
+        token,
+        now,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs a GraphQL request; asserts the HTTP status is 200 and that the
+    /// response does not hold the platform token.
+    pub async fn graphql(&self, query: &str, variables: Value) -> Value {
+        let response = self
+            .http
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(
+            !text.contains(&self.token),
+            "the platform token leaked into a response"
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// `userVisits` with the given arguments, selecting what tests compare.
+    pub async fn user_visits(&self, variables: Value) -> Value {
+        self.graphql(USER_VISITS, variables).await
+    }
+}
+
+pub const USER_VISITS: &str = r#"
+query($id: ID!, $range: TimeRange, $first: Int, $after: String, $last: Int, $before: String) {
+  userVisits(activityId: $id, range: $range, first: $first, after: $after, last: $last, before: $before) {
+    totalCount
+    range { from to }
+    pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+    edges { cursor node { userId anonymousId isAnonymous nickname visitAt lastOnlineAt durationMinutes avatar partnerUid } }
+  }
+}"#;
+
+/// The first error's code, or panics with the response.
+pub fn error_code(response: &Value) -> String {
+    response["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {response}"))
+        .to_owned()
+}
+
+/// `(visitAt, userId, anonymousId)` of each edge, to compare with the platform.
+pub fn identities(connection: &Value) -> Vec<(String, Option<String>, Option<String>)> {
+    connection["edges"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no edges in {connection}"))
+        .iter()
+        .map(|e| {
+            let n = &e["node"];
+            (
+                n["visitAt"].as_str().unwrap().to_owned(),
+                n["userId"].as_str().map(str::to_owned),
+                n["anonymousId"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+pub fn ts(t: DateTime<Utc>) -> String {
+    visits_gateway::time::format(t)
+}

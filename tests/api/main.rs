@@ -1,0 +1,8 @@
+//! One integration test binary: the real gateway on port 0, in front of the
+//! simulated platform on port 0, driven over HTTP.
+
+mod errors;
+mod helpers;
+mod paging;
+mod surface;
+mod upstream_economy;

@@ -1,0 +1,58 @@
+use std::collections::HashSet;
+
+use chrono::Duration;
+use serde_json::json;
+use visits_gateway::demo::EXAMPLE_ACTIVITY;
+
+use crate::helpers::{spawn_app, ts};
+
+#[tokio::test]
+async fn repeating_a_query_makes_no_upstream_request() {
+    let app = spawn_app().await;
+    let vars = json!({ "id": EXAMPLE_ACTIVITY.to_string(), "range": { "from": ts(app.now - Duration::days(30)), "to": ts(app.now) }, "first": 50 });
+    let first = app.user_visits(vars.clone()).await;
+    let count = app.sim.request_count();
+    assert!(count > 0);
+    let second = app.user_visits(vars).await;
+    assert_eq!(first, second);
+    assert_eq!(app.sim.request_count(), count);
+}
+
+#[tokio::test]
+async fn concurrent_identical_first_time_queries_make_one_request_per_page() {
+    let app = spawn_app().await;
+    let vars = json!({ "id": EXAMPLE_ACTIVITY.to_string(), "range": { "from": ts(app.now - Duration::days(45)), "to": ts(app.now) }, "last": 100 });
+    let queries = (0..100).map(|_| app.user_visits(vars.clone()));
+    let results = futures::future::join_all(queries).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| r == &results[0] && r["errors"].is_null())
+    );
+    let seen = app.sim.seen();
+    let distinct: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), distinct.len(), "a page was fetched twice");
+    // 45 days = 7 windows, each read once for its total, plus the pages of the last 100.
+    assert!(
+        seen.len() >= 7 && seen.len() <= 7 + 3,
+        "{} requests",
+        seen.len()
+    );
+}
+
+#[tokio::test]
+async fn different_page_sizes_over_one_range_share_upstream_pages() {
+    let app = spawn_app().await;
+    let range = json!({ "from": ts(app.now - Duration::days(10)), "to": ts(app.now) });
+    for first in [5, 17, 40, 100] {
+        let r = app
+            .user_visits(
+                json!({ "id": EXAMPLE_ACTIVITY.to_string(), "range": range, "first": first }),
+            )
+            .await;
+        assert!(r["errors"].is_null(), "{r}");
+    }
+    let seen = app.sim.seen();
+    let distinct: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), distinct.len());
+}
