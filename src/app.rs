@@ -14,6 +14,7 @@ use crate::cache::{PageCache, TtlPolicy};
 use crate::config::Settings;
 use crate::graphql::{self, GatewaySchema, Resolver};
 use crate::paging::RangePolicy;
+use crate::playground::{self, Playground};
 use crate::secret::TokenSource;
 use crate::upstream::UpstreamClient;
 use crate::visits::FetchPolicy;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub cache: PageCache,
     /// False until the listener is up, and again once shutdown starts.
     pub ready: AtomicBool,
+    /// `None` when `PLAYGROUND_ENABLED=false`.
+    pub playground: Option<Playground>,
 }
 
 pub struct App {
@@ -64,9 +67,12 @@ impl App {
             max_page_size: settings.max_page_size,
         };
         let state = Arc::new(AppState {
-            schema: graphql::build_schema(Some(Arc::new(resolver))),
+            schema: graphql::build_schema(Some(Arc::new(resolver)), settings.introspection_enabled),
             cache,
             ready: AtomicBool::new(false),
+            playground: settings
+                .playground_enabled
+                .then(|| Playground::new(&playground_defaults(settings))),
         });
         let router = crate::http::router(state.clone());
         Ok(Self { state, router })
@@ -87,5 +93,18 @@ impl App {
                 shutdown_state.ready.store(false, Ordering::Release);
             })
             .await
+    }
+}
+
+/// The playground's opening example: a query for an activity that exists.
+fn playground_defaults(settings: &Settings) -> playground::Defaults {
+    playground::Defaults {
+        query: format!(
+            "# The newest visits of an activity. Run it with the button above.\n{}",
+            crate::graphql::EXAMPLE_QUERY
+        ),
+        variables: serde_json::json!({ "activityId": settings.playground_activity_id.to_string(), "last": 10 })
+            .to_string(),
+        headers: "{}".to_owned(),
     }
 }

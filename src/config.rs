@@ -118,6 +118,18 @@ pub struct Settings {
     #[arg(long, env = "WINDOW_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub window_concurrency: u32,
 
+    /// Serve the GraphiQL playground on `GET /graphql`.
+    #[arg(long, env = "PLAYGROUND_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub playground_enabled: bool,
+
+    /// The activity the playground's example query asks for.
+    #[arg(long, env = "PLAYGROUND_ACTIVITY_ID", default_value_t = 10024069)]
+    pub playground_activity_id: u64,
+
+    /// Answer GraphQL introspection queries (tools and the playground need it).
+    #[arg(long, env = "INTROSPECTION_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub introspection_enabled: bool,
+
     /// Log format: json (default) or text.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

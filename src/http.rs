@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use async_graphql::http::GraphiQLSource;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde_json::json;
 
@@ -21,6 +20,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(crate::playground::asset_routes())
         .with_state(state)
 }
 
@@ -67,8 +67,25 @@ async fn graphql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     }
 }
 
-async fn playground() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+/// GraphiQL for browsers; other clients are told to POST.
+async fn playground(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    match &state.playground {
+        Some(p) if wants_html => p.page(),
+        Some(_) => error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BadUserInput,
+            "send GraphQL requests with POST; GET /graphql serves the playground to browsers",
+        ),
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            ErrorCode::BadUserInput,
+            "the playground is switched off",
+        ),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! The data path, top to bottom:
-//! - [`http`]: the HTTP surface (`POST /graphql`, playground, probes).
+//! - [`http`]: the HTTP surface (`POST /graphql`, probes); [`playground`]: GraphiQL.
 //! - [`graphql`]: the schema and the `userVisits` resolver, cursors, scalars.
 //! - [`paging`]: pure rules: ranges, pinning, 7-day windows, slices, pages.
 //! - [`visits`]: runs a paging plan against the page cache.
@@ -22,6 +22,7 @@ pub mod error;
 pub mod graphql;
 pub mod http;
 pub mod paging;
+pub mod playground;
 pub mod secret;
 pub mod time;
 pub mod upstream;

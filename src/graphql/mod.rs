@@ -225,8 +225,22 @@ fn decode_cursor(name: &str, raw: &str, activity: ActivityId) -> Result<Cursor, 
     Ok(cursor)
 }
 
-pub fn build_schema(resolver: Option<Arc<Resolver>>) -> GatewaySchema {
+/// The playground's and the demo's example query.
+pub const EXAMPLE_QUERY: &str = "query NewestVisits($activityId: ID!, $last: Int) {
+  userVisits(activityId: $activityId, last: $last) {
+    totalCount
+    range { from to }
+    pageInfo { hasPreviousPage startCursor }
+    nodes { nickname isAnonymous province city visitAt durationMinutes device }
+  }
+}
+";
+
+pub fn build_schema(resolver: Option<Arc<Resolver>>, introspection: bool) -> GatewaySchema {
     let mut builder = Schema::build(Query, EmptyMutation, EmptySubscription);
+    if !introspection {
+        builder = builder.disable_introspection();
+    }
     if let Some(r) = resolver {
         builder = builder.data(r);
     }
@@ -235,5 +249,5 @@ pub fn build_schema(resolver: Option<Arc<Resolver>>) -> GatewaySchema {
 
 /// The SDL, as committed in `schema/schema.graphql`.
 pub fn sdl() -> String {
-    build_schema(None).sdl()
+    build_schema(None, true).sdl()
 }
