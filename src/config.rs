@@ -56,6 +56,17 @@ fn base_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+fn origin(s: &str) -> Result<String, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("not an origin: {e}"))?;
+    let origin = url.origin().ascii_serialization();
+    if !matches!(url.scheme(), "http" | "https") || format!("{origin}/") != url.as_str() {
+        return Err(format!(
+            "{s:?} is not an origin such as https://app.example.com"
+        ));
+    }
+    Ok(origin)
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Address the gateway listens on.
@@ -118,6 +129,66 @@ pub struct Settings {
     #[arg(long, env = "WINDOW_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub window_concurrency: u32,
 
+    /// File of API keys: `<name> <sha256-hex> <activity ids or *>` per line.
+    #[arg(long, env = "API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// File holding the HS256 secret of client JWTs (at least 32 bytes).
+    #[arg(
+        long,
+        env = "JWT_HS256_SECRET_FILE",
+        conflicts_with = "jwt_public_key_file"
+    )]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA for RS256, P-256 for ES256) of client JWTs.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `iss` of client JWTs.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of client JWTs.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// How often mounted secret files (token, API keys) are re-read, in seconds.
+    #[arg(long, env = "SECRETS_RELOAD_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub secrets_reload_seconds: u64,
+
+    /// Let clients without credentials in, with access to every activity.
+    #[arg(long, env = "ALLOW_UNAUTHENTICATED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_unauthenticated: bool,
+
+    /// Requests per second one client (key, JWT subject, else IP) may make.
+    #[arg(long, env = "CLIENT_RATE_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub client_rate_per_second: u32,
+
+    /// Burst above the client rate.
+    #[arg(long, env = "CLIENT_BURST", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub client_burst: u32,
+
+    /// Deepest GraphQL selection accepted.
+    #[arg(long, env = "MAX_QUERY_DEPTH", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub max_query_depth: u32,
+
+    /// Largest GraphQL complexity (fields selected) accepted.
+    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 200, value_parser = clap::value_parser!(u32).range(10..=100000))]
+    pub max_query_complexity: u32,
+
+    /// Largest request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
+    pub max_body_bytes: u32,
+
+    /// Deadline of one whole GraphQL request, in milliseconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 15000, value_parser = clap::value_parser!(u64).range(100..=300000))]
+    pub request_timeout_ms: u64,
+
+    /// Browser origins allowed by CORS, comma separated (none by default).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = origin)]
+    pub cors_allowed_origins: Vec<String>,
+
     /// Serve the GraphiQL playground on `GET /graphql`.
     #[arg(long, env = "PLAYGROUND_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub playground_enabled: bool,
@@ -149,6 +220,13 @@ impl Settings {
                 "CACHE_TTL_RECENT_SECONDS must not exceed CACHE_TTL_SETTLED_SECONDS".into(),
             );
         }
+        let jwt_key = self.jwt_hs256_secret_file.is_some() || self.jwt_public_key_file.is_some();
+        if (self.jwt_issuer.is_some() || self.jwt_audience.is_some()) && !jwt_key {
+            return Err(
+                "JWT_ISSUER / JWT_AUDIENCE need JWT_HS256_SECRET_FILE or JWT_PUBLIC_KEY_FILE"
+                    .into(),
+            );
+        }
         if self.upstream_connect_timeout_ms > self.upstream_timeout_ms {
             return Err("UPSTREAM_CONNECT_TIMEOUT_MS must not exceed UPSTREAM_TIMEOUT_MS".into());
         }
@@ -166,6 +244,13 @@ impl Settings {
                 "set UPSTREAM_TOKEN_FILE (or UPSTREAM_TOKEN) to the platform's access token".into(),
             ),
         }
+    }
+
+    /// Whether any client authentication is configured.
+    pub fn client_auth_configured(&self) -> bool {
+        self.api_keys_file.is_some()
+            || self.jwt_hs256_secret_file.is_some()
+            || self.jwt_public_key_file.is_some()
     }
 
     pub fn upstream_connect_timeout(&self) -> Duration {
@@ -221,6 +306,21 @@ mod tests {
         assert!(e.contains("MAX_PAGE_SIZE"), "{e}");
         let e = parse(&["--upstream-base-url", "ftp://x"]).unwrap_err();
         assert!(e.contains("UPSTREAM_BASE_URL"), "{e}");
+        let e = parse(&[
+            "--cors-allowed-origins",
+            "https://a.example.com,https://b.example.com/path",
+        ])
+        .unwrap_err();
+        assert!(e.contains("CORS_ALLOWED_ORIGINS"), "{e}");
+        let ok = parse(&[
+            "--cors-allowed-origins",
+            "https://a.example.com,http://localhost:3000",
+        ])
+        .unwrap();
+        assert_eq!(
+            ok.cors_allowed_origins,
+            ["https://a.example.com", "http://localhost:3000"]
+        );
         let e = parse(&["--default-page-size", "200", "--max-page-size", "100"]).unwrap_err();
         assert!(e.contains("DEFAULT_PAGE_SIZE"), "{e}");
     }

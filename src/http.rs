@@ -1,17 +1,18 @@
 //! The HTTP surface of SPEC §6: GraphQL over POST, the playground, probes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::auth::AuthError;
 use crate::error::ErrorCode;
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -36,7 +37,63 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Res
         .into_response()
 }
 
-async fn graphql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+/// `POST /graphql`: authenticate, rate-limit, read a bounded body, then
+/// execute with a deadline. Each refusal before execution has its HTTP status
+/// and a GraphQL error body (SPEC §4).
+async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    // A header that is not visible ASCII cannot be a valid credential.
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let principal = match state.auth.authenticate(authorization) {
+        Ok(p) => p,
+        Err(e) => {
+            let message = match e {
+                AuthError::Missing => {
+                    "authentication required: send `Authorization: Bearer <API key or JWT>`"
+                }
+                AuthError::Invalid(reason) => reason,
+            };
+            let mut r = error_response(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthenticated,
+                message,
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
+    let client = if principal.is_anonymous() {
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "ip:unknown".to_owned(), |c| format!("ip:{}", c.0.ip()))
+    } else {
+        principal.name.clone()
+    };
+    if let Err(wait) = state.client_limiter.check(&client) {
+        let secs = wait.as_secs().max(1);
+        let mut r = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            &format!("too many requests from this client; retry in {secs} s"),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return r;
+    }
+    let limit = state.limits.max_body_bytes;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        let message = format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)");
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BadUserInput,
+            &message,
+        );
+    };
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -45,7 +102,15 @@ async fn graphql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
             return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
-    let mut response = state.schema.execute(request).await;
+    let execution = state.schema.execute(request.data(principal));
+    let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
+    else {
+        return error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::UpstreamTimeout,
+            "the request did not complete within the gateway's deadline",
+        );
+    };
     // Our resolver always sets a code; errors without one come from
     // async-graphql's parsing, validation and input coercion: bad input.
     for error in &mut response.errors {

@@ -10,17 +10,19 @@
 //! - [`cache`]: the moka page cache with coalescing and TTL by window age.
 //! - [`upstream`]: the platform's REST client and its JSON.
 //!
-//! Around it: [`config`] (settings), [`secret`] (redacted secrets, token
-//! reload), [`error`] (codes of SPEC §4), [`app`] (wiring and serving),
+//! Around it: [`config`] (settings), [`auth`] (API keys, JWT, scopes),
+//! [`limits`] (per-client rate), [`secret`] (redacted secrets, token reload), [`error`] (codes of SPEC §4), [`app`] (wiring and serving),
 //! [`demo`] (the simulated platform), [`time`] (the timestamp format).
 
 pub mod app;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod limits;
 pub mod paging;
 pub mod playground;
 pub mod secret;

@@ -19,7 +19,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Serve(s) => (s, false),
-        Command::Demo(s) => (s, true),
+        Command::Demo(mut s) => {
+            // The demo is for trying things out: open unless auth is configured.
+            if !s.client_auth_configured() {
+                s.allow_unauthenticated = true;
+            }
+            (s, true)
+        }
     };
     if let Err(e) = settings.validate() {
         eprintln!("error: {e}");
@@ -72,7 +78,9 @@ async fn run(mut settings: Settings, demo: bool) -> Result<(), String> {
     } else {
         settings.token_source()?
     };
-    token.spawn_reload(std::time::Duration::from_secs(30));
+    token.spawn_reload(std::time::Duration::from_secs(
+        settings.secrets_reload_seconds,
+    ));
     let app = App::build(&settings, token)?;
     let listener = TcpListener::bind(settings.listen_addr)
         .await

@@ -12,8 +12,10 @@ use async_graphql::{
 };
 use chrono::Utc;
 
+use crate::auth::Principal;
 use crate::cache::PageCache;
-use crate::error::GatewayError;
+use crate::config::Settings;
+use crate::error::{ErrorCode, GatewayError};
 use crate::paging::{self, ActivityId, Direction, RangePolicy, ResolvedRange, SliceArgs};
 use crate::visits::{self, FetchPolicy};
 use cursor::Cursor;
@@ -61,8 +63,16 @@ impl Query {
         let resolver = ctx
             .data::<Arc<Resolver>>()
             .map_err(|_| GatewayError::internal("the resolver is not configured").extend())?;
+        let principal = ctx.data_opt::<Principal>();
         let result = async {
             let activity = ActivityId::parse(&activity_id)?;
+            // Before anything is planned, cached or fetched.
+            if !principal.is_some_and(|p| p.may_read(activity)) {
+                return Err(GatewayError::new(
+                    ErrorCode::Forbidden,
+                    format!("this client may not read activity {activity}"),
+                ));
+            }
             let request = resolver.plan(activity, range, first, after, last, before)?;
             resolver.run(request).await
         };
@@ -236,9 +246,11 @@ pub const EXAMPLE_QUERY: &str = "query NewestVisits($activityId: ID!, $last: Int
 }
 ";
 
-pub fn build_schema(resolver: Option<Arc<Resolver>>, introspection: bool) -> GatewaySchema {
-    let mut builder = Schema::build(Query, EmptyMutation, EmptySubscription);
-    if !introspection {
+pub fn build_schema(resolver: Option<Arc<Resolver>>, settings: &Settings) -> GatewaySchema {
+    let mut builder = Schema::build(Query, EmptyMutation, EmptySubscription)
+        .limit_depth(settings.max_query_depth as usize)
+        .limit_complexity(settings.max_query_complexity as usize);
+    if !settings.introspection_enabled {
         builder = builder.disable_introspection();
     }
     if let Some(r) = resolver {
@@ -249,5 +261,5 @@ pub fn build_schema(resolver: Option<Arc<Resolver>>, introspection: bool) -> Gat
 
 /// The SDL, as committed in `schema/schema.graphql`.
 pub fn sdl() -> String {
-    build_schema(None, true).sdl()
+    build_schema(None, &Settings::defaults()).sdl()
 }

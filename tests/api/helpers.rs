@@ -70,6 +70,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::defaults();
     settings.upstream_base_url = sim.base_url().parse().unwrap();
     settings.upstream_timeout_ms = 3000;
+    settings.allow_unauthenticated = true;
+    // Tests fire many requests from one address.
+    settings.client_rate_per_second = 100_000;
+    settings.client_burst = 100_000;
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
     let app = App::build(&settings, TokenSource::fixed(Secret::new(token.as_str())))

@@ -4,5 +4,6 @@
 mod errors;
 mod helpers;
 mod paging;
+mod security;
 mod surface;
 mod upstream_economy;

@@ -1,0 +1,211 @@
+{{/*
+Chart name, overridable by nameOverride (63 chars: DNS label limit).
+*/}}
+{{- define "visits-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's resources.
+*/}}
+{{- define "visits-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "visits-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every resource.
+*/}}
+{{- define "visits-gateway.labels" -}}
+helm.sh/chart: {{ include "visits-gateway.chart" . }}
+{{ include "visits-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: visits-gateway
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels of the gateway pods. The helm test pod deliberately does not
+carry them (a ReplicaSet would adopt an orphan pod that matches its selector).
+*/}}
+{{- define "visits-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "visits-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of the helm test pod (and what the NetworkPolicy lets in).
+*/}}
+{{- define "visits-gateway.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-test" (include "visits-gateway.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end }}
+
+{{- define "visits-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "visits-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: repository@digest when a digest is given, else repository:tag
+(tag defaulting to the chart's appVersion).
+*/}}
+{{- define "visits-gateway.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret that is mounted (existing or created by the chart).
+*/}}
+{{- define "visits-gateway.secretName" -}}
+{{- default (include "visits-gateway.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/*
+Directory the Secret is mounted at, and the files the gateway reads there.
+*/}}
+{{- define "visits-gateway.secretDir" -}}
+/var/run/secrets/visits-gateway
+{{- end }}
+
+{{/*
+Number as the gateway expects it in an environment variable: integral values
+without exponent or decimal point (YAML numbers reach templates as float64).
+*/}}
+{{- define "visits-gateway.number" -}}
+{{- if eq (float64 .) (floor .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
+{{- end }}
+
+{{/*
+Pods the workload is meant to run at least: replicaCount, or the HPA's minimum.
+*/}}
+{{- define "visits-gateway.minPods" -}}
+{{- if .Values.autoscaling.enabled }}{{ int64 .Values.autoscaling.minReplicas }}{{ else }}{{ int64 .Values.replicaCount }}{{ end }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: explicit, or drain + shutdown timeout + 10 s.
+It must exceed drain + timeout, or the kubelet kills requests the gateway was
+still finishing.
+*/}}
+{{- define "visits-gateway.terminationGracePeriodSeconds" -}}
+{{- $needed := add (int64 .Values.gateway.shutdownDrainSeconds) (int64 .Values.gateway.shutdownTimeoutSeconds) }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $needed 10 }}
+{{- else }}
+{{- if le (int64 .Values.terminationGracePeriodSeconds) $needed }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than gateway.shutdownDrainSeconds + gateway.shutdownTimeoutSeconds (%d)" (int64 .Values.terminationGracePeriodSeconds) $needed) }}
+{{- end }}
+{{- int64 .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/*
+The gateway's environment (ConfigMap data), as YAML. Well-known settings first,
+then `config` merged over them. Secrets never go through here.
+*/}}
+{{- define "visits-gateway.env" -}}
+{{- $dir := include "visits-gateway.secretDir" . }}
+{{- $g := .Values.gateway }}
+{{- $env := dict
+  "LISTEN_ADDR" (printf "0.0.0.0:%d" (int64 $g.port))
+  "UPSTREAM_BASE_URL" $g.upstreamBaseUrl
+  "UPSTREAM_TOKEN_FILE" (printf "%s/upstream-token" $dir)
+  "ALLOW_UNAUTHENTICATED" (toString .Values.auth.allowUnauthenticated)
+  "PLAYGROUND_ENABLED" (toString $g.playgroundEnabled)
+  "INTROSPECTION_ENABLED" (toString $g.introspectionEnabled)
+  "SHUTDOWN_DRAIN_SECONDS" (toString (int64 $g.shutdownDrainSeconds))
+  "SHUTDOWN_TIMEOUT_SECONDS" (toString (int64 $g.shutdownTimeoutSeconds))
+  "LOG_FORMAT" $g.logFormat
+  "RUST_LOG" $g.logLevel
+}}
+{{- if .Values.metrics.dedicatedPort.enabled }}
+{{- $_ := set $env "METRICS_LISTEN_ADDR" (printf "0.0.0.0:%d" (int64 .Values.metrics.dedicatedPort.port)) }}
+{{- end }}
+{{- if $g.corsAllowedOrigins }}
+{{- $_ := set $env "CORS_ALLOWED_ORIGINS" (join "," $g.corsAllowedOrigins) }}
+{{- end }}
+{{- if not (kindIs "invalid" $g.cacheMaxBytes) }}
+{{- $_ := set $env "CACHE_MAX_BYTES" (include "visits-gateway.number" $g.cacheMaxBytes) }}
+{{- end }}
+{{- if not (kindIs "invalid" $g.upstreamRatePerSecond) }}
+{{- $_ := set $env "UPSTREAM_RATE_PER_SECOND" (include "visits-gateway.number" $g.upstreamRatePerSecond) }}
+{{- end }}
+{{- if not (kindIs "invalid" $g.upstreamBurst) }}
+{{- $_ := set $env "UPSTREAM_BURST" (include "visits-gateway.number" $g.upstreamBurst) }}
+{{- end }}
+{{- if .Values.auth.apiKeys.enabled }}
+{{- $_ := set $env "API_KEYS_FILE" (printf "%s/api-keys" $dir) }}
+{{- end }}
+{{- if .Values.auth.jwt.hs256 }}
+{{- $_ := set $env "JWT_HS256_SECRET_FILE" (printf "%s/jwt-hs256-secret" $dir) }}
+{{- end }}
+{{- if .Values.auth.jwt.publicKey }}
+{{- $_ := set $env "JWT_PUBLIC_KEY_FILE" (printf "%s/jwt-public-key" $dir) }}
+{{- end }}
+{{- with .Values.auth.jwt.issuer }}
+{{- $_ := set $env "JWT_ISSUER" . }}
+{{- end }}
+{{- with .Values.auth.jwt.audience }}
+{{- $_ := set $env "JWT_AUDIENCE" . }}
+{{- end }}
+{{- range $k, $v := .Values.config }}
+{{- if has $k (list "UPSTREAM_TOKEN" "JWT_HS256_SECRET") }}
+{{- fail (printf "config.%s would put a secret into a ConfigMap: use the secrets.* values (mounted files) instead" $k) }}
+{{- end }}
+{{- $_ := set $env $k (toString $v) }}
+{{- end }}
+{{- toYaml $env }}
+{{- end }}
+
+{{/*
+Render-time checks of combinations the schema cannot express.
+*/}}
+{{- define "visits-gateway.validate" -}}
+{{- if and (not .Values.auth.allowUnauthenticated) (not .Values.auth.apiKeys.enabled) (not .Values.auth.jwt.hs256) (not .Values.auth.jwt.publicKey) }}
+{{- fail "no client authentication is configured: enable auth.apiKeys, auth.jwt.hs256 or auth.jwt.publicKey, or set auth.allowUnauthenticated=true on purpose (the gateway refuses to start otherwise)" }}
+{{- end }}
+{{- if and .Values.auth.jwt.hs256 .Values.auth.jwt.publicKey }}
+{{- fail "auth.jwt.hs256 and auth.jwt.publicKey are exclusive: choose one JWT verification method" }}
+{{- end }}
+{{- if not .Values.secrets.existingSecret }}
+{{- if and .Values.auth.jwt.hs256 (not .Values.secrets.jwtHs256Secret) }}
+{{- fail "auth.jwt.hs256 is true but secrets.jwtHs256Secret is empty (or use secrets.existingSecret)" }}
+{{- end }}
+{{- if and .Values.auth.jwt.publicKey (not .Values.secrets.jwtPublicKey) }}
+{{- fail "auth.jwt.publicKey is true but secrets.jwtPublicKey is empty (or use secrets.existingSecret)" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.metrics.dedicatedPort.enabled (eq (int64 .Values.metrics.dedicatedPort.port) (int64 .Values.gateway.port)) }}
+{{- fail "metrics.dedicatedPort.port must differ from gateway.port" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (lt (int64 .Values.autoscaling.maxReplicas) (int64 .Values.autoscaling.minReplicas)) }}
+{{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) (kindIs "invalid" .Values.autoscaling.targetMemoryUtilizationPercentage) }}
+{{- fail "autoscaling needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" }}
+{{- end }}
+{{- end }}

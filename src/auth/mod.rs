@@ -1,0 +1,136 @@
+//! Who is asking, and which activities they may read (SPEC §5). Checked in
+//! the HTTP layer before any GraphQL work, and per activity in the resolver
+//! before the cache is read.
+
+pub mod jwt;
+pub mod keys;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::paging::ActivityId;
+
+/// The activities a client may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Only(Arc<HashSet<u64>>),
+}
+
+impl Scope {
+    /// `*` or comma-separated ids; anything else is refused.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw == "*" {
+            return Ok(Scope::All);
+        }
+        raw.split(',')
+            .map(|id| {
+                ActivityId::parse(id.trim())
+                    .map(ActivityId::get)
+                    .map_err(|_| format!("{id:?} is not an activity id"))
+            })
+            .collect::<Result<HashSet<_>, _>>()
+            .map(|ids| Scope::Only(Arc::new(ids)))
+    }
+}
+
+/// An authenticated client (or the anonymous one, where allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// `key:<name>`, `jwt:<sub>` or `anonymous`: for rate limits and logs.
+    pub name: String,
+    pub scope: Scope,
+}
+
+impl Principal {
+    pub fn anonymous() -> Self {
+        Self {
+            name: "anonymous".into(),
+            scope: Scope::All,
+        }
+    }
+
+    pub fn may_read(&self, activity: ActivityId) -> bool {
+        match &self.scope {
+            Scope::All => true,
+            Scope::Only(ids) => ids.contains(&activity.get()),
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.name == "anonymous"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization` header, and anonymous clients are not allowed.
+    Missing,
+    /// A credential that is not valid; the reason is safe to show.
+    Invalid(&'static str),
+}
+
+pub struct Authenticator {
+    keys: Option<keys::ApiKeys>,
+    jwt: Option<jwt::JwtVerifier>,
+    allow_unauthenticated: bool,
+}
+
+impl Authenticator {
+    pub fn from_settings(s: &Settings) -> Result<Self, String> {
+        let keys = s
+            .api_keys_file
+            .as_ref()
+            .map(|p| keys::ApiKeys::load(p.clone()))
+            .transpose()?;
+        let jwt = jwt::JwtVerifier::from_settings(s)?;
+        if keys.is_none() && jwt.is_none() && !s.allow_unauthenticated {
+            return Err("no client authentication is configured: set API_KEYS_FILE, or JWT_HS256_SECRET_FILE / \
+                        JWT_PUBLIC_KEY_FILE; or set ALLOW_UNAUTHENTICATED=true to run an open gateway on purpose"
+                .into());
+        }
+        Ok(Self {
+            keys,
+            jwt,
+            allow_unauthenticated: s.allow_unauthenticated,
+        })
+    }
+
+    /// Follows the keys file, so a rotated Secret applies without a restart.
+    pub fn spawn_reload(&self, every: std::time::Duration) {
+        if let Some(k) = &self.keys {
+            k.spawn_reload(every);
+        }
+    }
+
+    /// Checks the `Authorization` header value, if any.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        let Some(value) = authorization else {
+            return if self.allow_unauthenticated {
+                Ok(Principal::anonymous())
+            } else {
+                Err(AuthError::Missing)
+            };
+        };
+        let Some(credential) = value
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+        else {
+            return Err(AuthError::Invalid(
+                "the Authorization header must be `Bearer <API key or JWT>`",
+            ));
+        };
+        // A JWT has three dot-separated parts; API keys are told to have none.
+        if credential.matches('.').count() == 2
+            && let Some(jwt) = &self.jwt
+        {
+            return jwt.verify(credential);
+        }
+        if let Some(p) = self.keys.as_ref().and_then(|k| k.lookup(credential)) {
+            return Ok(p);
+        }
+        Err(AuthError::Invalid("the credential is not valid"))
+    }
+}
