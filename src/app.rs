@@ -18,6 +18,7 @@ use crate::limits::ClientLimiter;
 use crate::paging::RangePolicy;
 use crate::playground::{self, Playground};
 use crate::secret::TokenSource;
+use crate::telemetry::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::visits::FetchPolicy;
 
@@ -29,6 +30,7 @@ pub struct AppState {
     /// `None` when `PLAYGROUND_ENABLED=false`.
     pub playground: Option<Playground>,
     pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
     pub client_limiter: ClientLimiter,
     pub limits: RequestLimits,
 }
@@ -42,25 +44,33 @@ pub struct RequestLimits {
 pub struct App {
     pub state: Arc<AppState>,
     pub router: Router,
+    /// `/metrics` on its own port, when `METRICS_LISTEN_ADDR` is set.
+    pub metrics_router: Option<Router>,
+    shutdown: ShutdownPolicy,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ShutdownPolicy {
+    drain: Duration,
+    timeout: Duration,
 }
 
 impl App {
     pub fn build(settings: &Settings, token: TokenSource) -> Result<Self, String> {
         let auth = Authenticator::from_settings(settings)?;
-        let upstream = UpstreamClient::new(
-            settings.upstream_base_url.clone(),
-            token,
-            settings.upstream_connect_timeout(),
-            settings.upstream_timeout(),
-        )
-        .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        let metrics = Metrics::new();
+        let upstream = UpstreamClient::new(settings.upstream_config(), token, metrics.clone())
+            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
         let cache = PageCache::new(
-            upstream,
+            Arc::new(upstream),
             settings.cache_max_bytes,
             TtlPolicy {
                 recent: Duration::from_secs(settings.cache_ttl_recent_seconds),
                 settled: Duration::from_secs(settings.cache_ttl_settled_seconds),
+                grace: Duration::from_secs(settings.stale_grace_seconds),
+                refresh_deadline: Duration::from_millis(settings.upstream_deadline_ms),
             },
+            metrics.clone(),
         );
         let resolver = Resolver {
             cache: cache.clone(),
@@ -74,6 +84,7 @@ impl App {
             fetch_policy: FetchPolicy {
                 upstream_page_size: settings.upstream_page_size,
                 window_concurrency: settings.window_concurrency as usize,
+                deadline: Duration::from_millis(settings.upstream_deadline_ms),
             },
             default_page_size: settings.default_page_size,
             max_page_size: settings.max_page_size,
@@ -86,6 +97,7 @@ impl App {
                 .playground_enabled
                 .then(|| Playground::new(&playground_defaults(settings))),
             auth,
+            metrics,
             client_limiter: ClientLimiter::new(
                 settings.client_rate_per_second,
                 settings.client_burst,
@@ -96,12 +108,27 @@ impl App {
                 secrets_reload: Duration::from_secs(settings.secrets_reload_seconds),
             },
         });
-        let router =
-            crate::http::router(state.clone()).layer(cors(&settings.cors_allowed_origins)?);
-        Ok(Self { state, router })
+        let router = crate::http::router(state.clone(), settings.metrics_listen_addr.is_none())
+            .layer(cors(&settings.cors_allowed_origins)?);
+        let metrics_router = settings
+            .metrics_listen_addr
+            .map(|_| crate::http::metrics_router(state.clone()));
+        let shutdown = ShutdownPolicy {
+            drain: Duration::from_secs(settings.shutdown_drain_seconds),
+            timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
+        };
+        Ok(Self {
+            state,
+            router,
+            metrics_router,
+            shutdown,
+        })
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    /// Serves until `shutdown` resolves, then shuts down like a pod should:
+    /// readiness goes false at once, requests are still served for the drain
+    /// delay (load balancers take a moment to notice), then in-flight requests
+    /// get until the shutdown timeout to finish.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -117,9 +144,12 @@ impl App {
                 limiter_state.client_limiter.forget_idle();
             }
         });
-        state.ready.store(true, Ordering::Release);
+        let policy = self.shutdown;
+        let draining = Arc::new(tokio::sync::Notify::new());
+        let drained = draining.clone();
         let shutdown_state = state.clone();
-        axum::serve(
+        state.ready.store(true, Ordering::Release);
+        let server = axum::serve(
             listener,
             self.router
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -127,11 +157,29 @@ impl App {
         .with_graceful_shutdown(async move {
             shutdown.await;
             shutdown_state.ready.store(false, Ordering::Release);
-        })
-        .await
+            tracing::info!(
+                drain_s = policy.drain.as_secs(),
+                "shutting down: readiness off, draining"
+            );
+            tokio::time::sleep(policy.drain).await;
+            drained.notify_one();
+        });
+        let deadline = async move {
+            draining.notified().await;
+            tokio::time::sleep(policy.timeout).await;
+        };
+        tokio::select! {
+            result = server => {
+                tracing::info!("all requests finished; bye");
+                result
+            }
+            () = deadline => {
+                tracing::warn!("in-flight requests outlived SHUTDOWN_TIMEOUT_SECONDS; exiting anyway");
+                Ok(())
+            }
+        }
     }
 }
-
 /// The playground's opening example: a query for an activity that exists.
 fn playground_defaults(settings: &Settings) -> playground::Defaults {
     playground::Defaults {

@@ -1,16 +1,38 @@
-//! The page cache: one moka entry per upstream request, bounded by bytes,
-//! with request coalescing (concurrent identical misses wait for one upstream
-//! call) and a TTL chosen by the window's age. Errors are never cached.
+//! The page cache: one moka entry per upstream request, bounded by bytes.
+//! - Concurrent identical misses wait for one upstream call (coalescing).
+//! - Freshness depends on the window's age: short for windows that touch the
+//!   last hour, long for settled ones.
+//! - A page past its TTL is kept for a grace period: a settled one is served
+//!   at once and refreshed in the background (stale-while-revalidate); a
+//!   recent one is refreshed first, and served stale only if the platform
+//!   fails (stale-if-error), which the response then says.
+//! - Errors are never cached.
+//!
+//! Freshness is computed on tokio's clock (so tests can pause it); moka's own
+//! expiry only drops pages once their grace period is over too.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use moka::Expiry;
 use moka::future::Cache;
+use tokio::time::Instant;
 
-use crate::error::GatewayError;
-use crate::upstream::{PageRequest, UpstreamClient, UpstreamPage};
+use crate::error::{ErrorCode, GatewayError};
+use crate::telemetry::{Metrics, RequestStats};
+use crate::upstream::{PageRequest, UpstreamPage};
+
+/// Where pages come from: the platform client, or a fake in tests.
+pub trait PageSource: Send + Sync + 'static {
+    fn fetch(
+        &self,
+        req: PageRequest,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<UpstreamPage, GatewayError>>;
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct TtlPolicy {
@@ -18,11 +40,19 @@ pub struct TtlPolicy {
     pub recent: Duration,
     /// For settled windows.
     pub settled: Duration,
+    /// How long a page is kept after its TTL, to serve if the platform fails.
+    pub grace: Duration,
+    /// The deadline of background refreshes.
+    pub refresh_deadline: Duration,
 }
 
 impl TtlPolicy {
+    pub fn is_recent(window_end: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        window_end > now - chrono::Duration::hours(1)
+    }
+
     pub fn ttl_for(&self, window_end: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
-        if window_end > now - chrono::Duration::hours(1) {
+        if Self::is_recent(window_end, now) {
             self.recent
         } else {
             self.settled
@@ -33,155 +63,370 @@ impl TtlPolicy {
 #[derive(Debug)]
 pub struct CachedPage {
     pub page: UpstreamPage,
+    pub fetched_at: Instant,
     pub ttl: Duration,
 }
 
-struct PerEntryTtl;
+impl CachedPage {
+    pub fn is_fresh(&self) -> bool {
+        self.fetched_at.elapsed() < self.ttl
+    }
+}
 
-impl Expiry<PageRequest, Arc<CachedPage>> for PerEntryTtl {
+struct KeepThroughGrace(Duration);
+
+impl Expiry<PageRequest, Arc<CachedPage>> for KeepThroughGrace {
     fn expire_after_create(
         &self,
-        _key: &PageRequest,
-        value: &Arc<CachedPage>,
-        _created_at: Instant,
+        _: &PageRequest,
+        v: &Arc<CachedPage>,
+        _: std::time::Instant,
     ) -> Option<Duration> {
-        Some(value.ttl)
+        Some(v.ttl + self.0)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &PageRequest,
+        v: &Arc<CachedPage>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(v.ttl + self.0)
     }
 }
 
 #[derive(Clone)]
 pub struct PageCache {
-    cache: Cache<PageRequest, Arc<CachedPage>>,
-    upstream: UpstreamClient,
+    pages: Cache<PageRequest, Arc<CachedPage>>,
+    /// Coalesces refreshes of pages that are still in `pages`.
+    refreshes: Cache<PageRequest, Arc<CachedPage>>,
+    source: Arc<dyn PageSource>,
     ttl: TtlPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl PageCache {
-    pub fn new(upstream: UpstreamClient, max_bytes: u64, ttl: TtlPolicy) -> Self {
-        let cache = Cache::builder()
+    pub fn new(
+        source: Arc<dyn PageSource>,
+        max_bytes: u64,
+        ttl: TtlPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let pages = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &PageRequest, v: &Arc<CachedPage>| {
                 u32::try_from(v.page.weight()).unwrap_or(u32::MAX)
             })
-            .expire_after(PerEntryTtl)
+            .expire_after(KeepThroughGrace(ttl.grace))
+            .build();
+        let refreshes = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(30))
             .build();
         Self {
-            cache,
-            upstream,
+            pages,
+            refreshes,
+            source,
             ttl,
+            metrics,
         }
     }
 
-    /// The page for `req`, from the cache or from one upstream call shared by
-    /// every concurrent caller asking for the same page.
-    pub async fn page(&self, req: PageRequest) -> Result<Arc<CachedPage>, GatewayError> {
-        self.cache
+    /// The page for `req`: fresh from the cache, or from one upstream call
+    /// shared by every concurrent caller, or stale as described above.
+    pub async fn page(
+        &self,
+        req: PageRequest,
+        deadline: Instant,
+    ) -> Result<Arc<CachedPage>, GatewayError> {
+        if let Some(cached) = self.pages.get(&req).await {
+            if cached.is_fresh() {
+                self.metrics.cache_lookup("hit");
+                return Ok(cached);
+            }
+            if !TtlPolicy::is_recent(req.window.to, Utc::now()) {
+                self.metrics.cache_lookup("stale-while-revalidate");
+                self.refresh_in_background(req);
+                return Ok(cached);
+            }
+            return match self.refresh(req, deadline).await {
+                Ok(fresh) => {
+                    self.metrics.cache_lookup("miss");
+                    Ok(fresh)
+                }
+                Err(e) if serves_stale(&e) => {
+                    self.metrics.cache_lookup("stale-if-error");
+                    self.metrics.cache_stale_served.inc();
+                    let age = cached.fetched_at.elapsed().as_millis() as u64;
+                    RequestStats::with(|s| s.stale_age_ms.fetch_max(age.max(1), Ordering::Relaxed));
+                    tracing::warn!(
+                        code = e.code.as_str(),
+                        age_ms = age,
+                        "platform failed; serving a stale page"
+                    );
+                    Ok(cached)
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let fetched_here = AtomicBool::new(false);
+        let result = self
+            .pages
             .try_get_with(req, async {
-                let page = self.upstream.fetch_page(&req).await?;
-                let ttl = self.ttl.ttl_for(req.window.to, Utc::now());
-                Ok::<_, GatewayError>(Arc::new(CachedPage { page, ttl }))
+                fetched_here.store(true, Ordering::Relaxed);
+                self.fetch(req, deadline).await
             })
             .await
-            .map_err(|e: Arc<GatewayError>| (*e).clone())
+            .map_err(|e: Arc<GatewayError>| (*e).clone());
+        self.metrics
+            .cache_lookup(if fetched_here.load(Ordering::Relaxed) {
+                "miss"
+            } else {
+                "coalesced"
+            });
+        result
     }
 
-    pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+    async fn fetch(
+        &self,
+        req: PageRequest,
+        deadline: Instant,
+    ) -> Result<Arc<CachedPage>, GatewayError> {
+        let page = self.source.fetch(req, deadline).await?;
+        let ttl = self.ttl.ttl_for(req.window.to, Utc::now());
+        Ok(Arc::new(CachedPage {
+            page,
+            fetched_at: Instant::now(),
+            ttl,
+        }))
     }
 
-    pub fn weighted_size(&self) -> u64 {
-        self.cache.weighted_size()
+    /// Fetches a page that is in the cache but stale; concurrent refreshes of
+    /// one page make one upstream call.
+    async fn refresh(
+        &self,
+        req: PageRequest,
+        deadline: Instant,
+    ) -> Result<Arc<CachedPage>, GatewayError> {
+        let result = self
+            .refreshes
+            .try_get_with(req, self.fetch(req, deadline))
+            .await
+            .map_err(|e: Arc<GatewayError>| (*e).clone());
+        if let Ok(fresh) = &result {
+            self.pages.insert(req, fresh.clone()).await;
+        }
+        self.refreshes.invalidate(&req).await;
+        result
     }
+
+    fn refresh_in_background(&self, req: PageRequest) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + this.ttl.refresh_deadline;
+            if let Err(e) = this.refresh(req, deadline).await {
+                tracing::warn!(
+                    code = e.code.as_str(),
+                    "background refresh failed; the stale page stays"
+                );
+            }
+        });
+    }
+
+    /// Publishes entry count and size to the metrics.
+    pub async fn report(&self) {
+        // moka counts lazily; settle pending work so the figures are current.
+        self.pages.run_pending_tasks().await;
+        self.metrics
+            .cache_entries
+            .set(self.pages.entry_count() as i64);
+        self.metrics
+            .cache_bytes
+            .set(self.pages.weighted_size() as i64);
+    }
+}
+
+/// The platform is down or unreadable: better an old page than none. A clear
+/// answer (404, 401, feature off) is passed on instead.
+fn serves_stale(e: &GatewayError) -> bool {
+    e.code.is_transient() || e.code == ErrorCode::UpstreamBadResponse
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::paging::{ActivityId, ResolvedRange};
-    use crate::secret::{Secret, TokenSource};
-    use wiremock::matchers::{header, method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
 
-    fn request(page: u64) -> PageRequest {
-        let t = |s| crate::time::parse_rfc3339(s).unwrap();
+    /// A scripted platform: answers from a queue, counts calls.
+    #[derive(Default)]
+    struct Script {
+        calls: AtomicUsize,
+        failures: Mutex<Vec<ErrorCode>>,
+        delay: Duration,
+    }
+
+    impl PageSource for Script {
+        fn fetch(
+            &self,
+            req: PageRequest,
+            _: Instant,
+        ) -> BoxFuture<'_, Result<UpstreamPage, GatewayError>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                if let Some(code) = self.failures.lock().unwrap().pop() {
+                    return Err(GatewayError::new(code, "scripted"));
+                }
+                Ok(UpstreamPage {
+                    total: n as u64,
+                    page_size: req.page_size,
+                    items: Vec::new(),
+                })
+            })
+        }
+    }
+
+    fn request(window_end: DateTime<Utc>) -> PageRequest {
         PageRequest {
             activity: ActivityId::parse("7").unwrap(),
             window: ResolvedRange {
-                from: t("2020-01-01T00:00:00Z"),
-                to: t("2020-01-08T00:00:00Z"),
+                from: window_end - chrono::Duration::days(7),
+                to: window_end,
             },
-            page,
+            page: 1,
             page_size: 100,
         }
     }
 
-    async fn cache_against(server: &MockServer) -> PageCache {
-        let upstream = UpstreamClient::new(
-            server.uri().parse().unwrap(),
-            TokenSource::fixed(Secret::new("server-token")),
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-        )
-        .unwrap();
-        PageCache::new(
-            upstream,
-            1 << 20,
-            TtlPolicy {
-                recent: Duration::from_secs(5),
-                settled: Duration::from_secs(60),
-            },
-        )
+    const POLICY: TtlPolicy = TtlPolicy {
+        recent: Duration::from_secs(10),
+        settled: Duration::from_secs(100),
+        grace: Duration::from_secs(3600),
+        refresh_deadline: Duration::from_secs(5),
+    };
+
+    fn cache(script: Arc<Script>) -> PageCache {
+        PageCache::new(script, 1 << 20, POLICY, Metrics::new())
     }
 
-    #[tokio::test]
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn it_should_only_call_the_platform_once_per_key() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .and(path("/api/activity/7/stats/user-visits"))
-            .and(header("authorization", "Bearer server-token"))
-            .respond_with(
-                ResponseTemplate::new(200)
-                    .set_body_string(r#"{"pager":{"page":1,"pageSize":100,"total":0},"items":[]}"#)
-                    .set_delay(Duration::from_millis(100)),
-            )
-            .expect(1)
-            .mount(&server)
-            .await;
-        let cache = cache_against(&server).await;
-        let calls = (0..100).map(|_| cache.page(request(1)));
+        let script = Arc::new(Script {
+            delay: Duration::from_millis(100),
+            ..Default::default()
+        });
+        let cache = cache(script.clone());
+        let req = request(Utc::now());
+        let calls = (0..100).map(|_| cache.page(req, far()));
         let results = futures::future::join_all(calls).await;
         assert!(results.iter().all(Result::is_ok));
-        server.verify().await;
+        assert_eq!(script.calls.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn errors_are_not_cached() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .respond_with(ResponseTemplate::new(503))
-            .expect(2)
-            .mount(&server)
-            .await;
-        let cache = cache_against(&server).await;
-        assert!(cache.page(request(1)).await.is_err());
-        assert!(cache.page(request(1)).await.is_err());
-        server.verify().await;
+        let script = Arc::new(Script::default());
+        script
+            .failures
+            .lock()
+            .unwrap()
+            .push(ErrorCode::UpstreamUnavailable);
+        let cache = cache(script.clone());
+        let req = request(Utc::now());
+        assert!(cache.page(req, far()).await.is_err());
+        assert!(cache.page(req, far()).await.is_ok());
+        assert_eq!(script.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recent_page_is_refetched_after_its_short_ttl() {
+        let script = Arc::new(Script::default());
+        let cache = cache(script.clone());
+        let req = request(Utc::now());
+        cache.page(req, far()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        cache.page(req, far()).await.unwrap();
+        assert_eq!(
+            script.calls.load(Ordering::SeqCst),
+            1,
+            "fresh within its TTL"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let page = cache.page(req, far()).await.unwrap();
+        assert_eq!(script.calls.load(Ordering::SeqCst), 2);
+        assert!(page.is_fresh());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_recent_page_is_served_when_the_platform_fails() {
+        let script = Arc::new(Script::default());
+        let cache = cache(script.clone());
+        let req = request(Utc::now());
+        let first = cache.page(req, far()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        script
+            .failures
+            .lock()
+            .unwrap()
+            .push(ErrorCode::UpstreamUnavailable);
+        let stale = cache.page(req, far()).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &stale));
+        // A clear answer from the platform is passed on, not hidden.
+        script
+            .failures
+            .lock()
+            .unwrap()
+            .push(ErrorCode::ActivityNotFound);
+        assert_eq!(
+            cache.page(req, far()).await.unwrap_err().code,
+            ErrorCode::ActivityNotFound
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_settled_page_is_served_at_once_and_refreshed_once_in_the_background() {
+        let script = Arc::new(Script {
+            delay: Duration::from_millis(50),
+            ..Default::default()
+        });
+        let cache = cache(script.clone());
+        let req = request(Utc::now() - chrono::Duration::days(3));
+        let first = cache.page(req, far()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(101)).await;
+        let served = futures::future::join_all((0..20).map(|_| cache.page(req, far()))).await;
+        assert!(
+            served
+                .iter()
+                .all(|p| Arc::ptr_eq(p.as_ref().unwrap(), &first)),
+            "served stale at once"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            script.calls.load(Ordering::SeqCst),
+            2,
+            "one background refresh"
+        );
+        let after = cache.page(req, far()).await.unwrap();
+        assert!(after.is_fresh() && !Arc::ptr_eq(&after, &first));
     }
 
     #[test]
     fn recent_windows_get_the_short_ttl() {
-        let p = TtlPolicy {
-            recent: Duration::from_secs(5),
-            settled: Duration::from_secs(60),
-        };
         let now = Utc::now();
         assert_eq!(
-            p.ttl_for(now - chrono::Duration::minutes(59), now),
-            p.recent
+            POLICY.ttl_for(now - chrono::Duration::minutes(59), now),
+            POLICY.recent
         );
         assert_eq!(
-            p.ttl_for(now - chrono::Duration::minutes(61), now),
-            p.settled
+            POLICY.ttl_for(now - chrono::Duration::minutes(61), now),
+            POLICY.settled
         );
     }
 }

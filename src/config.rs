@@ -56,6 +56,13 @@ fn base_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 100_000.0 => Ok(r),
+        _ => Err("must be a number of requests per second above 0, such as 2 or 0.25".into()),
+    }
+}
+
 fn origin(s: &str) -> Result<String, String> {
     let url = Url::parse(s.trim()).map_err(|e| format!("not an origin: {e}"))?;
     let origin = url.origin().ascii_serialization();
@@ -72,6 +79,19 @@ pub struct Settings {
     /// Address the gateway listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
+
+    /// Serve `/metrics` on this address instead of the main one.
+    #[arg(long, env = "METRICS_LISTEN_ADDR")]
+    pub metrics_listen_addr: Option<SocketAddr>,
+
+    /// After SIGTERM, seconds to keep serving while readiness is false, so
+    /// load balancers stop sending new requests first.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub shutdown_drain_seconds: u64,
+
+    /// Then, seconds in-flight requests get to finish before the process exits.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub shutdown_timeout_seconds: u64,
 
     /// The platform's base URL.
     #[arg(long, env = "UPSTREAM_BASE_URL", default_value = "https://shangzhibo.tv", value_parser = base_url)]
@@ -124,6 +144,44 @@ pub struct Settings {
     /// Upstream total timeout per request, in milliseconds.
     #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..=120000))]
     pub upstream_timeout_ms: u64,
+
+    /// The platform request budget: sustained requests per second (may be
+    /// fractional, e.g. 0.2 for 12 a minute), shared by the whole process.
+    #[arg(long, env = "UPSTREAM_RATE_PER_SECOND", default_value_t = 2.0, value_parser = positive_rate)]
+    pub upstream_rate_per_second: f64,
+
+    /// Requests the budget lets through at once after a quiet spell.
+    #[arg(long, env = "UPSTREAM_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub upstream_burst: u32,
+
+    /// How long an upstream call may queue for the budget, in milliseconds.
+    #[arg(long, env = "UPSTREAM_MAX_BUDGET_WAIT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=600000))]
+    pub upstream_max_budget_wait_ms: u64,
+
+    /// Upstream requests in flight at once, for the whole process.
+    #[arg(long, env = "UPSTREAM_MAX_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub upstream_max_concurrency: u32,
+
+    /// Retries of a failed upstream request (connection errors, 429, 5xx).
+    #[arg(long, env = "UPSTREAM_MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub upstream_max_retries: u32,
+
+    /// First retry backoff in milliseconds; doubled each retry, jittered.
+    #[arg(long, env = "UPSTREAM_RETRY_BASE_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60000))]
+    pub upstream_retry_base_ms: u64,
+
+    /// The longest pause a platform's Retry-After may impose, in seconds.
+    #[arg(long, env = "UPSTREAM_RETRY_AFTER_CAP_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub upstream_retry_after_cap_seconds: u64,
+
+    /// Time one GraphQL request may spend on the platform, retries and
+    /// budget waits included, in milliseconds.
+    #[arg(long, env = "UPSTREAM_DEADLINE_MS", default_value_t = 8000, value_parser = clap::value_parser!(u64).range(10..=300000))]
+    pub upstream_deadline_ms: u64,
+
+    /// How long a page is kept past its TTL, to serve when the platform fails.
+    #[arg(long, env = "STALE_GRACE_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=604800))]
+    pub stale_grace_seconds: u64,
 
     /// Upstream requests one client request may have in flight.
     #[arg(long, env = "WINDOW_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -227,6 +285,9 @@ impl Settings {
                     .into(),
             );
         }
+        if self.upstream_deadline_ms >= self.request_timeout_ms {
+            return Err("UPSTREAM_DEADLINE_MS must be below REQUEST_TIMEOUT_MS".into());
+        }
         if self.upstream_connect_timeout_ms > self.upstream_timeout_ms {
             return Err("UPSTREAM_CONNECT_TIMEOUT_MS must not exceed UPSTREAM_TIMEOUT_MS".into());
         }
@@ -253,12 +314,19 @@ impl Settings {
             || self.jwt_public_key_file.is_some()
     }
 
-    pub fn upstream_connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.upstream_connect_timeout_ms)
-    }
-
-    pub fn upstream_timeout(&self) -> Duration {
-        Duration::from_millis(self.upstream_timeout_ms)
+    pub fn upstream_config(&self) -> crate::upstream::UpstreamConfig {
+        crate::upstream::UpstreamConfig {
+            base: self.upstream_base_url.clone(),
+            connect_timeout: Duration::from_millis(self.upstream_connect_timeout_ms),
+            timeout: Duration::from_millis(self.upstream_timeout_ms),
+            rate_per_second: self.upstream_rate_per_second,
+            burst: self.upstream_burst,
+            max_budget_wait: Duration::from_millis(self.upstream_max_budget_wait_ms),
+            max_concurrency: self.upstream_max_concurrency as usize,
+            max_retries: self.upstream_max_retries,
+            retry_base: Duration::from_millis(self.upstream_retry_base_ms),
+            retry_after_cap: Duration::from_secs(self.upstream_retry_after_cap_seconds),
+        }
     }
 
     /// Defaults, for tests and the demo.

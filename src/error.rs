@@ -74,6 +74,8 @@ pub struct GatewayError {
     pub upstream_message: Option<String>,
     /// From a 429's `Retry-After`, used by the retry policy.
     pub retry_after: Option<Duration>,
+    /// The platform's HTTP status, when it answered; for metrics.
+    pub status: Option<u16>,
 }
 
 impl GatewayError {
@@ -83,6 +85,7 @@ impl GatewayError {
             message: message.into(),
             upstream_message: None,
             retry_after: None,
+            status: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -14,15 +15,53 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::auth::AuthError;
 use crate::error::ErrorCode;
+use crate::telemetry::{self, RequestStats};
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+/// The main router; `/metrics` is on it unless it has a port of its own.
+pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
+    let mut router = Router::new()
         .route("/graphql", get(playground).post(graphql))
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .merge(crate::playground::asset_routes())
+        .merge(crate::playground::asset_routes());
+    if with_metrics {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
+        .fallback(|| async {
+            error_response(
+                StatusCode::NOT_FOUND,
+                ErrorCode::BadUserInput,
+                "no such path",
+            )
+        })
+        .with_state(state.clone())
+        // Outermost, so it sees every request and the final status.
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            telemetry::observe,
+        ))
+}
+
+/// `/metrics` alone, for `METRICS_LISTEN_ADDR`.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.cache.report().await;
+    let body = state.metrics.encode();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// A GraphQL error body for failures that happen before execution.
@@ -41,6 +80,14 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Res
 /// execute with a deadline. Each refusal before execution has its HTTP status
 /// and a GraphQL error body (SPEC §4).
 async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    execute(&state, request).await
+}
+
+async fn execute(state: &AppState, request: Request) -> Response {
+    let error_response = |status, code: ErrorCode, message: &str| {
+        state.metrics.graphql_error(code.as_str());
+        error_response(status, code, message)
+    };
     let (parts, body) = request.into_parts();
     // A header that is not visible ASCII cannot be a valid credential.
     let authorization = parts
@@ -118,6 +165,25 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
         if ext.get("code").is_none() {
             ext.set("code", ErrorCode::BadUserInput.as_str());
         }
+        if let Some(async_graphql::Value::String(code)) = ext.get("code") {
+            state.metrics.graphql_error(code);
+        }
+    }
+    // A page was served stale because the platform failed: say so.
+    let stale_ms = RequestStats::with(|s| s.stale_age_ms.load(Ordering::Relaxed)).unwrap_or(0);
+    if stale_ms > 0 {
+        let mut stale = async_graphql::indexmap::IndexMap::new();
+        stale.insert(
+            async_graphql::Name::new("ageSeconds"),
+            async_graphql::Value::from(stale_ms / 1000),
+        );
+        stale.insert(
+            async_graphql::Name::new("reason"),
+            async_graphql::Value::from("the platform failed; some pages are older than their TTL"),
+        );
+        response
+            .extensions
+            .insert("stale".to_owned(), async_graphql::Value::Object(stale));
     }
     match serde_json::to_vec(&response) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),

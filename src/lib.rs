@@ -11,7 +11,7 @@
 //! - [`upstream`]: the platform's REST client and its JSON.
 //!
 //! Around it: [`config`] (settings), [`auth`] (API keys, JWT, scopes),
-//! [`limits`] (per-client rate), [`secret`] (redacted secrets, token reload), [`error`] (codes of SPEC §4), [`app`] (wiring and serving),
+//! [`limits`] (per-client rate), [`telemetry`] (metrics, access log), [`secret`] (redacted secrets, token reload), [`error`] (codes of SPEC §4), [`app`] (wiring and serving),
 //! [`demo`] (the simulated platform), [`time`] (the timestamp format).
 
 pub mod app;
@@ -26,6 +26,7 @@ pub mod limits;
 pub mod paging;
 pub mod playground;
 pub mod secret;
+pub mod telemetry;
 pub mod time;
 pub mod upstream;
 pub mod visits;

@@ -87,6 +87,15 @@ async fn run(mut settings: Settings, demo: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on LISTEN_ADDR {}: {e}", settings.listen_addr))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, demo, "visits-gateway listening");
+    if let (Some(metrics_addr), Some(router)) =
+        (settings.metrics_listen_addr, app.metrics_router.clone())
+    {
+        let metrics_listener = TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|e| format!("cannot listen on METRICS_LISTEN_ADDR {metrics_addr}: {e}"))?;
+        tracing::info!(addr = %metrics_addr, "metrics listening");
+        tokio::spawn(async move { axum::serve(metrics_listener, router).await });
+    }
     if demo {
         print_demo_banner(addr);
     }

@@ -16,6 +16,8 @@ pub struct FetchPolicy {
     pub upstream_page_size: u64,
     /// How many upstream requests one client request may have in flight.
     pub window_concurrency: usize,
+    /// Time one client request may spend on the platform.
+    pub deadline: std::time::Duration,
 }
 
 /// A slice of an activity's visits, with where it sits in the whole list.
@@ -34,6 +36,7 @@ pub async fn load(
     range: ResolvedRange,
     args: SliceArgs,
 ) -> Result<VisitSlice, GatewayError> {
+    let deadline = tokio::time::Instant::now() + policy.deadline;
     let windows = paging::split_windows(range);
     let first_page = |window: ResolvedRange| PageRequest {
         activity,
@@ -43,11 +46,15 @@ pub async fn load(
     };
     // Every window's first page: totals for `totalCount` and the page size the
     // platform really serves. Oldest first, a bounded number at a time.
-    let firsts: Vec<Arc<CachedPage>> =
-        futures::stream::iter(windows.iter().copied().map(|w| cache.page(first_page(w))))
-            .buffered(policy.window_concurrency)
-            .try_collect()
-            .await?;
+    let firsts: Vec<Arc<CachedPage>> = futures::stream::iter(
+        windows
+            .iter()
+            .copied()
+            .map(|w| cache.page(first_page(w), deadline)),
+    )
+    .buffered(policy.window_concurrency)
+    .try_collect()
+    .await?;
     let shapes: Vec<WindowShape> = firsts
         .iter()
         .map(|c| WindowShape {
@@ -72,7 +79,7 @@ pub async fn load(
             if r.page == 1 {
                 Ok(first)
             } else {
-                cache.page(req).await
+                cache.page(req, deadline).await
             }
         }
     }))

@@ -1,15 +1,23 @@
 //! The platform's REST client: builds the one request we make, sends it with
 //! the server's token and timeouts, and maps every answer onto SPEC §4.
 
+pub mod budget;
 pub mod dto;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use reqwest::{StatusCode, Url};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
+use crate::cache::PageSource;
 use crate::error::{ErrorCode, GatewayError};
 use crate::paging::{ActivityId, ResolvedRange};
 use crate::secret::TokenSource;
+use crate::telemetry::{Metrics, RequestStats, StatusLabel};
+use budget::Budget;
 pub use dto::Visit;
 
 /// Everything that makes one upstream request (and so one cache key).
@@ -38,41 +46,94 @@ impl UpstreamPage {
     }
 }
 
+/// How the client treats the platform (SPEC §3).
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub base: Url,
+    pub connect_timeout: Duration,
+    /// Total timeout of one attempt.
+    pub timeout: Duration,
+    /// The request budget: sustained rate and burst, shared by the process.
+    pub rate_per_second: f64,
+    pub burst: u32,
+    /// How long a call may queue for the budget before it gives up.
+    pub max_budget_wait: Duration,
+    /// Upstream requests in flight at once.
+    pub max_concurrency: usize,
+    /// Retries after the first attempt, for connection errors, 429 and 5xx.
+    pub max_retries: u32,
+    /// First backoff; doubled each retry, with full jitter.
+    pub retry_base: Duration,
+    /// The longest pause a `Retry-After` may impose.
+    pub retry_after_cap: Duration,
+}
+
+impl UpstreamConfig {
+    /// Defaults around `base`, for tests.
+    pub fn new(base: Url) -> Self {
+        Self {
+            base,
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+            rate_per_second: 5.0,
+            burst: 20,
+            max_budget_wait: Duration::from_secs(5),
+            max_concurrency: 8,
+            max_retries: 3,
+            retry_base: Duration::from_millis(200),
+            retry_after_cap: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct UpstreamClient {
     http: reqwest::Client,
-    base: Url,
+    config: Arc<UpstreamConfig>,
     token: TokenSource,
+    budget: Arc<Budget>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamClient")
-            .field("base", &self.base.as_str())
+            .field("base", &self.config.base.as_str())
             .finish_non_exhaustive()
     }
 }
 
 impl UpstreamClient {
     pub fn new(
-        base: Url,
+        config: UpstreamConfig,
         token: TokenSource,
-        connect_timeout: Duration,
-        timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(timeout)
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.timeout)
             .user_agent(concat!("visits-gateway/", env!("CARGO_PKG_VERSION")))
             // A redirect would carry the token to wherever it points.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { http, base, token })
+        Ok(Self {
+            http,
+            budget: Arc::new(Budget::new(
+                config.rate_per_second,
+                config.burst,
+                config.retry_after_cap,
+            )),
+            slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
+            config: Arc::new(config),
+            token,
+            metrics,
+        })
     }
 
     /// `{base}/api/activity/{id}/stats/user-visits?page=..&pageSize=..&startedAt=..&endedAt=..`
     pub fn url(&self, req: &PageRequest) -> Url {
-        let mut url = self.base.clone();
+        let mut url = self.config.base.clone();
         url.path_segments_mut()
             .expect("base URL validated at start")
             .pop_if_empty()
@@ -91,10 +152,101 @@ impl UpstreamClient {
         url
     }
 
-    pub async fn fetch_page(&self, req: &PageRequest) -> Result<UpstreamPage, GatewayError> {
+    /// One page, within the request budget, retrying transient failures with
+    /// jittered exponential backoff until `deadline`.
+    pub async fn fetch_page(
+        &self,
+        req: &PageRequest,
+        deadline: Instant,
+    ) -> Result<UpstreamPage, GatewayError> {
+        let mut attempt = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let max_wait = self.config.max_budget_wait.min(remaining);
+            let waited = self.budget.acquire(max_wait).await.map_err(|_| {
+                GatewayError::new(
+                    ErrorCode::UpstreamRateLimited,
+                    "the gateway's platform request budget is exhausted; try again shortly",
+                )
+            })?;
+            self.metrics
+                .upstream_budget_wait
+                .observe(waited.as_secs_f64());
+            let result = self.attempt(req, deadline).await;
+            let error = match result {
+                Ok(page) => return Ok(page),
+                Err(e) if e.code.is_transient() && attempt < self.config.max_retries => e,
+                Err(e) => return Err(e),
+            };
+            if error.code == ErrorCode::UpstreamRateLimited {
+                // Slow everyone down rather than retry at once.
+                self.budget
+                    .pause(error.retry_after.unwrap_or(self.config.retry_base));
+            }
+            let ceiling = self.config.retry_base.saturating_mul(1 << attempt.min(16));
+            let backoff = ceiling.mul_f64(0.5 + fastrand::f64() / 2.0);
+            if Instant::now() + backoff >= deadline {
+                return Err(error);
+            }
+            self.metrics.upstream_retries.inc();
+            tracing::debug!(
+                attempt,
+                code = error.code.as_str(),
+                backoff_ms = backoff.as_millis() as u64,
+                "retrying the platform"
+            );
+            tokio::time::sleep(backoff).await;
+            attempt += 1;
+        }
+    }
+
+    /// One request: a concurrency slot, a timeout bounded by the deadline,
+    /// metrics and a log line.
+    async fn attempt(
+        &self,
+        req: &PageRequest,
+        deadline: Instant,
+    ) -> Result<UpstreamPage, GatewayError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| GatewayError::internal("upstream slots closed"))?;
         let started = Instant::now();
-        let result = self.send(req).await;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let limit = deadline.saturating_duration_since(started);
+        let result = match tokio::time::timeout(limit, self.send(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(GatewayError::new(
+                ErrorCode::UpstreamTimeout,
+                "the platform did not answer in time",
+            )),
+        };
+        let elapsed = started.elapsed();
+        self.metrics
+            .upstream_duration
+            .observe(elapsed.as_secs_f64());
+        let status = match &result {
+            Ok(_) => "200".to_owned(),
+            Err(e) => e.status.map_or_else(
+                || {
+                    if e.code == ErrorCode::UpstreamTimeout {
+                        "timeout".into()
+                    } else {
+                        "error".into()
+                    }
+                },
+                |s| s.to_string(),
+            ),
+        };
+        self.metrics
+            .upstream_requests
+            .get_or_create(&StatusLabel { status })
+            .inc();
+        RequestStats::with(|s| {
+            s.upstream_requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        });
+        let elapsed_ms = elapsed.as_millis() as u64;
         match &result {
             Ok(page) => tracing::debug!(
                 activity = %req.activity, page = req.page, page_size = req.page_size,
@@ -132,6 +284,16 @@ impl UpstreamClient {
             return Err(e);
         }
         parse_page(&body, req.page_size)
+    }
+}
+
+impl PageSource for UpstreamClient {
+    fn fetch(
+        &self,
+        req: PageRequest,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<UpstreamPage, GatewayError>> {
+        Box::pin(async move { self.fetch_page(&req, deadline).await })
     }
 }
 
@@ -226,6 +388,7 @@ pub fn classify_failure(status: StatusCode, body: &[u8]) -> GatewayError {
         ),
     };
     let mut e = GatewayError::new(code, message).with_upstream_message(upstream_message);
+    e.status = Some(status.as_u16());
     if status == StatusCode::TOO_MANY_REQUESTS {
         e.retry_after = e.upstream_message.as_deref().and_then(retry_hint);
     }
@@ -343,10 +506,9 @@ mod tests {
     #[test]
     fn the_url_is_built_from_a_validated_id_and_platform_timestamps() {
         let client = UpstreamClient::new(
-            Url::parse("https://example.test/base/").unwrap(),
+            UpstreamConfig::new(Url::parse("https://example.test/base/").unwrap()),
             TokenSource::fixed(crate::secret::Secret::new("t")),
-            Duration::from_secs(1),
-            Duration::from_secs(1),
+            Metrics::new(),
         )
         .unwrap();
         let t = |s| crate::time::parse_rfc3339(s).unwrap();

@@ -123,7 +123,8 @@ async fn a_cursor_is_accepted_with_the_range_it_came_from_or_without_one() {
 }
 
 async fn code_for_fault(fault: Fault) -> (String, Value) {
-    let app = spawn_app().await;
+    // No retries: each fault is seen as the platform's one answer.
+    let app = spawn_app_with(|s| s.upstream_max_retries = 0).await;
     app.sim.push_fault(fault);
     let r = app
         .user_visits(json!({ "id": SMALL_ACTIVITY.to_string() }))
@@ -201,6 +202,7 @@ async fn a_hanging_platform_gives_upstream_timeout() {
     let app = spawn_app_with(|s| {
         s.upstream_timeout_ms = 300;
         s.upstream_connect_timeout_ms = 300;
+        s.upstream_max_retries = 0;
     })
     .await;
     app.sim.push_fault(Fault::Hang);
@@ -212,7 +214,7 @@ async fn a_hanging_platform_gives_upstream_timeout() {
 
 #[tokio::test]
 async fn errors_are_not_cached() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.upstream_max_retries = 0).await;
     app.sim.push_fault(Fault::Status(503, String::new()));
     let vars = json!({ "id": SMALL_ACTIVITY.to_string() });
     assert_eq!(

@@ -32,6 +32,7 @@ fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
         let writer = LogBuffer(buffer.clone());
         tracing_subscriber::fmt()
             .json()
+            .flatten_event(true)
             .with_env_filter("debug")
             .with_writer(move || writer.clone())
             .init();
@@ -52,6 +53,8 @@ pub struct TestApp {
     pub token: String,
     /// When the simulated data ends.
     pub now: DateTime<Utc>,
+    shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    server: Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -74,23 +77,54 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     // Tests fire many requests from one address.
     settings.client_rate_per_second = 100_000;
     settings.client_burst = 100_000;
+    settings.upstream_rate_per_second = 100_000.0;
+    settings.upstream_burst = 10_000;
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
     let app = App::build(&settings, TokenSource::fixed(Secret::new(token.as_str())))
         .expect("gateway builds");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(app.serve(listener, std::future::pending()));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, async move {
+        let _ = rx.await;
+    }));
     TestApp {
         addr,
         sim,
         http: reqwest::Client::new(),
         token,
         now,
+        shutdown: Mutex::new(Some(tx)),
+        server: Mutex::new(Some(server)),
     }
 }
 
 impl TestApp {
+    /// Sends the gateway its shutdown signal (SIGTERM in production).
+    pub fn begin_shutdown(&self) {
+        if let Some(tx) = self.shutdown.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server task to end and returns its result.
+    pub async fn stopped(&self) -> std::io::Result<()> {
+        let handle = self.server.lock().unwrap().take().expect("server running");
+        handle.await.expect("server task")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -134,7 +168,7 @@ query($id: ID!, $range: TimeRange, $first: Int, $after: String, $last: Int, $bef
 pub fn error_code(response: &Value) -> String {
     response["errors"][0]["extensions"]["code"]
         .as_str()
-        .unwrap_or_else(|| panic!("no error code in {response}"))
+        .unwrap_or_else(|| panic!("no error code in {:.600}", response.to_string()))
         .to_owned()
 }
 

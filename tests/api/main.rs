@@ -3,7 +3,9 @@
 
 mod errors;
 mod helpers;
+mod ops;
 mod paging;
+mod resilience;
 mod security;
 mod surface;
 mod upstream_economy;

@@ -1,0 +1,306 @@
+//! What operators see: Prometheus metrics, one access-log line per request
+//! with a request id, and per-request cache outcomes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header::HeaderName};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing::Instrument;
+
+use crate::error::ErrorCode;
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: &'static str,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// The HTTP status, or `timeout` / `error` when there was none.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~26 s.
+    Histogram::new(exponential_buckets(0.0001, 2.5, 14))
+}
+
+/// Every metric of the process. Cheap to update: atomics behind labels.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabel, Histogram>,
+    pub http_in_flight: Gauge,
+    pub graphql_errors: Family<CodeLabel, Counter>,
+    pub upstream_requests: Family<StatusLabel, Counter>,
+    pub upstream_duration: Histogram,
+    pub upstream_retries: Counter,
+    pub upstream_budget_wait: Histogram,
+    pub cache_lookups: Family<OutcomeLabel, Counter>,
+    pub cache_stale_served: Counter,
+    pub response_cache_lookups: Family<OutcomeLabel, Counter>,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("visits_gateway");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration = Family::<RouteLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let http_in_flight = Gauge::default();
+        let graphql_errors = Family::<CodeLabel, Counter>::default();
+        let upstream_requests = Family::<StatusLabel, Counter>::default();
+        let upstream_duration = latency_histogram();
+        let upstream_retries = Counter::default();
+        let upstream_budget_wait = latency_histogram();
+        let cache_lookups = Family::<OutcomeLabel, Counter>::default();
+        let cache_stale_served = Counter::default();
+        let response_cache_lookups = Family::<OutcomeLabel, Counter>::default();
+        let cache_entries = Gauge::default();
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            http_duration.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being served",
+            http_in_flight.clone(),
+        );
+        registry.register(
+            "graphql_errors",
+            "GraphQL errors by code",
+            graphql_errors.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Platform requests by HTTP status (or timeout/error)",
+            upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Platform request latency",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Platform requests retried",
+            upstream_retries.clone(),
+        );
+        registry.register(
+            "upstream_budget_wait_seconds",
+            "Time spent waiting for the platform request budget",
+            upstream_budget_wait.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Page cache lookups by outcome (hit, miss, coalesced)",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "cache_stale_served",
+            "Stale pages served because the platform failed",
+            cache_stale_served.clone(),
+        );
+        registry.register(
+            "response_cache_lookups",
+            "Response cache lookups by outcome",
+            response_cache_lookups.clone(),
+        );
+        registry.register("cache_entries", "Pages in the cache", cache_entries.clone());
+        registry.register(
+            "cache_bytes",
+            "Approximate bytes of pages in the cache",
+            cache_bytes.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            http_requests,
+            http_duration,
+            http_in_flight,
+            graphql_errors,
+            upstream_requests,
+            upstream_duration,
+            upstream_retries,
+            upstream_budget_wait,
+            cache_lookups,
+            cache_stale_served,
+            response_cache_lookups,
+            cache_entries,
+            cache_bytes,
+        })
+    }
+
+    pub fn graphql_error(&self, code: &str) {
+        let code = ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .find(|c| *c == code)
+            .unwrap_or("INTERNAL");
+        self.graphql_errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    pub fn cache_lookup(&self, outcome: &'static str) {
+        self.cache_lookups
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        RequestStats::with(|s| match outcome {
+            "hit" => s.page_hits.fetch_add(1, Ordering::Relaxed),
+            _ => s.page_misses.fetch_add(1, Ordering::Relaxed),
+        });
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Counters of one HTTP request, reachable from anywhere in its task.
+#[derive(Default, Debug)]
+pub struct RequestStats {
+    pub page_hits: AtomicU32,
+    pub page_misses: AtomicU32,
+    pub upstream_requests: AtomicU32,
+    /// Set when the whole response came from the response cache.
+    pub response_cached: AtomicU32,
+    /// Age in ms of the oldest stale page served, 0 for none.
+    pub stale_age_ms: AtomicU64,
+}
+
+tokio::task_local! {
+    static STATS: Arc<RequestStats>;
+}
+
+impl RequestStats {
+    /// Runs `f` on the current request's stats, if inside one.
+    pub fn with<R>(f: impl FnOnce(&RequestStats) -> R) -> Option<R> {
+        STATS.try_with(|s| f(s)).ok()
+    }
+
+    /// `response-hit`, `hit` (every page from the cache), `miss` or `none`.
+    fn cache_outcome(&self) -> &'static str {
+        if self.response_cached.load(Ordering::Relaxed) > 0 {
+            "response-hit"
+        } else if self.page_misses.load(Ordering::Relaxed) > 0 {
+            "miss"
+        } else if self.page_hits.load(Ordering::Relaxed) > 0 {
+            "hit"
+        } else {
+            "none"
+        }
+    }
+}
+
+/// Bounded label values: the known routes, else `other`.
+pub fn route_of(path: &str) -> &'static str {
+    match path {
+        "/graphql" => "/graphql",
+        "/" => "/",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/playground/") => "/playground",
+        _ => "other",
+    }
+}
+
+/// A client's `x-request-id` when it is short and printable, else a new one.
+fn request_id(req: &Request) -> HeaderValue {
+    req.headers()
+        .get(&REQUEST_ID)
+        .filter(|v| v.len() <= 64 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..)))
+                .expect("hex is a valid header")
+        })
+}
+
+/// The outermost middleware: request id, access log, HTTP metrics.
+pub async fn observe(
+    State(metrics): State<Arc<Metrics>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = request_id(&req);
+    req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+    let route = route_of(req.uri().path());
+    let method = req.method().to_string();
+    let stats = Arc::new(RequestStats::default());
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"));
+    metrics.http_in_flight.inc();
+    let mut response = STATS
+        .scope(stats.clone(), next.run(req).instrument(span.clone()))
+        .await;
+    metrics.http_in_flight.dec();
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            method: method.clone(),
+            status,
+        })
+        .inc();
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabel { route })
+        .observe(elapsed.as_secs_f64());
+    response.headers_mut().insert(REQUEST_ID.clone(), id);
+    if route != "/healthz" && route != "/readyz" && route != "/metrics" {
+        span.in_scope(|| {
+            tracing::info!(
+                method,
+                route,
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                cache = stats.cache_outcome(),
+                upstream_requests = stats.upstream_requests.load(Ordering::Relaxed),
+                "request"
+            )
+        });
+    }
+    response
+}
