@@ -17,6 +17,7 @@ use crate::graphql::{self, GatewaySchema, Resolver};
 use crate::limits::ClientLimiter;
 use crate::paging::RangePolicy;
 use crate::playground::{self, Playground};
+use crate::response_cache::ResponseCache;
 use crate::secret::TokenSource;
 use crate::telemetry::Metrics;
 use crate::upstream::UpstreamClient;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub playground: Option<Playground>,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
+    pub responses: ResponseCache,
     pub client_limiter: ClientLimiter,
     pub limits: RequestLimits,
 }
@@ -39,6 +41,7 @@ pub struct RequestLimits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub secrets_reload: Duration,
+    pub pin_granularity_seconds: i64,
 }
 
 pub struct App {
@@ -98,6 +101,10 @@ impl App {
                 .then(|| Playground::new(&playground_defaults(settings))),
             auth,
             metrics,
+            responses: ResponseCache::new(
+                settings.response_cache_max_bytes,
+                Duration::from_secs(settings.response_cache_max_ttl_seconds),
+            ),
             client_limiter: ClientLimiter::new(
                 settings.client_rate_per_second,
                 settings.client_burst,
@@ -106,6 +113,7 @@ impl App {
                 max_body_bytes: settings.max_body_bytes as usize,
                 request_timeout: Duration::from_millis(settings.request_timeout_ms),
                 secrets_reload: Duration::from_secs(settings.secrets_reload_seconds),
+                pin_granularity_seconds: i64::from(settings.pin_granularity_seconds),
             },
         });
         let router = crate::http::router(state.clone(), settings.metrics_listen_addr.is_none())
@@ -184,7 +192,7 @@ impl App {
 fn playground_defaults(settings: &Settings) -> playground::Defaults {
     playground::Defaults {
         query: format!(
-            "# The newest visits of an activity. Run it with the button above.\n{}",
+            "# The newest visits: press the run button.\n{}",
             crate::graphql::EXAMPLE_QUERY
         ),
         variables: serde_json::json!({ "activityId": settings.playground_activity_id.to_string(), "last": 10 })

@@ -71,6 +71,10 @@ impl CachedPage {
     pub fn is_fresh(&self) -> bool {
         self.fetched_at.elapsed() < self.ttl
     }
+
+    pub fn fresh_for(&self) -> Duration {
+        self.ttl.saturating_sub(self.fetched_at.elapsed())
+    }
 }
 
 struct KeepThroughGrace(Duration);
@@ -143,20 +147,24 @@ impl PageCache {
         if let Some(cached) = self.pages.get(&req).await {
             if cached.is_fresh() {
                 self.metrics.cache_lookup("hit");
+                RequestStats::page_used(cached.fresh_for(), false);
                 return Ok(cached);
             }
             if !TtlPolicy::is_recent(req.window.to, Utc::now()) {
                 self.metrics.cache_lookup("stale-while-revalidate");
+                RequestStats::page_used(Duration::ZERO, true);
                 self.refresh_in_background(req);
                 return Ok(cached);
             }
             return match self.refresh(req, deadline).await {
                 Ok(fresh) => {
                     self.metrics.cache_lookup("miss");
+                    RequestStats::page_used(fresh.fresh_for(), false);
                     Ok(fresh)
                 }
                 Err(e) if serves_stale(&e) => {
                     self.metrics.cache_lookup("stale-if-error");
+                    RequestStats::page_used(Duration::ZERO, true);
                     self.metrics.cache_stale_served.inc();
                     let age = cached.fetched_at.elapsed().as_millis() as u64;
                     RequestStats::with(|s| s.stale_age_ms.fetch_max(age.max(1), Ordering::Relaxed));
@@ -185,6 +193,9 @@ impl PageCache {
             } else {
                 "coalesced"
             });
+        if let Ok(page) = &result {
+            RequestStats::page_used(page.fresh_for(), false);
+        }
         result
     }
 

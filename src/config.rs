@@ -129,6 +129,14 @@ pub struct Settings {
     #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
     pub cache_max_bytes: u64,
 
+    /// Response cache capacity in bytes; 0 turns the response cache off.
+    #[arg(long, env = "RESPONSE_CACHE_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub response_cache_max_bytes: u64,
+
+    /// The longest a whole response is reused, in seconds.
+    #[arg(long, env = "RESPONSE_CACHE_MAX_TTL_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub response_cache_max_ttl_seconds: u64,
+
     /// TTL of pages of windows that end within the last hour.
     #[arg(long, env = "CACHE_TTL_RECENT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub cache_ttl_recent_seconds: u64,
@@ -227,12 +235,13 @@ pub struct Settings {
     #[arg(long, env = "CLIENT_BURST", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100000))]
     pub client_burst: u32,
 
-    /// Deepest GraphQL selection accepted.
-    #[arg(long, env = "MAX_QUERY_DEPTH", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=100))]
+    /// Deepest GraphQL selection accepted (GraphiQL's schema query needs 15).
+    #[arg(long, env = "MAX_QUERY_DEPTH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=100))]
     pub max_query_depth: u32,
 
-    /// Largest GraphQL complexity (fields selected) accepted.
-    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 200, value_parser = clap::value_parser!(u32).range(10..=100000))]
+    /// Largest GraphQL complexity (fields selected) accepted (GraphiQL's
+    /// schema query needs about 250; one full userVisits selection is 36).
+    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 260, value_parser = clap::value_parser!(u32).range(10..=100000))]
     pub max_query_complexity: u32,
 
     /// Largest request body, in bytes.

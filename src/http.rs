@@ -4,18 +4,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
+use chrono::Utc;
 use serde_json::json;
 
 use crate::app::AppState;
 use crate::auth::AuthError;
 use crate::error::ErrorCode;
-use crate::telemetry::{self, RequestStats};
+use crate::response_cache::ResponseKey;
+use crate::telemetry::{self, OutcomeLabel, RequestStats};
 
 /// The main router; `/metrics` is on it unless it has a port of its own.
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
@@ -23,8 +28,10 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
         .route("/graphql", get(playground).post(graphql))
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .merge(crate::playground::asset_routes());
+        .route("/readyz", get(readyz));
+    if state.playground.is_some() {
+        router = router.merge(crate::playground::asset_routes());
+    }
     if with_metrics {
         router = router.route("/metrics", get(metrics));
     }
@@ -149,6 +156,30 @@ async fn execute(state: &AppState, request: Request) -> Response {
             return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
         }
     };
+    // The hot path: a response built moments ago for the same query.
+    let pin = state.limits.pin_granularity_seconds;
+    let bucket = Utc::now().timestamp().div_euclid(pin);
+    let key = state
+        .responses
+        .is_enabled()
+        .then(|| ResponseKey::new(&request, bucket));
+    if let Some(key) = &key {
+        let hit = state
+            .responses
+            .get(key)
+            .filter(|r| r.visible_to(&principal));
+        let outcome = if hit.is_some() { "hit" } else { "miss" };
+        state
+            .metrics
+            .response_cache_lookups
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        if let Some(hit) = hit {
+            RequestStats::with(|s| s.response_cached.store(1, Ordering::Relaxed));
+            return json(hit.body.clone());
+        }
+    }
+
     let execution = state.schema.execute(request.data(principal));
     let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
     else {
@@ -185,17 +216,60 @@ async fn execute(state: &AppState, request: Request) -> Response {
             .extensions
             .insert("stale".to_owned(), async_graphql::Value::Object(stale));
     }
-    match serde_json::to_vec(&response) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+    let body = match serde_json::to_vec(&response) {
+        Ok(body) => Bytes::from(body),
         Err(e) => {
             tracing::error!(error = %e, "cannot serialise a GraphQL response");
-            error_response(
+            return error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
                 "internal error",
-            )
+            );
         }
+    };
+    if let Some(key) = key
+        && response.errors.is_empty()
+    {
+        remember(state, key, &body, bucket);
     }
+    json(body)
+}
+
+/// Caches a successful response for as long as all of it stays fresh: no
+/// longer than its freshest-expiring page, nor past its pin bucket.
+fn remember(state: &AppState, key: ResponseKey, body: &Bytes, bucket: i64) {
+    let Some((stale, fresh_ms, activities)) = RequestStats::with(|s| {
+        let activities = s
+            .activities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (
+            s.served_stale.load(Ordering::Relaxed),
+            s.fresh_for_ms.load(Ordering::Relaxed),
+            activities,
+        )
+    }) else {
+        return;
+    };
+    if stale {
+        return;
+    }
+    let bucket_end_ms = (bucket + 1) * state.limits.pin_granularity_seconds * 1000;
+    let left_in_bucket = u64::try_from(bucket_end_ms - Utc::now().timestamp_millis()).unwrap_or(0);
+    let ttl = Duration::from_millis(fresh_ms.min(left_in_bucket));
+    state.responses.insert(key, body.clone(), activities, ttl);
+}
+
+fn json(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// GraphiQL for browsers; other clients are told to POST.

@@ -4,6 +4,7 @@
 //! # Layout
 //! The data path, top to bottom:
 //! - [`http`]: the HTTP surface (`POST /graphql`, probes); [`playground`]: GraphiQL.
+//! - [`response_cache`]: whole responses of repeated queries (the hot path).
 //! - [`graphql`]: the schema and the `userVisits` resolver, cursors, scalars.
 //! - [`paging`]: pure rules: ranges, pinning, 7-day windows, slices, pages.
 //! - [`visits`]: runs a paging plan against the page cache.
@@ -25,6 +26,7 @@ pub mod http;
 pub mod limits;
 pub mod paging;
 pub mod playground;
+pub mod response_cache;
 pub mod secret;
 pub mod telemetry;
 pub mod time;

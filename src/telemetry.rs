@@ -1,8 +1,8 @@
 //! What operators see: Prometheus metrics, one access-log line per request
 //! with a request id, and per-request cache outcomes.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
 use crate::error::ErrorCode;
+use crate::paging::ActivityId;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -195,8 +196,9 @@ impl Metrics {
     }
 }
 
-/// Counters of one HTTP request, reachable from anywhere in its task.
-#[derive(Default, Debug)]
+/// What one HTTP request did, reachable from anywhere in its task: for the
+/// access log, `extensions.stale`, and whether its response may be cached.
+#[derive(Debug)]
 pub struct RequestStats {
     pub page_hits: AtomicU32,
     pub page_misses: AtomicU32,
@@ -205,6 +207,27 @@ pub struct RequestStats {
     pub response_cached: AtomicU32,
     /// Age in ms of the oldest stale page served, 0 for none.
     pub stale_age_ms: AtomicU64,
+    /// A page was served past its TTL (stale-while-revalidate or -if-error).
+    pub served_stale: AtomicBool,
+    /// How long the freshest-expiring page used stays fresh, in ms.
+    pub fresh_for_ms: AtomicU64,
+    /// Activities the response touched, for the response cache's checks.
+    pub activities: Mutex<Vec<ActivityId>>,
+}
+
+impl Default for RequestStats {
+    fn default() -> Self {
+        Self {
+            page_hits: AtomicU32::new(0),
+            page_misses: AtomicU32::new(0),
+            upstream_requests: AtomicU32::new(0),
+            response_cached: AtomicU32::new(0),
+            stale_age_ms: AtomicU64::new(0),
+            served_stale: AtomicBool::new(false),
+            fresh_for_ms: AtomicU64::new(u64::MAX),
+            activities: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 tokio::task_local! {
@@ -212,6 +235,26 @@ tokio::task_local! {
 }
 
 impl RequestStats {
+    /// Records a page used by this request and how long it stays fresh.
+    pub fn page_used(fresh_for: std::time::Duration, stale: bool) {
+        Self::with(|s| {
+            s.fresh_for_ms
+                .fetch_min(fresh_for.as_millis() as u64, Ordering::Relaxed);
+            if stale {
+                s.served_stale.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+
+    pub fn activity_touched(activity: ActivityId) {
+        Self::with(|s| {
+            s.activities
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(activity)
+        });
+    }
+
     /// Runs `f` on the current request's stats, if inside one.
     pub fn with<R>(f: impl FnOnce(&RequestStats) -> R) -> Option<R> {
         STATS.try_with(|s| f(s)).ok()

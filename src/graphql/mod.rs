@@ -17,6 +17,7 @@ use crate::cache::PageCache;
 use crate::config::Settings;
 use crate::error::{ErrorCode, GatewayError};
 use crate::paging::{self, ActivityId, Direction, RangePolicy, ResolvedRange, SliceArgs};
+use crate::telemetry::RequestStats;
 use crate::visits::{self, FetchPolicy};
 use cursor::Cursor;
 use scalars::DateTime;
@@ -73,6 +74,7 @@ impl Query {
                     format!("this client may not read activity {activity}"),
                 ));
             }
+            RequestStats::activity_touched(activity);
             let request = resolver.plan(activity, range, first, after, last, before)?;
             resolver.run(request).await
         };

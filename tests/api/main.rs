@@ -3,8 +3,10 @@
 
 mod errors;
 mod helpers;
+mod hot_path;
 mod ops;
 mod paging;
+mod playground;
 mod resilience;
 mod security;
 mod surface;

@@ -134,7 +134,8 @@ async fn every_metric_family_moves_when_it_should() {
     let app = spawn_app_with(|s| s.upstream_max_retries = 1).await;
     let vars = json!({ "id": SMALL_ACTIVITY.to_string(), "first": 5 });
     app.user_visits(vars.clone()).await; // misses, upstream 200s
-    app.user_visits(vars).await; // hits
+    app.user_visits(json!({ "id": SMALL_ACTIVITY.to_string(), "first": 3 }))
+        .await; // page cache hits
     app.user_visits(json!({ "id": "-5" })).await; // BAD_USER_INPUT
     app.sim.push_fault(Fault::Status(503, String::new()));
     let ten_days = crate::helpers::ts(app.now - chrono::Duration::days(10));

@@ -1,0 +1,202 @@
+// Opens the gateway's GraphiQL playground in Debian's chromium (driven by
+// playwright-core, which downloads no browser), runs the default query with
+// GraphiQL's run button and checks that visits appear in the result pane.
+//
+//   node tests/browser/playground.mjs http://127.0.0.1:PORT/graphql [screenshot.png]
+//
+// Fails on any request to a host other than the gateway's, on any console
+// error or CSP violation, on any failed request and on an HTTP error status.
+// scripts/browser-test.sh starts `visits-gateway demo` and runs this.
+
+import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const url = process.argv[2];
+const screenshot = process.argv[3] ?? 'target/playground.png';
+if (!url) {
+  console.error('usage: node playground.mjs http://127.0.0.1:PORT/graphql [screenshot.png]');
+  process.exit(2);
+}
+const origin = new URL(url).origin;
+const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const TIMEOUT_MS = 30_000;
+
+const problems = [];
+const problem = (what) => {
+  problems.push(what);
+  console.error(`problem: ${what}`);
+};
+const step = (what) => console.log(`-- ${what}`);
+
+const userDataDir = mkdtempSync(join(tmpdir(), 'playground-chromium-'));
+let context;
+try {
+  step(`launching ${executablePath}`);
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
+    ],
+    viewport: { width: 1440, height: 900 },
+    deviceScaleFactor: 1,
+  });
+  console.log(`   chromium ${context.browser()?.version() ?? '(persistent context)'}`);
+
+  // Nothing but the gateway: requests elsewhere are recorded and aborted.
+  await context.route('**/*', (route) => {
+    const request = route.request();
+    const target = request.url();
+    if (target.startsWith('data:') || target.startsWith('blob:')) return route.continue();
+    if (new URL(target).origin !== origin) {
+      problem(`request to another host: ${request.method()} ${target}`);
+      return route.abort('blockedbyclient');
+    }
+    return route.continue();
+  });
+
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(TIMEOUT_MS);
+  // CSP violations also reach the console, but an event names the directive.
+  await page.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => {
+      console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || '(inline)'}`);
+    });
+  });
+  page.on('console', (message) => {
+    if (message.type() === 'error') problem(`console error: ${message.text()}`);
+  });
+  page.on('pageerror', (error) => problem(`uncaught exception: ${error.message}`));
+  page.on('requestfailed', (request) => {
+    if (new URL(request.url()).origin === origin) {
+      problem(`request failed: ${request.method()} ${request.url()}: ${request.failure()?.errorText}`);
+    }
+  });
+  const graphqlResponses = [];
+  page.on('response', (response) => {
+    if (response.status() >= 400) problem(`HTTP ${response.status()} for ${response.url()}`);
+    const request = response.request();
+    if (request.method() === 'POST' && new URL(response.url()).pathname === new URL(url).pathname) {
+      graphqlResponses.push(
+        response.json().then(
+          (body) => ({ query: JSON.parse(request.postData() ?? '{}').query ?? '', body }),
+          (e) => ({ query: '', body: { errors: [{ message: `not JSON: ${e}` }] } })
+        )
+      );
+    }
+  });
+
+  step(`opening ${url}`);
+  const response = await page.goto(url, { waitUntil: 'load' });
+  if (response?.status() !== 200) problem(`the page answered ${response?.status()}`);
+  const csp = response?.headers()['content-security-policy'] ?? '';
+  if (!csp.includes("default-src 'self'")) problem(`no strict CSP on the page: "${csp}"`);
+
+  step('waiting for the editors');
+  const queryEditor = page.locator('.graphiql-query-editor .CodeMirror');
+  await queryEditor.waitFor({ state: 'visible' });
+  await page.waitForFunction(() =>
+    document.querySelector('.graphiql-query-editor .CodeMirror')?.CodeMirror?.getValue().includes('userVisits')
+  );
+  const variables = await page.evaluate(
+    () => document.querySelector('.graphiql-editor-tool .CodeMirror')?.CodeMirror?.getValue() ?? ''
+  );
+  console.log(`   variables: ${variables.replace(/\s+/g, ' ')}`);
+  if (!variables.includes('activityId')) problem(`the variables editor does not hold the example: ${variables}`);
+
+  // GraphiQL fetches the schema first; its introspection must succeed, or the
+  // editor has no completion and no docs.
+  step('waiting for the schema (introspection)');
+  await page.waitForFunction(() => document.querySelector('.graphiql-container') !== null);
+  await waitFor(async () => {
+    for (const r of await Promise.all(graphqlResponses)) {
+      if (r.query.includes('__schema')) return r;
+    }
+    return null;
+  }, 'an introspection response').then((r) => {
+    if (!r.body.data?.__schema || r.body.errors) {
+      problem(`introspection failed: ${JSON.stringify(r.body).slice(0, 500)}`);
+    }
+  });
+
+  step('clicking the run button');
+  await page.locator('button.graphiql-execute-button').click();
+
+  step('waiting for the result pane');
+  const result = await page.waitForFunction(() => {
+    const value = document.querySelector('.result-window .CodeMirror')?.CodeMirror?.getValue() ?? '';
+    return value.includes('"userVisits"') || value.includes('"errors"') ? value : false;
+  });
+  const text = await result.jsonValue();
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch (e) {
+    problem(`the result pane does not hold JSON: ${text.slice(0, 500)}`);
+  }
+  const visits = body?.data?.userVisits;
+  if (body?.errors) problem(`the default query answered errors: ${JSON.stringify(body.errors)}`);
+  if (!(visits?.totalCount > 0)) problem(`no visits: totalCount is ${visits?.totalCount}`);
+  const nodes = visits?.nodes ?? visits?.edges?.map((e) => e.node) ?? [];
+  if (nodes.length === 0 || typeof nodes[0].nickname !== 'string') {
+    problem(`no visit with a nickname in the result: ${text.slice(0, 500)}`);
+  }
+  // What a person sees, not only what the editor holds.
+  const shown = await page.locator('.result-window').innerText();
+  for (const word of ['userVisits', 'totalCount', 'nickname']) {
+    if (!shown.includes(word)) problem(`the result pane does not show ${word}`);
+  }
+  console.log(`   totalCount ${visits?.totalCount}; ${nodes.length} visits shown; first: ${nodes[0]?.nickname}`);
+
+  mkdirSync(dirname(screenshot), { recursive: true });
+  await page.screenshot({ path: screenshot });
+  step(`screenshot: ${screenshot}`);
+
+  // A reload restores what the user left (GraphiQL's state in localStorage),
+  // here the example itself, rather than emptying the editors.
+  step('reloading');
+  await page.evaluate(() => {
+    const editor = document.querySelector('.graphiql-editor-tool .CodeMirror')?.CodeMirror;
+    editor?.setValue(editor.getValue().replace('"last": 10', '"last": 3'));
+  });
+  await page.waitForTimeout(1000); // GraphiQL stores its tabs after a debounce
+  await page.reload({ waitUntil: 'load' });
+  await page.waitForFunction(() =>
+    document.querySelector('.graphiql-query-editor .CodeMirror')?.CodeMirror?.getValue().includes('userVisits')
+  );
+  const kept = await page.evaluate(
+    () => document.querySelector('.graphiql-editor-tool .CodeMirror')?.CodeMirror?.getValue() ?? ''
+  );
+  if (!kept.includes('"last": 3')) problem(`the reload lost the edited variables: ${kept}`);
+} catch (e) {
+  problem(`${e.stack ?? e}`);
+} finally {
+  await context?.close().catch(() => {});
+  rmSync(userDataDir, { recursive: true, force: true });
+}
+
+if (problems.length > 0) {
+  console.error(`\nFAIL: the playground browser test found ${problems.length} problem(s):`);
+  for (const p of problems) console.error(`  - ${p}`);
+  process.exit(1);
+}
+console.log('ok: GraphiQL loaded from the gateway alone and showed visits');
+
+async function waitFor(poll, what) {
+  const deadline = Date.now() + TIMEOUT_MS;
+  for (;;) {
+    const value = await poll();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
