@@ -375,6 +375,21 @@ mod tests {
 
     proptest! {
         #[test]
+        fn activity_id_parsing_accepts_exactly_canonical_positive_decimals(raw in "\\PC{0,24}") {
+            let canonical = raw.len() <= 19
+                && raw.bytes().all(|b| b.is_ascii_digit())
+                && !raw.is_empty()
+                && !raw.starts_with('0');
+            match ActivityId::parse(&raw) {
+                Ok(id) => prop_assert_eq!(id.to_string(), raw),
+                Err(e) => {
+                    prop_assert!(!canonical || raw.parse::<u64>().is_err());
+                    prop_assert_eq!(e.code, crate::error::ErrorCode::BadUserInput);
+                }
+            }
+        }
+
+        #[test]
         fn any_slice_is_read_exactly_once_in_order(
             shapes in proptest::collection::vec((0u64..400, 1u64..120), 0..15),
             a in 0u64..6000,

@@ -18,6 +18,20 @@ pub fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_rfc3339(&s);
+        }
+
+        #[test]
+        fn any_instant_round_trips_through_the_platform_format(ms in -62_000_000_000_000i64..250_000_000_000_000) {
+            let t = DateTime::from_timestamp_millis(ms).unwrap();
+            prop_assert_eq!(parse_rfc3339(&format(t)), Some(t));
+        }
+    }
 
     #[test]
     fn formats_like_the_platform_and_parses_offsets() {

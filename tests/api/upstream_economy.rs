@@ -56,3 +56,51 @@ async fn different_page_sizes_over_one_range_share_upstream_pages() {
     let distinct: HashSet<_> = seen.iter().cloned().collect();
     assert_eq!(seen.len(), distinct.len());
 }
+
+#[tokio::test]
+async fn concurrent_walks_with_any_page_sizes_cost_one_request_per_distinct_upstream_page() {
+    let app = spawn_app().await;
+    let (from, to) = (app.now - Duration::days(30), app.now);
+    let range = json!({ "from": ts(from), "to": ts(to) });
+    let walks = [7, 13, 20, 33, 50, 64, 99, 100].map(|first| {
+        let app = &app;
+        let range = range.clone();
+        async move {
+            let mut after: Option<String> = None;
+            let mut n = 0;
+            loop {
+                let r = app.user_visits(json!({ "id": EXAMPLE_ACTIVITY.to_string(), "range": range, "first": first, "after": after })).await;
+                let c = &r["data"]["userVisits"];
+                n += c["edges"].as_array().unwrap_or_else(|| panic!("{r}")).len();
+                if !c["pageInfo"]["hasNextPage"].as_bool().unwrap() {
+                    return n;
+                }
+                after = c["pageInfo"]["endCursor"].as_str().map(str::to_owned);
+            }
+        }
+    });
+    let counts = futures::future::join_all(walks).await;
+    let seen = app.sim.seen();
+    let distinct: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(
+        seen.len(),
+        distinct.len(),
+        "an upstream page was fetched twice"
+    );
+    // The platform serves 50 a page: each window costs ceil(total / 50) pages.
+    let windows =
+        visits_gateway::paging::split_windows(visits_gateway::paging::ResolvedRange { from, to });
+    let pages: usize = windows
+        .iter()
+        .map(|w| {
+            app.sim
+                .visits_between(EXAMPLE_ACTIVITY, w.from, w.to)
+                .len()
+                .div_ceil(50)
+                .max(1)
+        })
+        .sum();
+    assert_eq!(seen.len(), pages);
+    let total = app.sim.visits_between(EXAMPLE_ACTIVITY, from, to).len();
+    assert!(counts.iter().all(|&n| n == total), "{counts:?} != {total}");
+}
