@@ -2,7 +2,7 @@
 //! mounted file (a Kubernetes Secret rotates by swapping a symlink, so the file
 //! is re-read by content, not watched by inode).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -37,41 +37,62 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<Secret, String> {
     Ok(Secret::new(value))
 }
 
-/// The platform token, fixed or re-read from its file.
-#[derive(Clone, Debug)]
-pub struct TokenSource {
-    current: Arc<RwLock<Secret>>,
-    file: Option<PathBuf>,
+/// A value read from a mounted file and re-read every so often. A Kubernetes
+/// Secret rotates by swapping a symlink, so the file is read again by path and
+/// compared by content rather than watched by inode. A failed read keeps the
+/// last good value: a rotation in progress must not take the gateway down.
+pub struct Watched<T> {
+    current: Arc<RwLock<Arc<T>>>,
+    source: Option<(PathBuf, Reader<T>)>,
 }
 
-impl TokenSource {
-    pub fn fixed(token: Secret) -> Self {
+/// Reads and validates the file's content.
+type Reader<T> = fn(&Path) -> Result<T, String>;
+
+impl<T> Clone for Watched<T> {
+    fn clone(&self) -> Self {
         Self {
-            current: Arc::new(RwLock::new(token)),
-            file: None,
+            current: self.current.clone(),
+            source: self.source.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Watched<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("file", &self.source.as_ref().map(|s| &s.0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: PartialEq + Send + Sync + 'static> Watched<T> {
+    pub fn fixed(value: T) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(Arc::new(value))),
+            source: None,
         }
     }
 
-    pub fn from_file(path: PathBuf) -> Result<Self, String> {
-        let token = read_secret_file(&path)?;
+    pub fn load(path: PathBuf, read: Reader<T>) -> Result<Self, String> {
+        let value = read(&path)?;
         Ok(Self {
-            current: Arc::new(RwLock::new(token)),
-            file: Some(path),
+            current: Arc::new(RwLock::new(Arc::new(value))),
+            source: Some((path, read)),
         })
     }
 
-    pub fn get(&self) -> Secret {
+    pub fn get(&self) -> Arc<T> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Re-reads the file every `every` until the process ends. A failed read
-    /// keeps the last good token: a rotation in progress must not take the
-    /// gateway down.
-    pub fn spawn_reload(&self, every: Duration) {
-        let Some(path) = self.file.clone() else {
+    /// Re-reads the file every `every` until the process ends; `what` names
+    /// the value in logs (never the value itself).
+    pub fn spawn_reload(&self, every: Duration, what: &'static str) {
+        let Some((path, read)) = self.source.clone() else {
             return;
         };
         let current = self.current.clone();
@@ -80,20 +101,29 @@ impl TokenSource {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match read_secret_file(&path) {
-                    Ok(token) => {
+                match read(&path) {
+                    Ok(fresh) => {
                         let mut guard = current.write().unwrap_or_else(|p| p.into_inner());
-                        if *guard != token {
-                            *guard = token;
-                            tracing::info!(file = %path.display(), "upstream token reloaded");
+                        if **guard != fresh {
+                            *guard = Arc::new(fresh);
+                            tracing::info!(file = %path.display(), "{what} reloaded");
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "upstream token file unreadable; keeping the previous token")
+                        tracing::warn!(error = %e, "{what} file unreadable; keeping the previous one")
                     }
                 }
             }
         });
+    }
+}
+
+/// The platform token, fixed or following its file.
+pub type TokenSource = Watched<Secret>;
+
+impl TokenSource {
+    pub fn from_file(path: PathBuf) -> Result<Self, String> {
+        Self::load(path, read_secret_file)
     }
 }
 
@@ -126,7 +156,7 @@ mod tests {
         let f = dir.join("token");
         std::fs::write(&f, "old").unwrap();
         let source = TokenSource::from_file(f.clone()).unwrap();
-        source.spawn_reload(Duration::from_secs(10));
+        source.spawn_reload(Duration::from_secs(10), "token");
         std::fs::write(&f, "new\n").unwrap();
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_secs(10)).await;

@@ -2,14 +2,14 @@
 //! no plaintext key is stored. Lookups compare hashes in constant time and the
 //! file is re-read when it changes (a mounted Secret rotates in place).
 
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{Principal, Scope};
+use crate::secret::Watched;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
@@ -49,7 +49,7 @@ pub fn parse(text: &str) -> Result<Vec<KeyEntry>, String> {
     Ok(entries)
 }
 
-fn read(path: &PathBuf) -> Result<Vec<KeyEntry>, String> {
+fn read(path: &Path) -> Result<Vec<KeyEntry>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("API_KEYS_FILE: cannot read {}: {e}", path.display()))?;
     parse(&text).map_err(|e| format!("API_KEYS_FILE {}: {e}", path.display()))
@@ -61,31 +61,23 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 
 #[derive(Clone)]
 pub struct ApiKeys {
-    entries: Arc<RwLock<Arc<Vec<KeyEntry>>>>,
-    path: PathBuf,
+    entries: Watched<Vec<KeyEntry>>,
 }
 
 impl ApiKeys {
     pub fn load(path: PathBuf) -> Result<Self, String> {
-        let entries = read(&path)?;
-        if entries.is_empty() {
+        let entries = Watched::load(path.clone(), read)?;
+        if entries.get().is_empty() {
             tracing::warn!(file = %path.display(), "API_KEYS_FILE holds no key: every keyed request will be refused");
         }
-        Ok(Self {
-            entries: Arc::new(RwLock::new(Arc::new(entries))),
-            path,
-        })
+        Ok(Self { entries })
     }
 
     /// The principal of a key. Every entry is compared, in constant time, so
     /// the time taken says nothing about which hashes are near.
     pub fn lookup(&self, key: &str) -> Option<Principal> {
         let presented = hash_key(key);
-        let entries = self
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let entries = self.entries.get();
         let mut found = None;
         for e in entries.iter() {
             if bool::from(e.hash.ct_eq(&presented)) {
@@ -99,26 +91,7 @@ impl ApiKeys {
     }
 
     pub fn spawn_reload(&self, every: Duration) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                match read(&this.path) {
-                    Ok(fresh) => {
-                        let mut guard = this.entries.write().unwrap_or_else(|p| p.into_inner());
-                        if **guard != fresh {
-                            tracing::info!(keys = fresh.len(), "API keys reloaded");
-                            *guard = Arc::new(fresh);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "API keys file unreadable; keeping the previous keys")
-                    }
-                }
-            }
-        });
+        self.entries.spawn_reload(every, "API keys");
     }
 }
 
