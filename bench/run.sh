@@ -1,0 +1,340 @@
+#!/usr/bin/env bash
+# The gateway's benchmark (issue 7). Builds release binaries, starts a
+# stand-in platform that answers at once, the gateway in front of it and a
+# reference axum endpoint answering the gateway's own response bytes (the
+# HTTP floor), and drives each with the same load generator. Prints one
+# markdown table, also written to bench/out/results.md.
+#
+#   bench/run.sh                 # 3 alternating rounds of 10 s per workload
+#   bench/run.sh --short         # 1 round of 2 s: proves the bench still works
+#   bench/run.sh --rounds 5 --duration 20 --rate 2000
+#
+# Pinning: the server under test on core 0; wrk, the pacer and the stand-in
+# platform on core 1. Needs wrk (installed when missing), taskset, curl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=3
+DURATION=10
+PACE_SECONDS=
+RATE=2000
+CONNECTIONS=64
+PACE_CONNECTIONS=16
+PORT_BASE=${BENCH_PORT_BASE:-19180}
+
+usage() {
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<EOF
+Options:
+  --short            1 round of 2 s per run (CI: proves the bench works)
+  --rounds N         alternating rounds per workload (default $ROUNDS)
+  --duration S       seconds per wrk run (default $DURATION)
+  --pace-seconds S   seconds per fixed-rate latency run (default: --duration)
+  --rate R           the fixed rate of the p50/p99 runs, req/s (default $RATE)
+  --connections C    wrk connections (default $CONNECTIONS)
+Environment: CARGO_TARGET_DIR (honoured), BENCH_PORT_BASE (default 19180).
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --short) ROUNDS=1; DURATION=2; PACE_SECONDS=2 ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --duration) DURATION=$2; shift ;;
+    --pace-seconds) PACE_SECONDS=$2; shift ;;
+    --rate) RATE=$2; shift ;;
+    --connections) CONNECTIONS=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+PACE_SECONDS=${PACE_SECONDS:-$DURATION}
+
+say() { printf '>>> %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+# ------------------------------------------------------------------ tools
+apt_install() {
+  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq "$@"
+  else sudo apt-get update -qq && sudo apt-get install -y -qq "$@"; fi
+}
+command -v wrk >/dev/null || { say "installing wrk"; apt_install wrk >/dev/null; }
+command -v taskset >/dev/null || { say "installing util-linux (taskset)"; apt_install util-linux >/dev/null; }
+command -v curl >/dev/null || { say "installing curl"; apt_install curl >/dev/null; }
+
+if [ "$(nproc)" -ge 2 ]; then SERVER_CPU=0; LOAD_CPU=1
+else SERVER_CPU=0; LOAD_CPU=0; say "WARNING: one core only: server and load share it; figures are not comparable"; fi
+
+# ------------------------------------------------------------------ build
+say "building release binaries"
+cargo build --release --locked --bin visits-gateway --example bench_servers
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+GATEWAY_BIN=$TARGET_DIR/release/visits-gateway
+TOOLS_BIN=$TARGET_DIR/release/examples/bench_servers
+if [ ! -x "$GATEWAY_BIN" ] || [ ! -x "$TOOLS_BIN" ]; then die "binaries not found under $TARGET_DIR/release"; fi
+
+OUT=bench/out
+mkdir -p "$OUT"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/visits-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Keep the servers' logs of the last run; drop the rest.
+  rm -rf "$OUT/logs"; mkdir -p "$OUT/logs"
+  cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PLATFORM_PORT=$PORT_BASE
+REFERENCE_PORT=$((PORT_BASE + 1))
+NEXT_GATEWAY_PORT=$((PORT_BASE + 2))
+for port in $PLATFORM_PORT $REFERENCE_PORT; do
+  if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
+    die "port $port is taken (set BENCH_PORT_BASE)"
+  fi
+done
+
+# ------------------------------------------------------------------ helpers
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+platform_count() { curl -sf "http://127.0.0.1:$PLATFORM_PORT/count"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+
+wait_http() { # url pid
+  local url=$1 pid=$2 _
+  for _ in $(seq 1 150); do
+    curl -sf -o /dev/null --max-time 1 "$url" && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+say "starting the stand-in platform on 127.0.0.1:$PLATFORM_PORT (core $LOAD_CPU)"
+taskset -c "$LOAD_CPU" "$TOOLS_BIN" platform --listen "127.0.0.1:$PLATFORM_PORT" >"$WORK/platform.log" 2>&1 &
+PLATFORM_PID=$!; PIDS+=("$PLATFORM_PID")
+wait_http "http://127.0.0.1:$PLATFORM_PORT/count" "$PLATFORM_PID" || { cat "$WORK/platform.log" >&2; die "the stand-in platform did not start"; }
+
+"$TOOLS_BIN" bodies --out-dir "$WORK" >/dev/null
+HOT=$WORK/hot.json
+MIXED=$WORK/mixed.txt
+COLD=$WORK/cold.txt
+head -n 5 "$COLD" >"$WORK/cold-check.txt"
+
+HAS_RESPONSE_CACHE_SETTING=0
+if "$GATEWAY_BIN" serve --help 2>/dev/null | grep -q RESPONSE_CACHE_MAX_BYTES; then
+  HAS_RESPONSE_CACHE_SETTING=1
+fi
+NOTES=()
+if [ "$HAS_RESPONSE_CACHE_SETTING" -eq 0 ]; then
+  NOTES+=("This gateway build has no RESPONSE_CACHE_MAX_BYTES setting: it is passed (=0) but ignored, so the 'response cache off' rows run with whatever this build does by default.")
+fi
+
+GATEWAY_PID=
+GATEWAY_URL=
+start_gateway() { # name VAR=value...
+  local name=$1; shift
+  local port=$NEXT_GATEWAY_PORT
+  NEXT_GATEWAY_PORT=$((NEXT_GATEWAY_PORT + 1))
+  env -i PATH="$PATH" HOME="${HOME:-/root}" \
+    LISTEN_ADDR="127.0.0.1:$port" \
+    UPSTREAM_BASE_URL="http://127.0.0.1:$PLATFORM_PORT" \
+    UPSTREAM_TOKEN=bench ALLOW_UNAUTHENTICATED=true \
+    LOG_FORMAT=json RUST_LOG=warn \
+    CLIENT_RATE_PER_SECOND=100000 CLIENT_BURST=100000 \
+    UPSTREAM_RATE_PER_SECOND=100000 UPSTREAM_BURST=10000 \
+    SHUTDOWN_DRAIN_SECONDS=0 SHUTDOWN_TIMEOUT_SECONDS=5 \
+    "$@" \
+    taskset -c "$SERVER_CPU" "$GATEWAY_BIN" serve >"$WORK/gateway-$name.log" 2>&1 &
+  GATEWAY_PID=$!; PIDS+=("$GATEWAY_PID")
+  GATEWAY_URL="http://127.0.0.1:$port/graphql"
+  if ! wait_http "http://127.0.0.1:$port/readyz" "$GATEWAY_PID"; then
+    echo "---- gateway ($name) log:" >&2; cat "$WORK/gateway-$name.log" >&2
+    if grep -q RESPONSE_CACHE_MAX_BYTES "$WORK/gateway-$name.log"; then
+      die "the gateway refused RESPONSE_CACHE_MAX_BYTES (passed: $*): this build cannot switch its response cache off this way"
+    fi
+    die "the gateway ($name, settings: $*) did not start"
+  fi
+}
+stop_gateway() {
+  kill -TERM "$GATEWAY_PID" 2>/dev/null || true
+  wait "$GATEWAY_PID" 2>/dev/null || true
+}
+
+# Per row "workload|target": accumulated figures.
+declare -A RPS REQS TICKS ERRS P50 P99 PACE_NOTE HWM PLAT CLIENT
+ROWS=()
+
+add_row() { # key
+  local k=$1
+  [[ " ${ROWS[*]:-} " == *" $k "* ]] || ROWS+=("$k")
+  : "${RPS[$k]:=}" "${REQS[$k]:=0}" "${TICKS[$k]:=0}" "${ERRS[$k]:=0}"
+}
+
+run_wrk() { # key url bodies pid
+  local k=$1 url=$2 bodies=$3 pid=$4 out t0 t1 reqs rps errs
+  t0=$(cpu_ticks "$pid")
+  out=$(BODIES="$bodies" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s bench/requests.lua "$url" 2>&1) \
+    || { echo "$out" >&2; die "wrk failed against $url"; }
+  t1=$(cpu_ticks "$pid")
+  reqs=$(awk '/ requests in / { print $1 }' <<<"$out")
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+  errs=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")
+  if [ -z "$reqs" ] || [ -z "$rps" ]; then echo "$out" >&2; die "cannot read wrk's output"; fi
+  add_row "$k"
+  RPS[$k]="${RPS[$k]} $rps"
+  REQS[$k]=$((REQS[$k] + reqs))
+  TICKS[$k]=$((TICKS[$k] + t1 - t0))
+  ERRS[$k]=$((ERRS[$k] + errs))
+  LAST_REQS=$reqs
+  say "  $k: $rps req/s ($reqs requests, $errs errors)"
+}
+
+run_pace() { # key url bodies
+  local k=$1 url=$2 bodies=$3 out
+  out=$(taskset -c "$LOAD_CPU" "$TOOLS_BIN" pace --url "$url" --rate "$RATE" --seconds "$PACE_SECONDS" \
+    --bodies "$bodies" --connections "$PACE_CONNECTIONS") || die "pace failed against $url"
+  add_row "$k"
+  P50[$k]=$(grep -o 'p50_us=[0-9]*' <<<"$out" | cut -d= -f2)
+  P99[$k]=$(grep -o 'p99_us=[0-9]*' <<<"$out" | cut -d= -f2)
+  local answered errors achieved
+  answered=$(grep -o 'answered=[0-9]*' <<<"$out" | cut -d= -f2)
+  errors=$(grep -o 'errors=[0-9]*' <<<"$out" | cut -d= -f2)
+  achieved=$(grep -o 'achieved_rate=[0-9]*' <<<"$out" | cut -d= -f2)
+  ERRS[$k]=$((ERRS[$k] + errors))
+  LAST_REQS=$answered
+  PACE_NOTE[$k]=""
+  if [ "$achieved" -lt $((RATE * 95 / 100)) ]; then PACE_NOTE[$k]=" (saturated: $achieved/s)"; fi
+  say "  $k paced at $RATE/s: $out"
+}
+
+# One workload: a fresh gateway, a check (and warm-up) with the bodies of
+# WARM ("-": none), N alternating rounds, paced latency.
+#   workload LABEL BODIES WARM [gateway VAR=value...]
+workload() {
+  local label=$1 bodies=$2 warm=$3; shift 3
+  local gk="$label|gateway" rk="$label|reference" p0 p1 client=0 _
+  say "workload: $label"
+  start_gateway "$(tr -cs 'a-z0-9' '-' <<<"$label" | sed 's/-$//')" "$@"
+  p0=$(platform_count)
+  if [ "$warm" != - ]; then
+    "$TOOLS_BIN" check --url "$GATEWAY_URL" --bodies "$warm" >/dev/null || die "$label: a request failed (above)"
+    client=$((client + $(grep -c . "$warm")))
+  fi
+  for _ in $(seq 1 "$ROUNDS"); do
+    run_wrk "$gk" "$GATEWAY_URL" "$bodies" "$GATEWAY_PID"; client=$((client + LAST_REQS))
+    run_wrk "$rk" "$REFERENCE_URL" "$bodies" "$REFERENCE_PID"
+  done
+  run_pace "$gk" "$GATEWAY_URL" "$bodies"; client=$((client + LAST_REQS))
+  run_pace "$rk" "$REFERENCE_URL" "$bodies"
+  p1=$(platform_count)
+  HWM[$gk]=$(hwm_kib "$GATEWAY_PID")
+  HWM[$rk]=$(hwm_kib "$REFERENCE_PID")
+  PLAT[$gk]=$((p1 - p0))
+  CLIENT[$gk]=$client
+  stop_gateway
+}
+
+# ------------------------------------------------------------------ the reference
+say "fetching the gateway's response to the hot query"
+start_gateway probe
+curl -sf "$GATEWAY_URL" -H 'content-type: application/json' --data-binary "@$HOT" -o "$WORK/hot-response.json" \
+  || die "the hot query failed"
+grep -q '"errors"' "$WORK/hot-response.json" && { cat "$WORK/hot-response.json" >&2; die "the hot query answered errors"; }
+stop_gateway
+say "starting the reference endpoint on 127.0.0.1:$REFERENCE_PORT (core $SERVER_CPU), $(wc -c <"$WORK/hot-response.json") bytes"
+taskset -c "$SERVER_CPU" "$TOOLS_BIN" reference --listen "127.0.0.1:$REFERENCE_PORT" --body "$WORK/hot-response.json" >"$WORK/reference.log" 2>&1 &
+REFERENCE_PID=$!; PIDS+=("$REFERENCE_PID")
+REFERENCE_URL="http://127.0.0.1:$REFERENCE_PORT/graphql"
+for _ in $(seq 1 100); do
+  curl -sf -o /dev/null -X POST --data-binary '{}' "$REFERENCE_URL" && break
+  kill -0 "$REFERENCE_PID" 2>/dev/null || die "the reference endpoint did not start"
+  sleep 0.1
+done
+
+# ------------------------------------------------------------------ workloads
+W_HOT="hot"
+W_MIXED="mixed (64 queries)"
+W_WALK="paging walk"
+W_MEMORY="hot, response cache off"
+W_COLD="cold (caches off, distinct ranges)"
+
+workload "$W_HOT" "$HOT" "$HOT"
+workload "$W_MIXED" "$MIXED" "$MIXED"
+
+say "building the paging walk through a scout gateway"
+start_gateway scout
+WALK_INFO=$("$TOOLS_BIN" walk --url "$GATEWAY_URL" --out "$WORK/walk.txt") || die "the paging walk failed (above)"
+stop_gateway
+DISTINCT_PAGES=$(grep -o 'distinct_pages=[0-9]*' <<<"$WALK_INFO" | cut -d= -f2)
+WALK_BODIES=$(grep -o 'bodies=[0-9]*' <<<"$WALK_INFO" | cut -d= -f2)
+# No warm-up: the first round meets a cold gateway with every connection
+# asking for pages of the same range at once.
+workload "$W_WALK" "$WORK/walk.txt" -
+
+# "From memory": the hot query, page cache warm, response cache off.
+workload "$W_MEMORY" "$HOT" "$HOT" RESPONSE_CACHE_MAX_BYTES=0
+# Cold: the same query over 30000 different ranges, so every request needs an
+# upstream page of its own (a repeated query would coalesce in the page cache
+# even at its minimum size).
+workload "$W_COLD" "$COLD" "$WORK/cold-check.txt" RESPONSE_CACHE_MAX_BYTES=0 CACHE_MAX_BYTES=1024
+
+# ------------------------------------------------------------------ the table
+us_per_req() { # key
+  local k=$1
+  if [ "${REQS[$k]}" -gt 0 ]; then calc "%.1f" "${TICKS[$k]} * 1000000 / $CLK_TCK / ${REQS[$k]}"; else echo "-"; fi
+}
+mib() { if [ -n "${1:-}" ]; then calc "%.1f MiB" "$1 / 1024"; else echo "-"; fi; }
+
+{
+  echo "## visits-gateway bench, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "$(git describe --always --dirty 2>/dev/null || echo unknown) · $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)) · server on core $SERVER_CPU, load generator and stand-in platform on core $LOAD_CPU"
+  echo "wrk -t1 -c$CONNECTIONS, $ROUNDS alternating round(s) of ${DURATION} s; p50/p99 paced at $RATE req/s over $PACE_CONNECTIONS connections for ${PACE_SECONDS} s"
+  echo
+  echo "| workload | target | req/s | p50 | p99 | CPU µs/req | peak RSS | platform req / client req | vs reference |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+  for k in "${ROWS[@]}"; do
+    label=${k%|*}; tgt=${k#*|}
+    # shellcheck disable=SC2086
+    rps=$(median ${RPS[$k]})
+    ratio="-"
+    if [ "$tgt" = gateway ]; then
+      # shellcheck disable=SC2086
+      ref=$(median ${RPS[$label|reference]})
+      ratio=$(calc "%.2f" "$rps / $ref")
+      plat="$(awk -v p="${PLAT[$k]}" -v c="${CLIENT[$k]}" 'BEGIN { r = p / c; printf (r >= 0.1 ? "%.3f" : "%.2g"), r }') (${PLAT[$k]}/${CLIENT[$k]})"
+    else
+      plat="-"; ratio="1.00"
+    fi
+    p50=$(calc "%.0f µs" "${P50[$k]}"); p99=$(calc "%.0f µs" "${P99[$k]}")
+    echo "| $label | $tgt | $(calc "%.0f" "$rps") | $p50 | $p99${PACE_NOTE[$k]} | $(us_per_req "$k") | $(mib "${HWM[$k]:-}") | $plat | $ratio |"
+  done
+  echo
+  mem_us=$(us_per_req "$W_MEMORY|gateway"); cold_us=$(us_per_req "$W_COLD|gateway")
+  # shellcheck disable=SC2086
+  hot_ratio=$(calc "%.2f" "$(median ${RPS[$W_HOT|gateway]}) / $(median ${RPS[$W_HOT|reference]})")
+  echo "- **Paging walk:** ${PLAT[$W_WALK|gateway]} platform requests for $DISTINCT_PAGES distinct upstream pages ($WALK_BODIES page requests of 8 clients' walks over one 30-day range, \`first\` 7 to 100, rotated over $CONNECTIONS connections; the first round hits a cold gateway)."
+  echo "- **Cold vs. from memory:** cold $cold_us CPU µs/req vs. $mem_us from memory: $(calc "%.2f" "$cold_us / $mem_us")x. \"From memory\" = the hot query on a gateway whose page cache is warm and whose response cache is off (RESPONSE_CACHE_MAX_BYTES=0): async-graphql parsing, validating and resolving from cached pages. Cold = CACHE_MAX_BYTES=1024 and RESPONSE_CACHE_MAX_BYTES=0, the same query over 30000 different 7-day ranges: every request needs its own upstream page (see its platform req / client req)."
+  echo "- **Hot query vs. issue 7's targets:** $hot_ratio of the reference's req/s (target ≥ 0.35); p99 ${P99[$W_HOT|gateway]} µs at $RATE req/s (target < 1000); peak RSS $(mib "${HWM[$W_HOT|gateway]}") (target < 40 MiB)."
+  total_errs=0
+  for k in "${ROWS[@]}"; do total_errs=$((total_errs + ERRS[$k])); done
+  if [ "$total_errs" -gt 0 ]; then
+    echo "- **Errors:** $(for k in "${ROWS[@]}"; do [ "${ERRS[$k]}" -gt 0 ] && printf '%s: %s; ' "$k" "${ERRS[$k]}"; done) (non-2xx answers, socket errors or timeouts)."
+  fi
+  for n in "${NOTES[@]}"; do echo "- $n"; done
+  echo
+  echo "How to read it: req/s is wrk's, the median of the rounds (closed loop, $CONNECTIONS connections); p50/p99 come from \`bench_servers pace\`, which sends at a fixed rate and measures each request from its scheduled send time (a stall counts against every request it delays); CPU µs/req is the server process's utime+stime over the wrk runs divided by the requests wrk completed; peak RSS is the server's VmHWM at the end of the workload (the reference's covers its whole life); platform req / client req counts every request the gateway sent the stand-in platform while serving the workload, over the requests answered (warm-up included; the up to $CONNECTIONS requests in flight when a wrk run stops reach the platform but are not counted as answered, hence a cold figure slightly above 1); vs reference is the gateway's req/s over the reference's in the same workload's alternating rounds. The reference endpoint always answers the hot query's response bytes ($(wc -c <"$WORK/hot-response.json") bytes)."
+  echo
+  echo "Per-round req/s:"
+  echo
+  for k in "${ROWS[@]}"; do echo "- $k:${RPS[$k]}"; done
+} | tee "$OUT/results.md"
+say "written to $OUT/results.md"

@@ -1,0 +1,818 @@
+//! The benchmark's helpers (`bench/run.sh` drives them):
+//!
+//! - `platform --listen ADDR`: a stand-in platform answering
+//!   `GET /api/activity/{id}/stats/user-visits` at once, for any activity and
+//!   any Bearer token, from visits generated once at start: exactly 1000 per
+//!   7 days (one every 604.8 s) from 2026-06-01 for 120 days, in the
+//!   platform's JSON shape (`SimVisit::to_json`). `page`/`pageSize` are
+//!   honoured (no cap below 1000). `GET /count` answers how many visit
+//!   requests it served.
+//! - `reference --listen ADDR --body FILE`: `POST /graphql` answering the
+//!   bytes of FILE: the HTTP floor.
+//! - `pace --url U --rate R --seconds S (--body FILE | --bodies FILE)`: sends
+//!   requests at a fixed rate over a few keep-alive connections and prints
+//!   p50/p99 latency, measured from each request's scheduled send time (so a
+//!   stall counts against every request it delays, like wrk2).
+//! - `bodies --out-dir DIR`: writes the bench's request bodies: `hot.json`
+//!   (one query), `mixed.txt` (64 different queries, one per line) and
+//!   `cold.txt` (the hot query over 30000 different ranges, for the cold run).
+//! - `walk --url U --out FILE`: pages through one 30-day range with several
+//!   `first` values via a gateway, checks each walk (no gap, no repeat, all of
+//!   `totalCount`), writes every page's request body (interleaved across the
+//!   walks), and prints the number of distinct upstream pages the range has.
+//! - `check --url U --bodies FILE`: sends each body once; fails on any
+//!   non-200 answer or GraphQL error (also warms the gateway's caches).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, TimeZone, Utc};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use visits_gateway::demo::SimVisit;
+
+#[derive(Parser)]
+#[command(about = "Stand-in servers and load tools for bench/run.sh")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// The stand-in platform.
+    Platform {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// The HTTP floor: POST /graphql answers the bytes of FILE.
+    Reference {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        body: PathBuf,
+    },
+    /// Fixed-rate latency: p50/p99 from each request's scheduled time.
+    Pace {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// One request body.
+        #[arg(long, conflicts_with = "bodies")]
+        body: Option<PathBuf>,
+        /// Request bodies, one per line, sent in turn.
+        #[arg(long)]
+        bodies: Option<PathBuf>,
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+    },
+    /// Writes hot.json and mixed.txt into DIR.
+    Bodies {
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Builds the paging walk's request bodies through a gateway.
+    Walk {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = WALK_ACTIVITY)]
+        activity: String,
+        #[arg(long, default_value = "2026-08-01T00:00:00Z")]
+        from: String,
+        #[arg(long, default_value = "2026-08-31T00:00:00Z")]
+        to: String,
+        #[arg(long, value_delimiter = ',', default_value = "7,10,20,25,33,50,64,100")]
+        firsts: Vec<u64>,
+        /// The gateway's UPSTREAM_PAGE_SIZE.
+        #[arg(long, default_value_t = 100)]
+        upstream_page_size: u64,
+    },
+    /// Sends each body once; fails on a non-200 answer or a GraphQL error.
+    Check {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        bodies: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match cli.mode {
+        // The pacer spins on its own core: one thread is enough and the most
+        // precise.
+        Mode::Pace { .. } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    }
+    .expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.mode {
+            Mode::Platform { listen } => platform(listen).await,
+            Mode::Reference { listen, body } => reference(listen, body).await,
+            Mode::Pace {
+                url,
+                rate,
+                seconds,
+                body,
+                bodies,
+                connections,
+            } => pace(url, rate, seconds, body, bodies, connections).await,
+            Mode::Bodies { out_dir } => write_bodies(out_dir),
+            Mode::Walk {
+                url,
+                out,
+                activity,
+                from,
+                to,
+                firsts,
+                upstream_page_size,
+            } => walk(url, out, activity, from, to, firsts, upstream_page_size).await,
+            Mode::Check { url, bodies } => check(url, bodies).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench_servers: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+type Res = Result<(), String>;
+
+// ---------------------------------------------------------------- the data
+
+/// The first day of the stand-in platform's data.
+fn epoch() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap()
+}
+const DATA_DAYS: i64 = 120;
+/// 1000 visits per 7 days: any 7-day window holds exactly 1000.
+const STEP_MS: i64 = 7 * 86_400_000 / 1000;
+/// The first visit is a little after midnight, so no visit sits on a window edge.
+const FIRST_MS: i64 = 123_456;
+const WALK_ACTIVITY: &str = "10024069";
+
+fn visit_count() -> usize {
+    ((DATA_DAYS * 86_400_000 - FIRST_MS) / STEP_MS) as usize
+}
+
+fn visit_time(k: usize) -> DateTime<Utc> {
+    epoch() + chrono::Duration::milliseconds(FIRST_MS + k as i64 * STEP_MS)
+}
+
+/// The index of the first visit at or after `t`.
+fn index_at(t: DateTime<Utc>) -> usize {
+    let ms = (t - epoch()).num_milliseconds() - FIRST_MS;
+    if ms <= 0 {
+        return 0;
+    }
+    (((ms + STEP_MS - 1) / STEP_MS) as usize).min(visit_count())
+}
+
+const PLACES: &[(&str, &str)] = &[
+    ("广东", "深圳"),
+    ("北京", "北京"),
+    ("上海", "上海"),
+    ("浙江", "杭州"),
+    ("四川", "成都"),
+    ("湖北", "武汉"),
+];
+const NAMES: &[&str] = &["小明", "Lily", "王老师", "阿强", "晨曦", "Kevin", "雨桐"];
+const DEVICES: &[(&str, &str)] = &[
+    (
+        "iPhone",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 MicroMessenger/8.0.49",
+    ),
+    (
+        "Android",
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/126.0 Mobile Safari/537.36",
+    ),
+    (
+        "PC",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
+    ),
+];
+
+/// Visit `k`, the same on every run.
+fn visit(k: usize) -> SimVisit {
+    let mut rng = fastrand::Rng::with_seed(k as u64 ^ 0x5eed);
+    let anonymous = rng.u8(0..10) < 4;
+    let (province, city) = PLACES[rng.usize(..PLACES.len())];
+    let (device, user_agent) = DEVICES[rng.usize(..DEVICES.len())];
+    SimVisit {
+        id: k as u64 + 1,
+        user_id: (!anonymous).then(|| rng.u64(100_000..999_999)),
+        session: (0..32)
+            .map(|_| char::from_digit(rng.u32(0..16), 16).unwrap_or('0'))
+            .collect(),
+        nickname: (!anonymous).then(|| NAMES[rng.usize(..NAMES.len())].to_owned()),
+        avatar: (!anonymous && rng.bool()).then(|| format!("https://img.example.com/a/{k}.png")),
+        province: (rng.u8(0..10) > 0).then(|| province.to_owned()),
+        city: (rng.u8(0..10) > 1).then(|| city.to_owned()),
+        visit_at: visit_time(k),
+        duration: rng.u32(0..180),
+        referer: rng.bool().then(|| "https://mp.weixin.qq.com/".to_owned()),
+        user_agent,
+        device,
+        partner_uid: (!anonymous && rng.u8(0..4) == 0).then(|| format!("wx_{:08x}", rng.u32(..))),
+        invited_by: (rng.u8(0..5) == 0).then(|| rng.u64(100_000..999_999)),
+    }
+}
+
+// ---------------------------------------------------------------- platform
+
+struct Platform {
+    /// Each visit's JSON, rendered once.
+    items: Vec<String>,
+    requests: AtomicU64,
+}
+
+async fn platform(listen: SocketAddr) -> Res {
+    let items: Vec<String> = (0..visit_count())
+        .map(|k| visit(k).to_json().to_string())
+        .collect();
+    let state = Arc::new(Platform {
+        items,
+        requests: AtomicU64::new(0),
+    });
+    let app = Router::new()
+        .route("/api/activity/{id}/stats/user-visits", get(user_visits))
+        .route(
+            "/count",
+            get(|State(p): State<Arc<Platform>>| async move {
+                p.requests.load(Ordering::Relaxed).to_string()
+            }),
+        )
+        .with_state(state);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("platform: cannot listen on {listen}: {e}"))?;
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
+}
+
+fn envelope(status: u16, name: &str, message: &str) -> Response {
+    let body = json!({ "name": name, "message": message, "status": status }).to_string();
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+async fn user_visits(
+    State(p): State<Arc<Platform>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    p.requests.fetch_add(1, Ordering::Relaxed);
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
+    if !bearer {
+        return envelope(401, "Unauthorized", "请提供正确有效的 access_token 值");
+    }
+    if id.parse::<u64>().is_err() {
+        return envelope(404, "NotFound", "NotFound");
+    }
+    let num = |k: &str, default: u64| query.get(k).map_or(Some(default), |v| v.parse().ok());
+    let (Some(page), Some(page_size)) = (num("page", 1), num("pageSize", 10)) else {
+        return envelope(400, "BadRequest", "Invalid page");
+    };
+    let time = |k: &str| {
+        query
+            .get(k)
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let (Some(from), Some(to)) = (time("startedAt"), time("endedAt")) else {
+        return envelope(400, "BadRequest", "Invalid Date");
+    };
+    if from > to || to - from > chrono::Duration::days(7) {
+        return envelope(400, "BadRequest", "时间范围不能超过7天");
+    }
+    let page_size = page_size.clamp(1, 1000);
+    let (lo, hi) = (index_at(from), index_at(to));
+    let total = hi - lo;
+    let start = (lo as u64 + (page.max(1) - 1).saturating_mul(page_size)).min(hi as u64) as usize;
+    let end = (start + page_size as usize).min(hi);
+    let mut body = String::with_capacity(64 + (end - start) * 520);
+    body.push_str(&format!(
+        r#"{{"pager":{{"page":{page},"pageSize":{page_size},"total":{total}}},"items":["#
+    ));
+    for (i, item) in p.items[start..end].iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(item);
+    }
+    body.push_str("]}");
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+// ---------------------------------------------------------------- reference
+
+async fn reference(listen: SocketAddr, body: PathBuf) -> Res {
+    let bytes = Bytes::from(
+        std::fs::read(&body).map_err(|e| format!("reference: cannot read {body:?}: {e}"))?,
+    );
+    let app = Router::new().route(
+        "/graphql",
+        post(move |_request: Bytes| {
+            let bytes = bytes.clone();
+            async move { ([(header::CONTENT_TYPE, "application/json")], bytes) }
+        }),
+    );
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("reference: cannot listen on {listen}: {e}"))?;
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------- bodies
+
+const HOT_QUERY: &str = "query Hot($id: ID!, $range: TimeRange) { userVisits(activityId: $id, range: $range, first: 10) { totalCount pageInfo { hasNextPage endCursor } nodes { userId isAnonymous nickname city visitAt durationMinutes } } }";
+
+fn hot_body() -> String {
+    json!({
+        "query": HOT_QUERY,
+        "variables": {
+            "id": "10024069",
+            "range": { "from": "2026-07-06T00:00:00Z", "to": "2026-07-13T00:00:00Z" },
+        },
+    })
+    .to_string()
+}
+
+/// The hot query over `count` different 7-day ranges (starts 3 minutes
+/// apart), so that no two requests share an upstream page: with the caches
+/// off, every request reads the platform (a repeated query would coalesce).
+fn cold_bodies(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let from = epoch() + chrono::Duration::days(1) + chrono::Duration::minutes(3 * i as i64);
+            let to = from + chrono::Duration::days(7);
+            json!({
+                "query": HOT_QUERY,
+                "variables": {
+                    "id": "10024069",
+                    "range": { "from": visits_gateway::time::format(from), "to": visits_gateway::time::format(to) },
+                },
+            })
+            .to_string()
+        })
+        .collect()
+}
+const COLD_BODIES: usize = 30_000;
+
+/// 64 different queries: 4 activities, ranges of 1 to 30 days at different
+/// places, page sizes 5 to 100 from either end, small and large selections.
+fn mixed_bodies() -> Vec<String> {
+    const ACTIVITIES: [&str; 4] = ["10024069", "10024070", "10024072", "20000001"];
+    const LENGTHS: [i64; 5] = [1, 3, 7, 14, 30];
+    const PAGES: [(&str, u32); 7] = [
+        ("first", 5),
+        ("first", 10),
+        ("first", 20),
+        ("last", 10),
+        ("first", 50),
+        ("last", 20),
+        ("first", 100),
+    ];
+    const SELECTIONS: [&str; 3] = [
+        "totalCount nodes { visitAt nickname }",
+        "totalCount pageInfo { hasNextPage endCursor } nodes { userId isAnonymous nickname city visitAt durationMinutes }",
+        "totalCount range { from to } pageInfo { hasNextPage hasPreviousPage startCursor endCursor } edges { cursor node { userId isAnonymous anonymousId nickname avatar province city visitAt lastOnlineAt durationMinutes device partnerUid invitedBy } }",
+    ];
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for i in 0..64usize {
+        let activity = ACTIVITIES[i % 4];
+        let days = LENGTHS[(i / 4) % 5];
+        let (dir, n) = PAGES[i % 7];
+        let selection = SELECTIONS[(i / 3) % 3];
+        // Day-aligned starts spread over the data, ending before its last day.
+        let start_day = 2 + ((i * 11) % (DATA_DAYS as usize - 34)) as i64;
+        let from = epoch() + chrono::Duration::days(start_day);
+        let to = from + chrono::Duration::days(days);
+        let query = format!(
+            "query Mixed($id: ID!, $range: TimeRange, $n: Int) {{ userVisits(activityId: $id, range: $range, {dir}: $n) {{ {selection} }} }}"
+        );
+        let body = json!({
+            "query": query,
+            "variables": {
+                "id": activity,
+                "range": { "from": visits_gateway::time::format(from), "to": visits_gateway::time::format(to) },
+                "n": n,
+            },
+        })
+        .to_string();
+        assert!(seen.insert(body.clone()), "mixed query {i} repeats another");
+        out.push(body);
+    }
+    out
+}
+
+fn write_bodies(dir: PathBuf) -> Res {
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
+    };
+    write("hot.json", hot_body() + "\n")?;
+    let mixed = mixed_bodies();
+    write("mixed.txt", mixed.join("\n") + "\n")?;
+    let cold = cold_bodies(COLD_BODIES);
+    write("cold.txt", cold.join("\n") + "\n")?;
+    println!("hot=1 mixed={} cold={}", mixed.len(), cold.len());
+    Ok(())
+}
+
+fn read_bodies(path: &PathBuf) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let bodies: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    if bodies.is_empty() {
+        return Err(format!("{path:?} holds no request body"));
+    }
+    Ok(bodies)
+}
+
+// ---------------------------------------------------------------- check, walk
+
+async fn post_json(http: &reqwest::Client, url: &str, body: String) -> Result<Value, String> {
+    let response = http
+        .post(url)
+        .header(header::CONTENT_TYPE.as_str(), "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| e.to_string())?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("not JSON ({e}) for {body}: {text:.300}"))?;
+    if status != 200 || value.get("errors").is_some_and(|e| !e.is_null()) {
+        return Err(format!("HTTP {status} for {body}: {text:.600}"));
+    }
+    Ok(value)
+}
+
+async fn check(url: String, bodies: PathBuf) -> Res {
+    let bodies = read_bodies(&bodies)?;
+    let http = reqwest::Client::new();
+    for body in &bodies {
+        post_json(&http, &url, body.clone()).await?;
+    }
+    println!("checked={}", bodies.len());
+    Ok(())
+}
+
+const WALK_QUERY: &str = "query Walk($id: ID!, $range: TimeRange, $first: Int, $after: String) { userVisits(activityId: $id, range: $range, first: $first, after: $after) { totalCount pageInfo { hasNextPage endCursor } edges { cursor node { visitAt userId nickname } } } }";
+
+async fn walk(
+    url: String,
+    out: PathBuf,
+    activity: String,
+    from: String,
+    to: String,
+    firsts: Vec<u64>,
+    upstream_page_size: u64,
+) -> Res {
+    let parse = |s: &str| {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| format!("{s}: {e}"))
+    };
+    let (start, end) = (parse(&from)?, parse(&to)?);
+    let http = reqwest::Client::new();
+    let mut walks: Vec<Vec<String>> = Vec::new();
+    for &first in &firsts {
+        let mut bodies = Vec::new();
+        let mut after: Option<String> = None;
+        let mut seen = 0u64;
+        let mut last_at = String::new();
+        loop {
+            let variables = match &after {
+                None => {
+                    json!({ "id": activity, "first": first, "range": { "from": from, "to": to } })
+                }
+                Some(c) => json!({ "id": activity, "first": first, "after": c }),
+            };
+            let body = json!({ "query": WALK_QUERY, "variables": variables }).to_string();
+            let value = post_json(&http, &url, body.clone()).await?;
+            bodies.push(body);
+            let conn = &value["data"]["userVisits"];
+            let edges = conn["edges"].as_array().cloned().unwrap_or_default();
+            for e in &edges {
+                let at = e["node"]["visitAt"].as_str().unwrap_or_default().to_owned();
+                if at <= last_at {
+                    return Err(format!(
+                        "walk first={first}: visit {at} does not follow {last_at}"
+                    ));
+                }
+                last_at = at;
+            }
+            seen += edges.len() as u64;
+            if conn["pageInfo"]["hasNextPage"].as_bool() != Some(true) {
+                let total = conn["totalCount"].as_u64().unwrap_or(0);
+                if seen != total {
+                    return Err(format!(
+                        "walk first={first}: {seen} visits walked, totalCount says {total}"
+                    ));
+                }
+                break;
+            }
+            after = conn["pageInfo"]["endCursor"].as_str().map(str::to_owned);
+            if after.is_none() || edges.is_empty() {
+                return Err(format!(
+                    "walk first={first}: hasNextPage without a cursor or items"
+                ));
+            }
+        }
+        walks.push(bodies);
+    }
+    // Interleave the walks, so concurrent clients ask for the same pages.
+    let longest = walks.iter().map(Vec::len).max().unwrap_or(0);
+    let mut lines = Vec::new();
+    for i in 0..longest {
+        for w in &walks {
+            if let Some(b) = w.get(i) {
+                lines.push(b.clone());
+            }
+        }
+    }
+    std::fs::write(&out, lines.join("\n") + "\n").map_err(|e| e.to_string())?;
+    // The gateway's windows: 7 days from `from`; each window's pages at the
+    // gateway's page size, its first page read even when empty.
+    let mut distinct = 0u64;
+    let mut w = start;
+    while w < end {
+        let e = (w + chrono::Duration::days(7)).min(end);
+        let total = (index_at(e) - index_at(w)) as u64;
+        distinct += total.div_ceil(upstream_page_size).max(1);
+        w = e;
+    }
+    println!(
+        "bodies={} walks={} distinct_pages={distinct}",
+        lines.len(),
+        walks.len()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- pace
+
+struct Target {
+    addr: String,
+    host: String,
+    path: String,
+}
+
+fn target(url: &str) -> Result<Target, String> {
+    let u = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    if u.scheme() != "http" {
+        return Err("pace speaks plain http only".into());
+    }
+    let host = u.host_str().ok_or("no host")?.to_owned();
+    let port = u.port_or_known_default().unwrap_or(80);
+    Ok(Target {
+        addr: format!("{host}:{port}"),
+        host: format!("{host}:{port}"),
+        path: match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        },
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The length of a complete chunked body at the start of `b`, if complete.
+fn chunked_len(b: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    loop {
+        let line_end = pos + find(&b[pos..], b"\r\n")?;
+        let size_text = std::str::from_utf8(&b[pos..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        pos = line_end + 2;
+        if size == 0 {
+            // Trailers (none expected) end with an empty line.
+            let end = pos + find(&b[pos..], b"\r\n")?;
+            return Some(end + 2);
+        }
+        if b.len() < pos + size + 2 {
+            return None;
+        }
+        pos += size + 2;
+    }
+}
+
+/// Reads one response; returns its status and whether the server keeps the
+/// connection open.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<(u16, bool)> {
+    buf.clear();
+    let mut chunk = [0u8; 16 * 1024];
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let header_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(bad("connection closed before a response"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+    };
+    let keep_alive = header("connection:").is_none_or(|v| v != "close");
+    if let Some(len) = header("content-length:").and_then(|v| v.parse::<usize>().ok()) {
+        while buf.len() < header_end + len {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad("connection closed inside a body"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    } else if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        while chunked_len(&buf[header_end..]).is_none() {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad("connection closed inside a chunked body"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        return Err(bad("a response without a length"));
+    }
+    Ok((status, keep_alive))
+}
+
+async fn wait_until(t: Instant) {
+    // tokio's timer has millisecond granularity: sleep most of the way, then
+    // spin (yielding, so other connections' responses are still read).
+    let coarse = Duration::from_micros(1500);
+    let now = Instant::now();
+    if t > now + coarse {
+        tokio::time::sleep_until(t - coarse).await;
+    }
+    while Instant::now() < t {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn pace(
+    url: String,
+    rate: f64,
+    seconds: f64,
+    body: Option<PathBuf>,
+    bodies: Option<PathBuf>,
+    connections: usize,
+) -> Res {
+    if !(rate > 0.0 && seconds > 0.0) {
+        return Err("--rate and --seconds must be above 0".into());
+    }
+    let bodies = match (body, bodies) {
+        (Some(b), None) => {
+            let text = std::fs::read_to_string(&b).map_err(|e| format!("{b:?}: {e}"))?;
+            vec![text.trim_end_matches('\n').to_owned()]
+        }
+        (None, Some(b)) => read_bodies(&b)?,
+        _ => return Err("give --body FILE or --bodies FILE".into()),
+    };
+    let t = target(&url)?;
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        bodies
+            .iter()
+            .map(|b| {
+                format!(
+                    "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                    t.path,
+                    t.host,
+                    b.len()
+                )
+                .into_bytes()
+            })
+            .collect(),
+    );
+    let total = (rate * seconds).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::new();
+    for _ in 0..connections.max(1) {
+        let (next, errors, requests) = (next.clone(), errors.clone(), requests.clone());
+        let addr = t.addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::new();
+            let mut stream: Option<TcpStream> = None;
+            let mut buf = Vec::with_capacity(64 * 1024);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let scheduled = start + interval.mul_f64(i as f64);
+                wait_until(scheduled).await;
+                if stream.is_none() {
+                    match TcpStream::connect(&addr).await {
+                        Ok(s) => {
+                            let _ = s.set_nodelay(true);
+                            stream = Some(s);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                }
+                let s = stream.as_mut().expect("connected");
+                let request = &requests[i as usize % requests.len()];
+                let outcome = match s.write_all(request).await {
+                    Ok(()) => read_response(s, &mut buf).await,
+                    Err(e) => Err(e),
+                };
+                let done = Instant::now();
+                match outcome {
+                    Ok((status, keep_alive)) => {
+                        if status != 200 {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let us = (done - scheduled).as_micros().min(u128::from(u32::MAX));
+                        latencies.push(us as u32);
+                        if !keep_alive {
+                            stream = None;
+                        }
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        stream = None;
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all: Vec<u32> = Vec::new();
+    for task in tasks {
+        all.extend(task.await.map_err(|e| e.to_string())?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| -> u32 {
+        if all.is_empty() {
+            return 0;
+        }
+        let i = ((p / 100.0) * all.len() as f64).ceil() as usize;
+        all[i.clamp(1, all.len()) - 1]
+    };
+    println!(
+        "sent={total} answered={} errors={} achieved_rate={:.0} p50_us={} p90_us={} p99_us={} max_us={}",
+        all.len(),
+        errors.load(Ordering::Relaxed),
+        all.len() as f64 / elapsed,
+        pct(50.0),
+        pct(90.0),
+        pct(99.0),
+        all.last().copied().unwrap_or(0)
+    );
+    Ok(())
+}
