@@ -60,6 +60,9 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.cache.report().await;
+    let (entries, bytes) = state.responses.size();
+    state.metrics.response_cache_entries.set(entries as i64);
+    state.metrics.response_cache_bytes.set(bytes as i64);
     let body = state.metrics.encode();
     (
         [(

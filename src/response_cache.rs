@@ -92,6 +92,14 @@ impl ResponseCache {
         Self { cache, max_ttl }
     }
 
+    /// `(entries, bytes)`, settled first (moka counts lazily).
+    pub fn size(&self) -> (u64, u64) {
+        self.cache.as_ref().map_or((0, 0), |c| {
+            c.run_pending_tasks();
+            (c.entry_count(), c.weighted_size())
+        })
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.cache.is_some()
     }

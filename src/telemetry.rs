@@ -71,6 +71,8 @@ pub struct Metrics {
     pub response_cache_lookups: Family<OutcomeLabel, Counter>,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
+    pub response_cache_entries: Gauge,
+    pub response_cache_bytes: Gauge,
 }
 
 impl Metrics {
@@ -91,6 +93,8 @@ impl Metrics {
         let response_cache_lookups = Family::<OutcomeLabel, Counter>::default();
         let cache_entries = Gauge::default();
         let cache_bytes = Gauge::default();
+        let response_cache_entries = Gauge::default();
+        let response_cache_bytes = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -152,6 +156,16 @@ impl Metrics {
             "Approximate bytes of pages in the cache",
             cache_bytes.clone(),
         );
+        registry.register(
+            "response_cache_entries",
+            "Responses in the response cache",
+            response_cache_entries.clone(),
+        );
+        registry.register(
+            "response_cache_bytes",
+            "Approximate bytes of the response cache",
+            response_cache_bytes.clone(),
+        );
         Arc::new(Self {
             registry,
             http_requests,
@@ -167,6 +181,8 @@ impl Metrics {
             response_cache_lookups,
             cache_entries,
             cache_bytes,
+            response_cache_entries,
+            response_cache_bytes,
         })
     }
 

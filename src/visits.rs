@@ -45,9 +45,13 @@ pub async fn load(
         page_size: policy.upstream_page_size,
     };
     // Every window's first page: totals for `totalCount` and the page size the
-    // platform really serves. Oldest first, a bounded number at a time.
-    let firsts: Vec<Arc<CachedPage>> = futures::stream::iter(
-        windows
+    // platform really serves. The oldest alone first: when the platform
+    // refuses the activity (404, feature off, bad token) one request learns it,
+    // not one per window. Then the rest, a bounded number at a time.
+    let mut firsts: Vec<Arc<CachedPage>> = Vec::with_capacity(windows.len());
+    firsts.push(cache.page(first_page(windows[0]), deadline).await?);
+    let rest: Vec<Arc<CachedPage>> = futures::stream::iter(
+        windows[1..]
             .iter()
             .copied()
             .map(|w| cache.page(first_page(w), deadline)),
@@ -55,6 +59,7 @@ pub async fn load(
     .buffered(policy.window_concurrency)
     .try_collect()
     .await?;
+    firsts.extend(rest);
     let shapes: Vec<WindowShape> = firsts
         .iter()
         .map(|c| WindowShape {

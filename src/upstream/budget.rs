@@ -20,21 +20,20 @@ pub struct Budget {
 struct State {
     /// May go negative: each negative unit is a caller queued for a slot.
     tokens: f64,
+    /// The bucket's clock: refills count from here. In the future during a
+    /// pause, so nothing refills until the platform said it is ready again.
     refilled_at: Instant,
-    paused_until: Instant,
 }
 
 impl Budget {
     pub fn new(rate_per_second: f64, burst: u32, pause_cap: Duration) -> Self {
-        let now = Instant::now();
         Self {
             rate_per_second,
             burst: f64::from(burst.max(1)),
             pause_cap,
             state: Mutex::new(State {
                 tokens: f64::from(burst.max(1)),
-                refilled_at: now,
-                paused_until: now,
+                refilled_at: Instant::now(),
             }),
         }
     }
@@ -45,16 +44,19 @@ impl Budget {
         let wait = {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            let elapsed = now.saturating_duration_since(s.refilled_at).as_secs_f64();
-            s.tokens = (s.tokens + elapsed * self.rate_per_second).min(self.burst);
-            s.refilled_at = now;
-            let queue_wait = if s.tokens >= 1.0 {
-                Duration::ZERO
+            if now > s.refilled_at {
+                let elapsed = (now - s.refilled_at).as_secs_f64();
+                s.tokens = (s.tokens + elapsed * self.rate_per_second).min(self.burst);
+                s.refilled_at = now;
+            }
+            // Callers queue behind the pause, then one per 1/rate.
+            let paused = s.refilled_at - now;
+            let queued = if s.tokens >= 1.0 {
+                0.0
             } else {
-                Duration::from_secs_f64((1.0 - s.tokens) / self.rate_per_second)
+                (1.0 - s.tokens) / self.rate_per_second
             };
-            let pause_wait = s.paused_until.saturating_duration_since(now);
-            let wait = queue_wait.max(pause_wait);
+            let wait = paused + Duration::from_secs_f64(queued);
             if wait > max_wait {
                 return Err(wait);
             }
@@ -67,16 +69,16 @@ impl Budget {
         Ok(wait)
     }
 
-    /// The platform said "too many requests": no new request before `for`
-    /// (capped) has passed, and the bucket restarts empty.
+    /// The platform said "too many requests": nothing before `for` (capped)
+    /// has passed, then one request, then the sustained rate: no burst the
+    /// moment the pause ends.
     pub fn pause(&self, r#for: Duration) {
-        let r#for = r#for.min(self.pause_cap);
+        let until = Instant::now() + r#for.min(self.pause_cap);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let until = Instant::now() + r#for;
-        if until > s.paused_until {
-            s.paused_until = until;
+        if until > s.refilled_at {
+            s.refilled_at = until;
         }
-        s.tokens = s.tokens.min(0.0);
+        s.tokens = s.tokens.min(1.0);
     }
 }
 
@@ -122,5 +124,21 @@ mod tests {
         );
         b.acquire(Duration::from_secs(6)).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(5), "capped at 5 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_held_by_a_pause_leave_at_the_rate_not_in_a_burst() {
+        let b = Budget::new(10.0, 20, Duration::from_secs(30));
+        b.pause(Duration::from_secs(2));
+        let start = Instant::now();
+        let waits: Vec<Duration> =
+            futures::future::join_all((0..4).map(|_| b.acquire(Duration::from_secs(10))))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [2000, 2100, 2200, 2300]);
+        assert_eq!(start.elapsed(), Duration::from_millis(2300));
     }
 }

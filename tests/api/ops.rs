@@ -174,6 +174,8 @@ async fn every_metric_family_moves_when_it_should() {
         ("visits_gateway_cache_lookups_total{outcome=\"miss\"}", 1.0),
         ("visits_gateway_cache_entries", 1.0),
         ("visits_gateway_cache_bytes", 100.0),
+        ("visits_gateway_response_cache_entries", 1.0),
+        ("visits_gateway_response_cache_bytes", 100.0),
         ("visits_gateway_http_requests_in_flight", 1.0),
     ] {
         let v = sample(&m, series);

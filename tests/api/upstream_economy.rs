@@ -104,3 +104,22 @@ async fn concurrent_walks_with_any_page_sizes_cost_one_request_per_distinct_upst
     let total = app.sim.visits_between(EXAMPLE_ACTIVITY, from, to).len();
     assert!(counts.iter().all(|&n| n == total), "{counts:?} != {total}");
 }
+
+#[tokio::test]
+async fn a_refused_activity_costs_one_request_whatever_the_range() {
+    let app = spawn_app().await;
+    let range = json!({ "from": ts(app.now - Duration::days(60)), "to": ts(app.now) });
+    for id in [
+        "424242",
+        &visits_gateway::demo::FEATURE_OFF_ACTIVITY.to_string(),
+    ] {
+        let before = app.sim.request_count();
+        let r = app.user_visits(json!({ "id": id, "range": range })).await;
+        assert!(r["errors"].is_array(), "{r}");
+        assert_eq!(
+            app.sim.request_count() - before,
+            1,
+            "one request learns the platform's refusal"
+        );
+    }
+}
