@@ -291,11 +291,11 @@ mod tests {
                 if let Some(code) = self.failures.lock().unwrap().pop() {
                     return Err(GatewayError::new(code, "scripted"));
                 }
-                Ok(UpstreamPage {
-                    total: n as u64,
-                    page_size: req.page_size,
-                    items: Vec::new(),
-                })
+                let body = format!(
+                    r#"{{"pager":{{"pageSize":{},"total":{n}}},"items":[]}}"#,
+                    req.page_size
+                );
+                crate::upstream::parse_page(body.into(), req.page_size)
             })
         }
     }

@@ -96,13 +96,11 @@ pub async fn load(
     for (read, page) in reads.iter().zip(&pages) {
         let skip = read.skip as usize;
         let take = read.take as usize;
-        let got = page.page.items.iter().skip(skip).take(take);
-        let before = items.len();
-        items.extend(
-            got.enumerate()
-                .map(|(i, v)| (read.offset + i as u64, v.clone())),
-        );
-        if items.len() - before < take {
+        let available = page.page.len().saturating_sub(skip).min(take);
+        for i in 0..available {
+            items.push((read.offset + i as u64, page.page.visit(skip + i)?));
+        }
+        if available < take {
             // The platform's list shrank between two of our requests.
             tracing::warn!(activity = %activity, page = read.page, "upstream page shorter than its pager said");
         }

@@ -7,11 +7,12 @@ use serde_json::Value;
 
 use crate::error::{ErrorCode, GatewayError};
 
+/// A page, with its items left as raw JSON borrowed from the body.
 #[derive(Debug, Deserialize)]
-pub struct PageDto {
+pub struct PageDto<'a> {
     pub pager: PagerDto,
-    #[serde(default)]
-    pub items: Vec<ItemDto>,
+    #[serde(default, borrow)]
+    pub items: Vec<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,30 +67,6 @@ pub struct Visit {
     pub device: Option<String>,
     pub partner_uid: Option<String>,
     pub invited_by: Option<String>,
-}
-
-impl Visit {
-    /// Approximate heap + inline size, for the byte-bounded cache.
-    pub fn weight(&self) -> usize {
-        let s = |o: &Option<String>| o.as_ref().map_or(0, String::len);
-        std::mem::size_of::<Self>()
-            + self.nickname.len()
-            + [
-                &self.user_id,
-                &self.anonymous_id,
-                &self.avatar,
-                &self.province,
-                &self.city,
-                &self.referer,
-                &self.user_agent,
-                &self.device,
-                &self.partner_uid,
-                &self.invited_by,
-            ]
-            .into_iter()
-            .map(s)
-            .sum::<usize>()
-    }
 }
 
 /// `""`, null and missing all mean "no value" (SPEC §2).
@@ -172,7 +149,12 @@ mod tests {
         let visits: Vec<Visit> = page
             .items
             .into_iter()
-            .map(|i| i.try_into().unwrap())
+            .map(|i| {
+                serde_json::from_str::<ItemDto>(i.get())
+                    .unwrap()
+                    .try_into()
+                    .unwrap()
+            })
             .collect();
         let anon = &visits[0];
         assert_eq!(anon.user_id, None);

@@ -7,6 +7,7 @@ pub mod dto;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use futures::future::BoxFuture;
 use reqwest::{StatusCode, Url};
 use tokio::sync::Semaphore;
@@ -30,19 +31,50 @@ pub struct PageRequest {
     pub page_size: u64,
 }
 
-/// One page as the platform served it.
+/// One page as the platform served it. The body is kept as received and
+/// each item is read only when served: a client page of 10 out of an upstream
+/// page of 100 pays for 10 (and the raw JSON is more compact in the cache than
+/// 100 parsed visits).
 #[derive(Debug, Clone)]
 pub struct UpstreamPage {
     /// Items in the whole window.
     pub total: u64,
     /// The page size actually served: at most what we asked for.
     pub page_size: u64,
-    pub items: Vec<Visit>,
+    body: Bytes,
+    /// Where each item's JSON lies in `body`.
+    items: Vec<std::ops::Range<usize>>,
 }
 
 impl UpstreamPage {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Item `i`, read into a visit; an unreadable one is the platform's fault.
+    pub fn visit(&self, i: usize) -> Result<Visit, GatewayError> {
+        let range = self
+            .items
+            .get(i)
+            .cloned()
+            .ok_or_else(|| GatewayError::internal("no such item"))?;
+        let dto: dto::ItemDto = serde_json::from_slice(&self.body[range]).map_err(|_| {
+            GatewayError::new(
+                ErrorCode::UpstreamBadResponse,
+                "the platform sent a visit that cannot be read",
+            )
+        })?;
+        Visit::try_from(dto)
+    }
+
     pub fn weight(&self) -> usize {
-        std::mem::size_of::<Self>() + self.items.iter().map(Visit::weight).sum::<usize>()
+        std::mem::size_of::<Self>()
+            + self.body.len()
+            + self.items.len() * std::mem::size_of::<std::ops::Range<usize>>()
     }
 }
 
@@ -250,7 +282,7 @@ impl UpstreamClient {
         match &result {
             Ok(page) => tracing::debug!(
                 activity = %req.activity, page = req.page, page_size = req.page_size,
-                items = page.items.len(), elapsed_ms, "upstream page fetched"
+                items = page.len(), elapsed_ms, "upstream page fetched"
             ),
             Err(e) => tracing::warn!(
                 activity = %req.activity, page = req.page, code = e.code.as_str(),
@@ -283,7 +315,7 @@ impl UpstreamClient {
             }
             return Err(e);
         }
-        parse_page(&body, req.page_size)
+        parse_page(body, req.page_size)
     }
 }
 
@@ -318,10 +350,11 @@ fn transport_error(e: reqwest::Error) -> GatewayError {
     }
 }
 
-/// Reads a 200 body, checking that it is self-consistent.
-pub fn parse_page(body: &[u8], asked_page_size: u64) -> Result<UpstreamPage, GatewayError> {
+/// Reads a 200 body, checking that it is a self-consistent page of JSON
+/// objects; the items themselves are read when served.
+pub fn parse_page(body: Bytes, asked_page_size: u64) -> Result<UpstreamPage, GatewayError> {
     let bad = |m: &str| GatewayError::new(ErrorCode::UpstreamBadResponse, m.to_owned());
-    let dto: dto::PageDto = serde_json::from_slice(body)
+    let dto: dto::PageDto = serde_json::from_slice(&body)
         .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
     if dto.pager.page_size == 0 {
         return Err(bad("the platform reported a page size of 0"));
@@ -330,14 +363,22 @@ pub fn parse_page(body: &[u8], asked_page_size: u64) -> Result<UpstreamPage, Gat
     if dto.items.len() as u64 > page_size {
         return Err(bad("the platform sent more items than its page size"));
     }
-    let items = dto
-        .items
-        .into_iter()
-        .map(Visit::try_from)
-        .collect::<Result<Vec<_>, _>>()?;
+    let base = body.as_ptr() as usize;
+    let mut items = Vec::with_capacity(dto.items.len());
+    for raw in &dto.items {
+        let json = raw.get();
+        if !json.starts_with('{') {
+            return Err(bad("the platform sent an item that is not an object"));
+        }
+        let start = json.as_ptr() as usize - base;
+        items.push(start..start + json.len());
+    }
+    let (total, page_size) = (dto.pager.total, page_size);
+    drop(dto);
     Ok(UpstreamPage {
-        total: dto.pager.total,
+        total,
         page_size,
+        body,
         items,
     })
 }
@@ -490,16 +531,26 @@ mod tests {
 
     #[test]
     fn a_capped_page_size_is_read_from_the_pager() {
-        let body = br#"{"pager":{"page":1,"pageSize":50,"total":120},"items":[]}"#;
-        let page = parse_page(body, 100).unwrap();
+        let parse = |body: &'static [u8]| parse_page(Bytes::from_static(body), 100);
+        let page = parse(br#"{"pager":{"page":1,"pageSize":50,"total":120},"items":[]}"#).unwrap();
         assert_eq!((page.total, page.page_size), (120, 50));
-        assert!(parse_page(b"not json", 100).is_err());
-        assert!(
-            parse_page(
-                br#"{"pager":{"page":1,"pageSize":0,"total":1},"items":[]}"#,
-                100
-            )
-            .is_err()
+        assert!(parse(b"not json").is_err());
+        assert!(parse(br#"{"pager":{"page":1,"pageSize":0,"total":1},"items":[]}"#).is_err());
+        assert!(parse(br#"{"pager":{"page":1,"pageSize":1,"total":2},"items":[{},{}]}"#).is_err());
+        assert!(parse(br#"{"pager":{"page":1,"pageSize":5,"total":2},"items":[1]}"#).is_err());
+    }
+
+    #[test]
+    fn items_are_read_when_served_and_an_unreadable_one_is_a_bad_response() {
+        let body = r#"{"pager":{"page":1,"pageSize":5,"total":2},"items":[
+            {"userId":7,"visitAt":"2019-06-21T01:52:12.736Z","lastOnlineAt":"2019-06-21T02:00:00.000Z","nickname":"小明"},
+            {"userId":8,"visitAt":"not a time","lastOnlineAt":"2019-06-21T02:00:00.000Z"}]}"#;
+        let page = parse_page(Bytes::from_static(body.as_bytes()), 100).unwrap();
+        assert_eq!(page.len(), 2);
+        assert_eq!(page.visit(0).unwrap().nickname, "小明");
+        assert_eq!(
+            page.visit(1).unwrap_err().code,
+            ErrorCode::UpstreamBadResponse
         );
     }
 
