@@ -62,7 +62,10 @@ impl UpstreamPage {
             .get(i)
             .cloned()
             .ok_or_else(|| GatewayError::internal("no such item"))?;
-        let dto: dto::ItemDto = serde_json::from_slice(&self.body[range]).map_err(|_| {
+        // Checked as UTF-8 when the page was parsed.
+        let text = std::str::from_utf8(&self.body[range])
+            .map_err(|_| GatewayError::internal("item is not UTF-8"))?;
+        let dto: dto::ItemDto = serde_json::from_str(text).map_err(|_| {
             GatewayError::new(
                 ErrorCode::UpstreamBadResponse,
                 "the platform sent a visit that cannot be read",
@@ -354,7 +357,10 @@ fn transport_error(e: reqwest::Error) -> GatewayError {
 /// objects; the items themselves are read when served.
 pub fn parse_page(body: Bytes, asked_page_size: u64) -> Result<UpstreamPage, GatewayError> {
     let bad = |m: &str| GatewayError::new(ErrorCode::UpstreamBadResponse, m.to_owned());
-    let dto: dto::PageDto = serde_json::from_slice(&body)
+    // One UTF-8 check for the whole body, instead of one per string.
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| bad("the platform answered with a body that is not UTF-8"))?;
+    let dto: dto::PageDto = serde_json::from_str(text)
         .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
     if dto.pager.page_size == 0 {
         return Err(bad("the platform reported a page size of 0"));
