@@ -19,7 +19,7 @@ taskset -c 1 "$TOOLS" platform --listen 127.0.0.1:19390 >/dev/null 2>&1 &
 case $MODE in
   hot) BODIES=$WORK/hot.json; EXTRA=() ;;
   memory) BODIES=$WORK/hot.json; EXTRA=(RESPONSE_CACHE_MAX_BYTES=0) ;;
-  cold) BODIES=$WORK/cold.txt; EXTRA=(RESPONSE_CACHE_MAX_BYTES=0 CACHE_MAX_BYTES=1024) ;;
+  cold) BODIES=$WORK/cold.txt; EXTRA=(RESPONSE_CACHE_MAX_BYTES=0 CACHE_MAX_BYTES=0) ;;
   *) echo "mode: hot, memory or cold" >&2; exit 2 ;;
 esac
 env LISTEN_ADDR=127.0.0.1:19391 UPSTREAM_BASE_URL=http://127.0.0.1:19390 UPSTREAM_TOKEN=bench \

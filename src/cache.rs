@@ -102,6 +102,8 @@ impl Expiry<PageRequest, Arc<CachedPage>> for KeepThroughGrace {
 
 #[derive(Clone)]
 pub struct PageCache {
+    /// False when `CACHE_MAX_BYTES=0`: no caching, no coalescing.
+    enabled: bool,
     pages: Cache<PageRequest, Arc<CachedPage>>,
     /// Coalesces refreshes of pages that are still in `pages`.
     refreshes: Cache<PageRequest, Arc<CachedPage>>,
@@ -129,6 +131,7 @@ impl PageCache {
             .time_to_live(Duration::from_secs(30))
             .build();
         Self {
+            enabled: max_bytes > 0,
             pages,
             refreshes,
             source,
@@ -144,6 +147,12 @@ impl PageCache {
         req: PageRequest,
         deadline: Instant,
     ) -> Result<Arc<CachedPage>, GatewayError> {
+        if !self.enabled {
+            self.metrics.cache_lookup("miss");
+            let page = self.fetch(req, deadline).await?;
+            RequestStats::page_used(Duration::ZERO, false);
+            return Ok(page);
+        }
         if let Some(cached) = self.pages.get(&req).await {
             if cached.is_fresh() {
                 self.metrics.cache_lookup("hit");

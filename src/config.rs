@@ -125,8 +125,9 @@ pub struct Settings {
     #[arg(long, env = "PIN_GRANULARITY_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub pin_granularity_seconds: u32,
 
-    /// Page cache capacity in bytes.
-    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    /// Page cache capacity in bytes; 0 turns the page cache off (every
+    /// request goes to the platform: for benchmarks and debugging only).
+    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub cache_max_bytes: u64,
 
     /// Response cache capacity in bytes; 0 turns the response cache off.

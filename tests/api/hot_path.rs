@@ -101,3 +101,17 @@ async fn the_response_cache_can_be_switched_off() {
     app.user_visits(vars).await;
     assert_eq!(hits(&app.metrics().await), 0);
 }
+
+#[tokio::test]
+async fn with_both_caches_off_every_request_goes_to_the_platform() {
+    let app = spawn_app_with(|s| {
+        s.response_cache_max_bytes = 0;
+        s.cache_max_bytes = 0;
+    })
+    .await;
+    let vars = json!({ "id": SMALL_ACTIVITY.to_string() });
+    let first = app.user_visits(vars.clone()).await;
+    let second = app.user_visits(vars).await;
+    assert_eq!(first, second);
+    assert_eq!(app.sim.request_count(), 2);
+}
