@@ -17,7 +17,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::app::AppState;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Principal};
 use crate::error::ErrorCode;
 use crate::response_cache::ResponseKey;
 use crate::telemetry::{self, OutcomeLabel, RequestStats};
@@ -86,43 +86,93 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Res
         .into_response()
 }
 
-/// `POST /graphql`: authenticate, rate-limit, read a bounded body, then
-/// execute with a deadline. Each refusal before execution has its HTTP status
-/// and a GraphQL error body (SPEC §4).
+/// `POST /graphql`: admit the request (credential, client rate, bounded
+/// body), answer from the response cache if it can, else execute with a
+/// deadline. Each refusal before execution has its HTTP status and a GraphQL
+/// error body (SPEC §4).
 async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    execute(&state, request).await
+    let (principal, request) = match admit(&state, request).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    // The hot path: a response built moments ago for the same query.
+    let bucket = Utc::now()
+        .timestamp()
+        .div_euclid(state.limits.pin_granularity_seconds);
+    let key = state
+        .responses
+        .is_enabled()
+        .then(|| ResponseKey::new(&request, bucket));
+    if let Some(body) = key.as_ref().and_then(|k| cached(&state, k, &principal)) {
+        return json(body);
+    }
+
+    let execution = state.schema.execute(request.data(principal));
+    let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
+    else {
+        return refuse(
+            &state,
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::UpstreamTimeout,
+            "the request did not complete within the gateway's deadline",
+        );
+    };
+    annotate(&state, &mut response);
+    let body = match serde_json::to_vec(&response) {
+        Ok(body) => Bytes::from(body),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise a GraphQL response");
+            return refuse(
+                &state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "internal error",
+            );
+        }
+    };
+    if let Some(key) = key
+        && response.errors.is_empty()
+    {
+        remember(&state, key, &body, bucket);
+    }
+    json(body)
 }
 
-async fn execute(state: &AppState, request: Request) -> Response {
-    let error_response = |status, code: ErrorCode, message: &str| {
-        state.metrics.graphql_error(code.as_str());
-        error_response(status, code, message)
-    };
+/// A refusal, counted in the error metrics.
+fn refuse(state: &AppState, status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    state.metrics.graphql_error(code.as_str());
+    error_response(status, code, message)
+}
+
+/// Who is asking, whether they may ask now, and what: everything checked
+/// before any GraphQL work.
+async fn admit(
+    state: &AppState,
+    request: Request,
+) -> Result<(Principal, async_graphql::Request), Response> {
     let (parts, body) = request.into_parts();
     // A header that is not visible ASCII cannot be a valid credential.
     let authorization = parts
         .headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let principal = match state.auth.authenticate(authorization) {
-        Ok(p) => p,
-        Err(e) => {
-            let message = match e {
-                AuthError::Missing => {
-                    "authentication required: send `Authorization: Bearer <API key or JWT>`"
-                }
-                AuthError::Invalid(reason) => reason,
-            };
-            let mut r = error_response(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthenticated,
-                message,
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
-    };
+    let principal = state.auth.authenticate(authorization).map_err(|e| {
+        let message = match e {
+            AuthError::Missing => {
+                "authentication required: send `Authorization: Bearer <API key or JWT>`"
+            }
+            AuthError::Invalid(reason) => reason,
+        };
+        let mut r = refuse(
+            state,
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthenticated,
+            message,
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    })?;
     let client = if principal.is_anonymous() {
         parts
             .extensions
@@ -133,65 +183,55 @@ async fn execute(state: &AppState, request: Request) -> Response {
     };
     if let Err(wait) = state.client_limiter.check(&client) {
         let secs = wait.as_secs().max(1);
-        let mut r = error_response(
+        let mut r = refuse(
+            state,
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             &format!("too many requests from this client; retry in {secs} s"),
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return r;
+        return Err(r);
     }
     let limit = state.limits.max_body_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         let message = format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)");
-        return error_response(
+        return Err(refuse(
+            state,
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::BadUserInput,
             &message,
-        );
+        ));
     };
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            let message =
-                format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}");
-            return error_response(StatusCode::BAD_REQUEST, ErrorCode::BadUserInput, &message);
-        }
-    };
-    // The hot path: a response built moments ago for the same query.
-    let pin = state.limits.pin_granularity_seconds;
-    let bucket = Utc::now().timestamp().div_euclid(pin);
-    let key = state
-        .responses
-        .is_enabled()
-        .then(|| ResponseKey::new(&request, bucket));
-    if let Some(key) = &key {
-        let hit = state
-            .responses
-            .get(key)
-            .filter(|r| r.visible_to(&principal));
-        let outcome = if hit.is_some() { "hit" } else { "miss" };
-        state
-            .metrics
-            .response_cache_lookups
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
-        if let Some(hit) = hit {
-            RequestStats::with(|s| s.response_cached.store(1, Ordering::Relaxed));
-            return json(hit.body.clone());
-        }
-    }
+    let request = serde_json::from_slice(&body).map_err(|e| {
+        let message = format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}");
+        refuse(
+            state,
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadUserInput,
+            &message,
+        )
+    })?;
+    Ok((principal, request))
+}
 
-    let execution = state.schema.execute(request.data(principal));
-    let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
-    else {
-        return error_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::UpstreamTimeout,
-            "the request did not complete within the gateway's deadline",
-        );
-    };
+/// A cached response for `key`, if this client may see all it touched.
+fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<Bytes> {
+    let hit = state.responses.get(key).filter(|r| r.visible_to(principal));
+    let outcome = if hit.is_some() { "hit" } else { "miss" };
+    state
+        .metrics
+        .response_cache_lookups
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+    let hit = hit?;
+    RequestStats::with(|s| s.response_cached.store(1, Ordering::Relaxed));
+    Some(hit.body.clone())
+}
+
+/// Every error gets a code and is counted; a response built from stale pages
+/// says so in `extensions.stale`.
+fn annotate(state: &AppState, response: &mut async_graphql::Response) {
     // Our resolver always sets a code; errors without one come from
     // async-graphql's parsing, validation and input coercion: bad input.
     for error in &mut response.errors {
@@ -203,7 +243,6 @@ async fn execute(state: &AppState, request: Request) -> Response {
             state.metrics.graphql_error(code);
         }
     }
-    // A page was served stale because the platform failed: say so.
     let stale_ms = RequestStats::with(|s| s.stale_age_ms.load(Ordering::Relaxed)).unwrap_or(0);
     if stale_ms > 0 {
         let mut stale = async_graphql::indexmap::IndexMap::new();
@@ -219,23 +258,6 @@ async fn execute(state: &AppState, request: Request) -> Response {
             .extensions
             .insert("stale".to_owned(), async_graphql::Value::Object(stale));
     }
-    let body = match serde_json::to_vec(&response) {
-        Ok(body) => Bytes::from(body),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serialise a GraphQL response");
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "internal error",
-            );
-        }
-    };
-    if let Some(key) = key
-        && response.errors.is_empty()
-    {
-        remember(state, key, &body, bucket);
-    }
-    json(body)
 }
 
 /// Caches a successful response for as long as all of it stays fresh: no
