@@ -191,54 +191,10 @@ fn index_at(t: DateTime<Utc>) -> usize {
     (((ms + STEP_MS - 1) / STEP_MS) as usize).min(visit_count())
 }
 
-const PLACES: &[(&str, &str)] = &[
-    ("广东", "深圳"),
-    ("北京", "北京"),
-    ("上海", "上海"),
-    ("浙江", "杭州"),
-    ("四川", "成都"),
-    ("湖北", "武汉"),
-];
-const NAMES: &[&str] = &["小明", "Lily", "王老师", "阿强", "晨曦", "Kevin", "雨桐"];
-const DEVICES: &[(&str, &str)] = &[
-    (
-        "iPhone",
-        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 MicroMessenger/8.0.49",
-    ),
-    (
-        "Android",
-        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/126.0 Mobile Safari/537.36",
-    ),
-    (
-        "PC",
-        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
-    ),
-];
-
-/// Visit `k`, the same on every run.
+/// Visit `k`, the same on every run: the simulated platform's own generator.
 fn visit(k: usize) -> SimVisit {
     let mut rng = fastrand::Rng::with_seed(k as u64 ^ 0x5eed);
-    let anonymous = rng.u8(0..10) < 4;
-    let (province, city) = PLACES[rng.usize(..PLACES.len())];
-    let (device, user_agent) = DEVICES[rng.usize(..DEVICES.len())];
-    SimVisit {
-        id: k as u64 + 1,
-        user_id: (!anonymous).then(|| rng.u64(100_000..999_999)),
-        session: (0..32)
-            .map(|_| char::from_digit(rng.u32(0..16), 16).unwrap_or('0'))
-            .collect(),
-        nickname: (!anonymous).then(|| NAMES[rng.usize(..NAMES.len())].to_owned()),
-        avatar: (!anonymous && rng.bool()).then(|| format!("https://img.example.com/a/{k}.png")),
-        province: (rng.u8(0..10) > 0).then(|| province.to_owned()),
-        city: (rng.u8(0..10) > 1).then(|| city.to_owned()),
-        visit_at: visit_time(k),
-        duration: rng.u32(0..180),
-        referer: rng.bool().then(|| "https://mp.weixin.qq.com/".to_owned()),
-        user_agent,
-        device,
-        partner_uid: (!anonymous && rng.u8(0..4) == 0).then(|| format!("wx_{:08x}", rng.u32(..))),
-        invited_by: (rng.u8(0..5) == 0).then(|| rng.u64(100_000..999_999)),
-    }
+    visits_gateway::demo::data::visit(k as u64 + 1, visit_time(k), &mut rng)
 }
 
 // ---------------------------------------------------------------- platform

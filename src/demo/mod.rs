@@ -4,7 +4,7 @@
 //! envelope errors, the 7-day limit, a page-size cap, a feature switch).
 //! Tests steer it: add visits, cap page sizes, inject faults, count requests.
 
-mod data;
+pub mod data;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
