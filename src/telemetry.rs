@@ -25,7 +25,7 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub route: &'static str,
-    pub method: String,
+    pub method: &'static str,
     pub status: u16,
 }
 
@@ -303,6 +303,19 @@ pub fn route_of(path: &str) -> &'static str {
     }
 }
 
+/// Bounded label values: a client can send any method name, and each would
+/// otherwise be a new metric series.
+fn method_of(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// A client's `x-request-id` when it is short and printable, else a new one.
 fn request_id(req: &Request) -> HeaderValue {
     req.headers()
@@ -325,7 +338,7 @@ pub async fn observe(
     let id = request_id(&req);
     req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
     let route = route_of(req.uri().path());
-    let method = req.method().to_string();
+    let method = method_of(req.method());
     let stats = Arc::new(RequestStats::default());
     let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"));
     metrics.http_in_flight.inc();
@@ -339,7 +352,7 @@ pub async fn observe(
         .http_requests
         .get_or_create(&HttpLabels {
             route,
-            method: method.clone(),
+            method,
             status,
         })
         .inc();

@@ -103,24 +103,6 @@ pub struct UpstreamConfig {
     pub retry_after_cap: Duration,
 }
 
-impl UpstreamConfig {
-    /// Defaults around `base`, for tests.
-    pub fn new(base: Url) -> Self {
-        Self {
-            base,
-            connect_timeout: Duration::from_secs(2),
-            timeout: Duration::from_secs(10),
-            rate_per_second: 5.0,
-            burst: 20,
-            max_budget_wait: Duration::from_secs(5),
-            max_concurrency: 8,
-            max_retries: 3,
-            retry_base: Duration::from_millis(200),
-            retry_after_cap: Duration::from_secs(30),
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct UpstreamClient {
     http: reqwest::Client,
@@ -563,7 +545,10 @@ mod tests {
     #[test]
     fn the_url_is_built_from_a_validated_id_and_platform_timestamps() {
         let client = UpstreamClient::new(
-            UpstreamConfig::new(Url::parse("https://example.test/base/").unwrap()),
+            UpstreamConfig {
+                base: Url::parse("https://example.test/base/").unwrap(),
+                ..crate::config::Settings::defaults().upstream_config()
+            },
             TokenSource::fixed(crate::secret::Secret::new("t")),
             Metrics::new(),
         )

@@ -198,21 +198,6 @@ async fn a_rejected_token_an_unknown_activity_and_a_disabled_feature_map_to_thei
 }
 
 #[tokio::test]
-async fn a_hanging_platform_gives_upstream_timeout() {
-    let app = spawn_app_with(|s| {
-        s.upstream_timeout_ms = 300;
-        s.upstream_connect_timeout_ms = 300;
-        s.upstream_max_retries = 0;
-    })
-    .await;
-    app.sim.push_fault(Fault::Hang);
-    let r = app
-        .user_visits(json!({ "id": SMALL_ACTIVITY.to_string() }))
-        .await;
-    assert_eq!(error_code(&r), "UPSTREAM_TIMEOUT", "{r}");
-}
-
-#[tokio::test]
 async fn errors_are_not_cached() {
     let app = spawn_app_with(|s| s.upstream_max_retries = 0).await;
     app.sim.push_fault(Fault::Status(503, String::new()));

@@ -114,6 +114,27 @@ impl TestApp {
         handle.await.expect("server task")
     }
 
+    /// `(visitAt, userId, anonymousId)` of the platform's visits in `[from, to)`,
+    /// in its order: what the gateway should serve.
+    pub fn expected(&self, activity: u64, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Identity> {
+        self.sim
+            .visits_between(activity, from, to)
+            .iter()
+            .map(|v| v.identity())
+            .collect()
+    }
+
+    /// The HTTP status of `GET path`.
+    pub async fn status(&self, path: &str) -> u16 {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub async fn metrics(&self) -> String {
         self.http
             .get(self.url("/metrics"))
@@ -172,8 +193,11 @@ pub fn error_code(response: &Value) -> String {
         .to_owned()
 }
 
-/// `(visitAt, userId, anonymousId)` of each edge, to compare with the platform.
-pub fn identities(connection: &Value) -> Vec<(String, Option<String>, Option<String>)> {
+/// `(visitAt, userId, anonymousId)`: how tests tell visits apart.
+pub type Identity = (String, Option<String>, Option<String>);
+
+/// The identity of each edge, to compare with the platform.
+pub fn identities(connection: &Value) -> Vec<Identity> {
     connection["edges"]
         .as_array()
         .unwrap_or_else(|| panic!("no edges in {connection}"))

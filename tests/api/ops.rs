@@ -14,15 +14,7 @@ async fn shutdown_turns_readiness_off_drains_and_lets_in_flight_requests_finish(
         s.shutdown_timeout_seconds = 5;
     })
     .await;
-    assert_eq!(
-        app.http
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.status("/readyz").await, 200);
     // A request that is still upstream when the signal comes.
     app.sim
         .push_fault(Fault::Delay(Duration::from_millis(1500)));
@@ -40,24 +32,8 @@ async fn shutdown_turns_readiness_off_drains_and_lets_in_flight_requests_finish(
     app.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // During the drain: not ready, but still serving.
-    assert_eq!(
-        app.http
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
-    assert_eq!(
-        app.http
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.status("/readyz").await, 503);
+    assert_eq!(app.status("/healthz").await, 200);
     let during = app.graphql("{ __typename }", json!({})).await;
     assert_eq!(during["data"]["__typename"], "Query");
 
@@ -185,6 +161,16 @@ async fn every_metric_family_moves_when_it_should() {
         );
     }
     assert!(!m.contains(&app.token));
+    // A made-up method is counted as `other`, not as a new series.
+    let odd = reqwest::Method::from_bytes(b"FOOBAR").unwrap();
+    app.http
+        .request(odd, app.url("/graphql"))
+        .send()
+        .await
+        .unwrap();
+    let m = app.metrics().await;
+    assert!(m.contains("method=\"other\""), "{m}");
+    assert!(!m.contains("FOOBAR"));
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@ use chrono::Duration;
 use serde_json::{Value, json};
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, SMALL_ACTIVITY};
 
-use crate::helpers::{identities, spawn_app, spawn_app_with, ts};
+use crate::helpers::{Identity, identities, spawn_app, spawn_app_with, ts};
 
 /// Walks the whole list with `first`/`after`, checking pageInfo on the way.
 async fn walk_forward(
@@ -10,7 +10,7 @@ async fn walk_forward(
     activity: u64,
     range: Value,
     first: i64,
-) -> (Vec<Value>, Vec<(String, Option<String>, Option<String>)>) {
+) -> (Vec<Value>, Vec<Identity>) {
     let mut after: Option<String> = None;
     let mut seen = Vec::new();
     let mut pages = Vec::new();
@@ -35,12 +35,7 @@ async fn paging_forward_over_sixty_days_returns_exactly_the_platforms_visits() {
     let app = spawn_app().await;
     let (from, to) = (app.now - Duration::days(60) - Duration::hours(1), app.now);
     let range = json!({ "from": ts(from), "to": ts(to) });
-    let expected: Vec<_> = app
-        .sim
-        .visits_between(EXAMPLE_ACTIVITY, from, to)
-        .iter()
-        .map(|v| v.identity())
-        .collect();
+    let expected: Vec<_> = app.expected(EXAMPLE_ACTIVITY, from, to);
     assert!(
         expected.len() > 2000,
         "the example activity has a long list"
@@ -66,12 +61,7 @@ async fn paging_backward_with_last_before_returns_the_same_list_newest_first() {
     let app = spawn_app().await;
     let (from, to) = (app.now - Duration::days(20), app.now);
     let range = json!({ "from": ts(from), "to": ts(to) });
-    let expected: Vec<_> = app
-        .sim
-        .visits_between(EXAMPLE_ACTIVITY, from, to)
-        .iter()
-        .map(|v| v.identity())
-        .collect();
+    let expected: Vec<_> = app.expected(EXAMPLE_ACTIVITY, from, to);
 
     let mut before: Option<String> = None;
     let mut pages_newest_first = Vec::new();
@@ -94,12 +84,7 @@ async fn paging_backward_with_last_before_returns_the_same_list_newest_first() {
 async fn last_twenty_are_the_newest_twenty() {
     let app = spawn_app().await;
     let (from, to) = (app.now - Duration::days(30), app.now);
-    let expected: Vec<_> = app
-        .sim
-        .visits_between(SMALL_ACTIVITY, from, to)
-        .iter()
-        .map(|v| v.identity())
-        .collect();
+    let expected: Vec<_> = app.expected(SMALL_ACTIVITY, from, to);
     let r = app
         .user_visits(json!({ "id": SMALL_ACTIVITY.to_string(), "range": { "from": ts(from), "to": ts(to) }, "last": 20 }))
         .await;
@@ -167,12 +152,7 @@ async fn a_pinned_range_keeps_page_two_consistent_while_visits_arrive() {
     let c2 = &page2["data"]["userVisits"];
     assert_eq!(c2["range"], c1["range"], "{page2}");
     assert_eq!(c2["totalCount"], c1["totalCount"]);
-    let expected: Vec<_> = app
-        .sim
-        .visits_between(EXAMPLE_ACTIVITY, app.now - Duration::days(1), pinned_to)
-        .iter()
-        .map(|v| v.identity())
-        .collect();
+    let expected: Vec<_> = app.expected(EXAMPLE_ACTIVITY, app.now - Duration::days(1), pinned_to);
     let n = expected.len();
     assert_eq!(identities(c1), expected[n - 10..]);
     assert_eq!(identities(c2), expected[n - 20..n - 10]);
@@ -196,12 +176,7 @@ async fn a_platform_page_size_cap_shifts_no_offset() {
         app.sim.set_page_size_cap(cap);
         let (from, to) = (app.now - Duration::days(15), app.now);
         let range = json!({ "from": ts(from), "to": ts(to) });
-        let expected: Vec<_> = app
-            .sim
-            .visits_between(SMALL_ACTIVITY, from, to)
-            .iter()
-            .map(|v| v.identity())
-            .collect();
+        let expected: Vec<_> = app.expected(SMALL_ACTIVITY, from, to);
         let (_, seen) = walk_forward(&app, SMALL_ACTIVITY, range, 13).await;
         assert_eq!(seen, expected, "cap {cap}");
         // The platform was asked for pages in units of what it serves.

@@ -20,10 +20,8 @@ async fn the_committed_schema_matches_the_code() {
 #[tokio::test]
 async fn probes_answer() {
     let app = spawn_app().await;
-    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(app.status("/healthz").await, 200);
+    assert_eq!(app.status("/readyz").await, 200);
 }
 
 #[tokio::test]
