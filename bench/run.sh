@@ -8,6 +8,7 @@
 #   bench/run.sh                 # 3 alternating rounds of 10 s per workload
 #   bench/run.sh --short         # 1 round of 2 s: proves the bench still works
 #   bench/run.sh --rounds 5 --duration 20 --rate 2000
+#   bench/run.sh --only memory,cold   # some workloads only (hot,mixed,walk,memory,cold)
 #
 # Pinning: the server under test on core 0; wrk, the pacer and the stand-in
 # platform on core 1. Needs wrk (installed when missing), taskset, curl.
@@ -21,6 +22,7 @@ RATE=2000
 CONNECTIONS=64
 PACE_CONNECTIONS=16
 PORT_BASE=${BENCH_PORT_BASE:-19180}
+ONLY=hot,mixed,walk,memory,cold
 
 usage() {
   sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
@@ -32,6 +34,7 @@ Options:
   --pace-seconds S   seconds per fixed-rate latency run (default: --duration)
   --rate R           the fixed rate of the p50/p99 runs, req/s (default $RATE)
   --connections C    wrk connections (default $CONNECTIONS)
+  --only LIST        comma-separated workloads: hot,mixed,walk,memory,cold (default: all)
 Environment: CARGO_TARGET_DIR (honoured), BENCH_PORT_BASE (default 19180).
 EOF
 }
@@ -44,12 +47,17 @@ while [ $# -gt 0 ]; do
     --pace-seconds) PACE_SECONDS=$2; shift ;;
     --rate) RATE=$2; shift ;;
     --connections) CONNECTIONS=$2; shift ;;
+    --only) ONLY=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
 PACE_SECONDS=${PACE_SECONDS:-$DURATION}
+for w in ${ONLY//,/ }; do
+  case $w in hot|mixed|walk|memory|cold) ;; *) echo "unknown workload in --only: $w" >&2; exit 2 ;; esac
+done
+wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 say() { printf '>>> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
@@ -266,25 +274,29 @@ W_WALK="paging walk"
 W_MEMORY="hot, response cache off"
 W_COLD="cold (caches off, distinct ranges)"
 
-workload "$W_HOT" "$HOT" "$HOT"
-workload "$W_MIXED" "$MIXED" "$MIXED"
+if wanted hot; then workload "$W_HOT" "$HOT" "$HOT"; fi
+if wanted mixed; then workload "$W_MIXED" "$MIXED" "$MIXED"; fi
 
-say "building the paging walk through a scout gateway"
-start_gateway scout
-WALK_INFO=$("$TOOLS_BIN" walk --url "$GATEWAY_URL" --out "$WORK/walk.txt") || die "the paging walk failed (above)"
-stop_gateway
-DISTINCT_PAGES=$(grep -o 'distinct_pages=[0-9]*' <<<"$WALK_INFO" | cut -d= -f2)
-WALK_BODIES=$(grep -o 'bodies=[0-9]*' <<<"$WALK_INFO" | cut -d= -f2)
-# No warm-up: the first round meets a cold gateway with every connection
-# asking for pages of the same range at once.
-workload "$W_WALK" "$WORK/walk.txt" -
+if wanted walk; then
+  say "building the paging walk through a scout gateway"
+  start_gateway scout
+  WALK_INFO=$("$TOOLS_BIN" walk --url "$GATEWAY_URL" --out "$WORK/walk.txt") || die "the paging walk failed (above)"
+  stop_gateway
+  DISTINCT_PAGES=$(grep -o 'distinct_pages=[0-9]*' <<<"$WALK_INFO" | cut -d= -f2)
+  WALK_BODIES=$(grep -o 'bodies=[0-9]*' <<<"$WALK_INFO" | cut -d= -f2)
+  # No warm-up: the first round meets a cold gateway with every connection
+  # asking for pages of the same range at once.
+  workload "$W_WALK" "$WORK/walk.txt" -
+fi
 
 # "From memory": the hot query, page cache warm, response cache off.
-workload "$W_MEMORY" "$HOT" "$HOT" RESPONSE_CACHE_MAX_BYTES=0
+if wanted memory; then workload "$W_MEMORY" "$HOT" "$HOT" RESPONSE_CACHE_MAX_BYTES=0; fi
 # Cold: the same query over 30000 different ranges, so every request needs an
 # upstream page of its own (a repeated query would coalesce in the page cache
 # even at its minimum size).
-workload "$W_COLD" "$COLD" "$WORK/cold-check.txt" RESPONSE_CACHE_MAX_BYTES=0 CACHE_MAX_BYTES=0
+if wanted cold; then
+  workload "$W_COLD" "$COLD" "$WORK/cold-check.txt" RESPONSE_CACHE_MAX_BYTES=0 CACHE_MAX_BYTES=0
+fi
 
 # ------------------------------------------------------------------ the table
 us_per_req() { # key
@@ -318,12 +330,18 @@ mib() { if [ -n "${1:-}" ]; then calc "%.1f MiB" "$1 / 1024"; else echo "-"; fi;
     echo "| $label | $tgt | $(calc "%.0f" "$rps") | $p50 | $p99${PACE_NOTE[$k]} | $(us_per_req "$k") | $(mib "${HWM[$k]:-}") | $plat | $ratio |"
   done
   echo
-  mem_us=$(us_per_req "$W_MEMORY|gateway"); cold_us=$(us_per_req "$W_COLD|gateway")
-  # shellcheck disable=SC2086
-  hot_ratio=$(calc "%.2f" "$(median ${RPS[$W_HOT|gateway]}) / $(median ${RPS[$W_HOT|reference]})")
-  echo "- **Paging walk:** ${PLAT[$W_WALK|gateway]} platform requests for $DISTINCT_PAGES distinct upstream pages ($WALK_BODIES page requests of 8 clients' walks over one 30-day range, \`first\` 7 to 100, rotated over $CONNECTIONS connections; the first round hits a cold gateway)."
-  echo "- **Cold vs. from memory:** cold $cold_us CPU µs/req vs. $mem_us from memory: $(calc "%.2f" "$cold_us / $mem_us")x. \"From memory\" = the hot query on a gateway whose page cache is warm and whose response cache is off (RESPONSE_CACHE_MAX_BYTES=0): async-graphql parsing, validating and resolving from cached pages. Cold = CACHE_MAX_BYTES=0 and RESPONSE_CACHE_MAX_BYTES=0 (both caches off), the same query over 30000 different 7-day ranges: every request needs its own upstream page (see its platform req / client req)."
-  echo "- **Hot query vs. issue 7's targets:** $hot_ratio of the reference's req/s (target ≥ 0.35); p99 ${P99[$W_HOT|gateway]} µs at $RATE req/s (target < 1000); peak RSS $(mib "${HWM[$W_HOT|gateway]}") (target < 40 MiB)."
+  if wanted walk; then
+    echo "- **Paging walk:** ${PLAT[$W_WALK|gateway]} platform requests for $DISTINCT_PAGES distinct upstream pages ($WALK_BODIES page requests of 8 clients' walks over one 30-day range, \`first\` 7 to 100, rotated over $CONNECTIONS connections; the first round hits a cold gateway)."
+  fi
+  if wanted memory && wanted cold; then
+    mem_us=$(us_per_req "$W_MEMORY|gateway"); cold_us=$(us_per_req "$W_COLD|gateway")
+    echo "- **Cold vs. from memory:** cold $cold_us CPU µs/req vs. $mem_us from memory: $(calc "%.2f" "$cold_us / $mem_us")x. \"From memory\" = the hot query on a gateway whose page cache is warm and whose response cache is off (RESPONSE_CACHE_MAX_BYTES=0): async-graphql parsing, validating and resolving from cached pages. Cold = CACHE_MAX_BYTES=0 and RESPONSE_CACHE_MAX_BYTES=0 (both caches off), the same query over 30000 different 7-day ranges: every request needs its own upstream page (see its platform req / client req)."
+  fi
+  if wanted hot; then
+    # shellcheck disable=SC2086
+    hot_ratio=$(calc "%.2f" "$(median ${RPS[$W_HOT|gateway]}) / $(median ${RPS[$W_HOT|reference]})")
+    echo "- **Hot query vs. issue 7's targets:** $hot_ratio of the reference's req/s (target ≥ 0.35); p99 ${P99[$W_HOT|gateway]} µs at $RATE req/s (target < 1000); peak RSS $(mib "${HWM[$W_HOT|gateway]}") (target < 40 MiB)."
+  fi
   total_errs=0
   for k in "${ROWS[@]}"; do total_errs=$((total_errs + ERRS[$k])); done
   if [ "$total_errs" -gt 0 ]; then

@@ -94,13 +94,10 @@ pub async fn load(
 
     let mut items = Vec::with_capacity((slice.end - slice.start) as usize);
     for (read, page) in reads.iter().zip(&pages) {
-        let skip = read.skip as usize;
-        let take = read.take as usize;
-        let available = page.page.len().saturating_sub(skip).min(take);
-        for i in 0..available {
-            items.push((read.offset + i as u64, page.page.visit(skip + i)?));
-        }
-        if available < take {
+        let visits = page.page.visits(read.skip as usize, read.take as usize)?;
+        let available = visits.len();
+        items.extend((read.offset..).zip(visits));
+        if (available as u64) < read.take {
             // The platform's list shrank between two of our requests.
             tracing::warn!(activity = %activity, page = read.page, "upstream page shorter than its pager said");
         }

@@ -7,14 +7,7 @@ use serde_json::Value;
 
 use crate::error::{ErrorCode, GatewayError};
 
-/// A page, with its items left as raw JSON borrowed from the body.
-#[derive(Debug, Deserialize)]
-pub struct PageDto<'a> {
-    pub pager: PagerDto,
-    #[serde(default, borrow)]
-    pub items: Vec<&'a serde_json::value::RawValue>,
-}
-
+/// A page's `pager`; its items are located by [`super::layout`].
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PagerDto {
@@ -145,17 +138,9 @@ mod tests {
             {"userId":42,"anonymousId":"zzz","nickname":"小明","visitAt":"2019-06-21T01:53:00.000Z",
              "lastOnlineAt":"2019-06-21T01:54:00.000Z","invitedBy":7}
         ]}"#;
-        let page: PageDto = serde_json::from_str(body).unwrap();
-        let visits: Vec<Visit> = page
-            .items
-            .into_iter()
-            .map(|i| {
-                serde_json::from_str::<ItemDto>(i.get())
-                    .unwrap()
-                    .try_into()
-                    .unwrap()
-            })
-            .collect();
+        let page = super::super::parse_page(body.as_bytes().to_vec().into(), 15).unwrap();
+        let visits = page.visits(0, 15).unwrap();
+        assert_eq!(visits.len(), 2);
         let anon = &visits[0];
         assert_eq!(anon.user_id, None);
         assert_eq!(anon.anonymous_id.as_deref(), Some("ab12cd34"));

@@ -3,8 +3,9 @@
 
 pub mod budget;
 pub mod dto;
+pub mod layout;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -31,53 +32,64 @@ pub struct PageRequest {
     pub page_size: u64,
 }
 
-/// One page as the platform served it. The body is kept as received and
-/// each item is read only when served: a client page of 10 out of an upstream
-/// page of 100 pays for 10 (and the raw JSON is more compact in the cache than
-/// 100 parsed visits).
-#[derive(Debug, Clone)]
+/// One page as the platform served it. The body is kept as received; items
+/// are located and read only when served: a client page of 10 out of an
+/// upstream page of 100 pays for 10 (and the raw JSON is more compact in the
+/// cache than 100 parsed visits).
+#[derive(Debug)]
 pub struct UpstreamPage {
     /// Items in the whole window.
     pub total: u64,
     /// The page size actually served: at most what we asked for.
     pub page_size: u64,
     body: Bytes,
-    /// Where each item's JSON lies in `body`.
-    items: Vec<std::ops::Range<usize>>,
+    /// Where the items located so far lie in `body`.
+    items: Mutex<layout::Items>,
 }
 
 impl UpstreamPage {
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// Item `i`, read into a visit; an unreadable one is the platform's fault.
-    pub fn visit(&self, i: usize) -> Result<Visit, GatewayError> {
-        let range = self
-            .items
-            .get(i)
-            .cloned()
-            .ok_or_else(|| GatewayError::internal("no such item"))?;
-        // Checked as UTF-8 when the page was parsed.
-        let text = std::str::from_utf8(&self.body[range])
-            .map_err(|_| GatewayError::internal("item is not UTF-8"))?;
-        let dto: dto::ItemDto = serde_json::from_str(text).map_err(|_| {
-            GatewayError::new(
-                ErrorCode::UpstreamBadResponse,
-                "the platform sent a visit that cannot be read",
-            )
-        })?;
-        Visit::try_from(dto)
+    /// Up to `take` visits from item `skip` on: fewer when the page is
+    /// shorter. An unreadable item, or a body found broken further on, is the
+    /// platform's fault.
+    pub fn visits(&self, skip: usize, take: usize) -> Result<Vec<Visit>, GatewayError> {
+        let bad = |m: &str| GatewayError::new(ErrorCode::UpstreamBadResponse, m.to_owned());
+        let ranges: Vec<std::ops::Range<usize>> = {
+            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            // A read reaching the page's last item checks the whole body.
+            let want = skip.saturating_add(take);
+            let want = if want as u64 >= self.page_size {
+                usize::MAX
+            } else {
+                want
+            };
+            items
+                .locate(&self.body, want)
+                .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
+            if items.found().len() as u64 > self.page_size {
+                return Err(bad("the platform sent more items than its page size"));
+            }
+            let found = items.found();
+            found[skip.min(found.len())..want.min(found.len())].to_vec()
+        };
+        ranges
+            .into_iter()
+            .map(|range| {
+                if self.body.get(range.start) != Some(&b'{') {
+                    return Err(bad("the platform sent an item that is not an object"));
+                }
+                // serde_json checks the item's syntax and UTF-8 here, not before.
+                let dto: dto::ItemDto = serde_json::from_slice(&self.body[range])
+                    .map_err(|_| bad("the platform sent a visit that cannot be read"))?;
+                Visit::try_from(dto)
+            })
+            .collect()
     }
 
     pub fn weight(&self) -> usize {
+        // The item index grows to at most one range per item.
         std::mem::size_of::<Self>()
             + self.body.len()
-            + self.items.len() * std::mem::size_of::<std::ops::Range<usize>>()
+            + self.page_size as usize * std::mem::size_of::<std::ops::Range<usize>>()
     }
 }
 
@@ -267,7 +279,7 @@ impl UpstreamClient {
         match &result {
             Ok(page) => tracing::debug!(
                 activity = %req.activity, page = req.page, page_size = req.page_size,
-                items = page.len(), elapsed_ms, "upstream page fetched"
+                total = page.total, elapsed_ms, "upstream page fetched"
             ),
             Err(e) => tracing::warn!(
                 activity = %req.activity, page = req.page, code = e.code.as_str(),
@@ -335,39 +347,23 @@ fn transport_error(e: reqwest::Error) -> GatewayError {
     }
 }
 
-/// Reads a 200 body, checking that it is a self-consistent page of JSON
-/// objects; the items themselves are read when served.
+/// Reads a 200 body: the head of a page, whose pager is read and checked;
+/// its items are located and read when served (see [`layout`]).
 pub fn parse_page(body: Bytes, asked_page_size: u64) -> Result<UpstreamPage, GatewayError> {
     let bad = |m: &str| GatewayError::new(ErrorCode::UpstreamBadResponse, m.to_owned());
-    // One UTF-8 check for the whole body, instead of one per string.
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| bad("the platform answered with a body that is not UTF-8"))?;
-    let dto: dto::PageDto = serde_json::from_str(text)
+    let head = layout::scan(&body)
         .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
-    if dto.pager.page_size == 0 {
+    let pager: dto::PagerDto = serde_json::from_slice(&body[head.pager])
+        .map_err(|_| bad("the platform answered with a page whose pager cannot be read"))?;
+    if pager.page_size == 0 {
         return Err(bad("the platform reported a page size of 0"));
     }
-    let page_size = dto.pager.page_size.min(asked_page_size);
-    if dto.items.len() as u64 > page_size {
-        return Err(bad("the platform sent more items than its page size"));
-    }
-    let base = body.as_ptr() as usize;
-    let mut items = Vec::with_capacity(dto.items.len());
-    for raw in &dto.items {
-        let json = raw.get();
-        if !json.starts_with('{') {
-            return Err(bad("the platform sent an item that is not an object"));
-        }
-        let start = json.as_ptr() as usize - base;
-        items.push(start..start + json.len());
-    }
-    let (total, page_size) = (dto.pager.total, page_size);
-    drop(dto);
+    let page_size = pager.page_size.min(asked_page_size);
     Ok(UpstreamPage {
-        total,
+        total: pager.total,
         page_size,
         body,
-        items,
+        items: Mutex::new(head.items),
     })
 }
 
@@ -524,8 +520,18 @@ mod tests {
         assert_eq!((page.total, page.page_size), (120, 50));
         assert!(parse(b"not json").is_err());
         assert!(parse(br#"{"pager":{"page":1,"pageSize":0,"total":1},"items":[]}"#).is_err());
-        assert!(parse(br#"{"pager":{"page":1,"pageSize":1,"total":2},"items":[{},{}]}"#).is_err());
-        assert!(parse(br#"{"pager":{"page":1,"pageSize":5,"total":2},"items":[1]}"#).is_err());
+        // Items are checked when read; a read reaching the page's end checks
+        // the rest of the body.
+        let two = parse(br#"{"pager":{"page":1,"pageSize":1,"total":2},"items":[{},{}]}"#).unwrap();
+        assert_eq!(
+            two.visits(0, 1).unwrap_err().code,
+            ErrorCode::UpstreamBadResponse
+        );
+        let number = parse(br#"{"pager":{"page":1,"pageSize":5,"total":2},"items":[1]}"#).unwrap();
+        assert_eq!(
+            number.visits(0, 1).unwrap_err().code,
+            ErrorCode::UpstreamBadResponse
+        );
     }
 
     #[test]
@@ -534,12 +540,12 @@ mod tests {
             {"userId":7,"visitAt":"2019-06-21T01:52:12.736Z","lastOnlineAt":"2019-06-21T02:00:00.000Z","nickname":"小明"},
             {"userId":8,"visitAt":"not a time","lastOnlineAt":"2019-06-21T02:00:00.000Z"}]}"#;
         let page = parse_page(Bytes::from_static(body.as_bytes()), 100).unwrap();
-        assert_eq!(page.len(), 2);
-        assert_eq!(page.visit(0).unwrap().nickname, "小明");
+        assert_eq!(page.visits(0, 1).unwrap()[0].nickname, "小明");
         assert_eq!(
-            page.visit(1).unwrap_err().code,
+            page.visits(0, 5).unwrap_err().code,
             ErrorCode::UpstreamBadResponse
         );
+        assert_eq!(page.visits(2, 3).unwrap().len(), 0, "past the last item");
     }
 
     #[test]
