@@ -141,7 +141,8 @@ impl UpstreamClient {
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
-            .timeout(config.timeout)
+            // The attempt's timeout is ours (`attempt`): one timer, bounded
+            // by the caller's deadline too.
             .user_agent(concat!("visits-gateway/", env!("CARGO_PKG_VERSION")))
             // A redirect would carry the token to wherever it points.
             .redirect(reqwest::redirect::Policy::none())
@@ -162,22 +163,24 @@ impl UpstreamClient {
 
     /// `{base}/api/activity/{id}/stats/user-visits?page=..&pageSize=..&startedAt=..&endedAt=..`
     pub fn url(&self, req: &PageRequest) -> Url {
-        let mut url = self.config.base.clone();
-        url.path_segments_mut()
-            .expect("base URL validated at start")
-            .pop_if_empty()
-            .extend([
-                "api",
-                "activity",
-                &req.activity.to_string(),
-                "stats",
-                "user-visits",
-            ]);
-        url.query_pairs_mut()
-            .append_pair("page", &req.page.to_string())
-            .append_pair("pageSize", &req.page_size.to_string())
-            .append_pair("startedAt", &crate::time::format(req.window.from))
-            .append_pair("endedAt", &crate::time::format(req.window.to));
+        // Path and query set as strings: every part is digits or a platform
+        // timestamp, and the base (no query, checked at start) is not parsed
+        // again per request.
+        let base = &self.config.base;
+        let mut url = base.clone();
+        url.set_path(&format!(
+            "{}/api/activity/{}/stats/user-visits",
+            base.path().trim_end_matches('/'),
+            req.activity
+        ));
+        let time = |t| crate::time::format(t).replace(':', "%3A");
+        url.set_query(Some(&format!(
+            "page={}&pageSize={}&startedAt={}&endedAt={}",
+            req.page,
+            req.page_size,
+            time(req.window.from),
+            time(req.window.to)
+        )));
         url
     }
 
@@ -242,7 +245,9 @@ impl UpstreamClient {
             .await
             .map_err(|_| GatewayError::internal("upstream slots closed"))?;
         let started = Instant::now();
-        let limit = deadline.saturating_duration_since(started);
+        let limit = deadline
+            .saturating_duration_since(started)
+            .min(self.config.timeout);
         let result = match tokio::time::timeout(limit, self.send(req)).await {
             Ok(r) => r,
             Err(_) => Err(GatewayError::new(
@@ -254,18 +259,13 @@ impl UpstreamClient {
         self.metrics
             .upstream_duration
             .observe(elapsed.as_secs_f64());
-        let status = match &result {
-            Ok(_) => "200".to_owned(),
-            Err(e) => e.status.map_or_else(
-                || {
-                    if e.code == ErrorCode::UpstreamTimeout {
-                        "timeout".into()
-                    } else {
-                        "error".into()
-                    }
-                },
-                |s| s.to_string(),
-            ),
+        let status: std::borrow::Cow<'static, str> = match &result {
+            Ok(_) => "200".into(),
+            Err(e) => match e.status {
+                Some(s) => s.to_string().into(),
+                None if e.code == ErrorCode::UpstreamTimeout => "timeout".into(),
+                None => "error".into(),
+            },
         };
         self.metrics
             .upstream_requests
