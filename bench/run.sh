@@ -223,31 +223,53 @@ run_pace() { # key url bodies
   say "  $k paced at $RATE/s: $out"
 }
 
-# One workload: a fresh gateway, a check (and warm-up) with the bodies of
-# WARM ("-": none), N alternating rounds, paced latency.
-#   workload LABEL BODIES WARM [gateway VAR=value...]
-workload() {
-  local label=$1 bodies=$2 warm=$3; shift 3
-  local gk="$label|gateway" rk="$label|reference" p0 p1 client=0 _
-  say "workload: $label"
-  start_gateway "$(tr -cs 'a-z0-9' '-' <<<"$label" | sed 's/-$//')" "$@"
-  p0=$(platform_count)
-  if [ "$warm" != - ]; then
-    "$TOOLS_BIN" check --url "$GATEWAY_URL" --bodies "$warm" >/dev/null || die "$label: a request failed (above)"
-    client=$((client + $(grep -c . "$warm")))
-  fi
-  for _ in $(seq 1 "$ROUNDS"); do
-    run_wrk "$gk" "$GATEWAY_URL" "$bodies" "$GATEWAY_PID"; client=$((client + LAST_REQS))
-    run_wrk "$rk" "$REFERENCE_URL" "$bodies" "$REFERENCE_PID"
+# One or more workloads, each on a fresh gateway of its own, their rounds
+# interleaved: a ratio between two of them (cold vs. from memory) is then not
+# skewed by the machine's speed drifting between them. Each SPEC is
+#   "LABEL|BODIES|WARM|VAR=value VAR=value"
+# WARM is a bodies file to check (and warm up) the gateway with, or "-".
+workloads() {
+  local specs=("$@") n=$# i label bodies warm settings gk p0 _
+  local pids=() urls=()
+  for ((i = 0; i < n; i++)); do
+    IFS='|' read -r label bodies warm settings <<<"${specs[i]}"
+    say "workload: $label"
+    # shellcheck disable=SC2086 # settings are VAR=value words
+    start_gateway "$(tr -cs 'a-z0-9' '-' <<<"$label" | sed 's/-$//')" $settings
+    pids+=("$GATEWAY_PID"); urls+=("$GATEWAY_URL")
+    gk="$label|gateway"
+    add_row "$gk"; add_row "$label|reference"
+    PLAT[$gk]=0; CLIENT[$gk]=0
+    if [ "$warm" != - ]; then
+      p0=$(platform_count)
+      "$TOOLS_BIN" check --url "$GATEWAY_URL" --bodies "$warm" >/dev/null || die "$label: a request failed (above)"
+      PLAT[$gk]=$((PLAT[$gk] + $(platform_count) - p0))
+      CLIENT[$gk]=$((CLIENT[$gk] + $(grep -c . "$warm")))
+    fi
   done
-  run_pace "$gk" "$GATEWAY_URL" "$bodies"; client=$((client + LAST_REQS))
-  run_pace "$rk" "$REFERENCE_URL" "$bodies"
-  p1=$(platform_count)
-  HWM[$gk]=$(hwm_kib "$GATEWAY_PID")
-  HWM[$rk]=$(hwm_kib "$REFERENCE_PID")
-  PLAT[$gk]=$((p1 - p0))
-  CLIENT[$gk]=$client
-  stop_gateway
+  # Platform requests are counted around each of a gateway's own runs (the
+  # other gateways are idle meanwhile).
+  gateway_run() { # kind i
+    local kind=$1 i=$2 label bodies warm settings p0
+    IFS='|' read -r label bodies warm settings <<<"${specs[i]}"
+    p0=$(platform_count)
+    if [ "$kind" = wrk ]; then run_wrk "$label|gateway" "${urls[i]}" "$bodies" "${pids[i]}"
+    else run_pace "$label|gateway" "${urls[i]}" "$bodies"; fi
+    PLAT[$label|gateway]=$((PLAT[$label|gateway] + $(platform_count) - p0))
+    CLIENT[$label|gateway]=$((CLIENT[$label|gateway] + LAST_REQS))
+    if [ "$kind" = wrk ]; then run_wrk "$label|reference" "$REFERENCE_URL" "$bodies" "$REFERENCE_PID"
+    else run_pace "$label|reference" "$REFERENCE_URL" "$bodies"; fi
+  }
+  for _ in $(seq 1 "$ROUNDS"); do
+    for ((i = 0; i < n; i++)); do gateway_run wrk "$i"; done
+  done
+  for ((i = 0; i < n; i++)); do gateway_run pace "$i"; done
+  for ((i = 0; i < n; i++)); do
+    IFS='|' read -r label _ <<<"${specs[i]}"
+    HWM[$label|gateway]=$(hwm_kib "${pids[i]}")
+    HWM[$label|reference]=$(hwm_kib "$REFERENCE_PID")
+    GATEWAY_PID=${pids[i]}; stop_gateway
+  done
 }
 
 # ------------------------------------------------------------------ the reference
@@ -274,8 +296,8 @@ W_WALK="paging walk"
 W_MEMORY="hot, response cache off"
 W_COLD="cold (caches off, distinct ranges)"
 
-if wanted hot; then workload "$W_HOT" "$HOT" "$HOT"; fi
-if wanted mixed; then workload "$W_MIXED" "$MIXED" "$MIXED"; fi
+if wanted hot; then workloads "$W_HOT|$HOT|$HOT|"; fi
+if wanted mixed; then workloads "$W_MIXED|$MIXED|$MIXED|"; fi
 
 if wanted walk; then
   say "building the paging walk through a scout gateway"
@@ -286,16 +308,19 @@ if wanted walk; then
   WALK_BODIES=$(grep -o 'bodies=[0-9]*' <<<"$WALK_INFO" | cut -d= -f2)
   # No warm-up: the first round meets a cold gateway with every connection
   # asking for pages of the same range at once.
-  workload "$W_WALK" "$WORK/walk.txt" -
+  workloads "$W_WALK|$WORK/walk.txt|-|"
 fi
 
 # "From memory": the hot query, page cache warm, response cache off.
-if wanted memory; then workload "$W_MEMORY" "$HOT" "$HOT" RESPONSE_CACHE_MAX_BYTES=0; fi
+SPEC_MEMORY="$W_MEMORY|$HOT|$HOT|RESPONSE_CACHE_MAX_BYTES=0"
 # Cold: the same query over 30000 different ranges, so every request needs an
 # upstream page of its own (a repeated query would coalesce in the page cache
 # even at its minimum size).
-if wanted cold; then
-  workload "$W_COLD" "$COLD" "$WORK/cold-check.txt" RESPONSE_CACHE_MAX_BYTES=0 CACHE_MAX_BYTES=0
+SPEC_COLD="$W_COLD|$COLD|$WORK/cold-check.txt|RESPONSE_CACHE_MAX_BYTES=0 CACHE_MAX_BYTES=0"
+# Their ratio is a target: their rounds are interleaved.
+if wanted memory && wanted cold; then workloads "$SPEC_MEMORY" "$SPEC_COLD"
+elif wanted memory; then workloads "$SPEC_MEMORY"
+elif wanted cold; then workloads "$SPEC_COLD"
 fi
 
 # ------------------------------------------------------------------ the table
