@@ -285,23 +285,32 @@ impl Scanner<'_> {
         Ok(start..self.i)
     }
 
-    /// An object or array, brackets matched by kind.
+    /// An object or array, brackets matched by kind, nested at most 128 deep
+    /// (a platform item is a flat object; deeper is refused rather than
+    /// tracked on the heap for every item).
     fn nested(&mut self) -> Result<(), NotAPage> {
-        // Open brackets, innermost last; a platform page nests 2 or 3 deep.
-        let mut open: Vec<u8> = Vec::new();
+        // One bit per open bracket, innermost lowest: 1 for `{`, 0 for `[`.
+        let (mut open, mut depth) = (0u128, 0u32);
         loop {
             match self.peek()? {
                 b'"' => {
                     self.string()?;
                     continue;
                 }
-                c @ (b'{' | b'[') => open.push(c),
-                c @ (b'}' | b']') => {
-                    let want = if c == b'}' { b'{' } else { b'[' };
-                    if open.pop() != Some(want) {
+                c @ (b'{' | b'[') => {
+                    if depth == 128 {
                         return Err(NotAPage::Syntax);
                     }
-                    if open.is_empty() {
+                    open = open << 1 | u128::from(c == b'{');
+                    depth += 1;
+                }
+                c @ (b'}' | b']') => {
+                    if open & 1 != u128::from(c == b'}') {
+                        return Err(NotAPage::Syntax);
+                    }
+                    open >>= 1;
+                    depth -= 1;
+                    if depth == 0 {
                         self.i += 1;
                         return Ok(());
                     }
@@ -390,9 +399,24 @@ mod tests {
             (br#"{"pager":{},}"#, NotAPage::Syntax),
             (br#"{"pager":{},"items":[1,]}"#, NotAPage::Syntax),
             (br#"{"pager":{},"items":["\"#, NotAPage::Syntax),
+            (br#"{"pager":{},"items":[{"a":[}]}"#, NotAPage::Syntax),
         ] {
             assert_eq!(full(body), Err(why), "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn items_nest_at_most_128_deep() {
+        let page = |depth: usize| {
+            let body = format!(
+                r#"{{"pager":{{}},"items":[{}{}]}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            full(body.as_bytes())
+        };
+        assert!(page(128).is_ok());
+        assert_eq!(page(129), Err(NotAPage::Syntax));
     }
 
     #[test]
