@@ -140,6 +140,12 @@ impl PageCache {
         }
     }
 
+    /// Drops a page found unreadable while serving it, so that the next
+    /// request asks the platform again rather than meeting the same page.
+    pub async fn forget(&self, req: &PageRequest) {
+        self.pages.invalidate(req).await;
+    }
+
     /// The page for `req`: fresh from the cache, or from one upstream call
     /// shared by every concurrent caller, or stale as described above.
     pub async fn page(

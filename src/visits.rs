@@ -71,15 +71,19 @@ pub async fn load(
     let slice = paging::select_slice(total, args);
     let reads = paging::pages_for_slice(&shapes, slice.start, slice.end);
 
+    // A first page is keyed as it was asked; later page numbers count in the
+    // size the platform serves.
+    let request_for = |r: &paging::PageRead| match r.page {
+        1 => first_page(windows[r.window]),
+        page => PageRequest {
+            page,
+            page_size: shapes[r.window].page_size,
+            ..first_page(windows[r.window])
+        },
+    };
     let pages: Vec<Arc<CachedPage>> = futures::stream::iter(reads.iter().copied().map(|r| {
         let first = firsts[r.window].clone();
-        let req = PageRequest {
-            activity,
-            window: windows[r.window],
-            page: r.page,
-            // Page numbers count in the size the platform serves.
-            page_size: shapes[r.window].page_size,
-        };
+        let req = request_for(&r);
         async move {
             if r.page == 1 {
                 Ok(first)
@@ -94,7 +98,15 @@ pub async fn load(
 
     let mut items = Vec::with_capacity((slice.end - slice.start) as usize);
     for (read, page) in reads.iter().zip(&pages) {
-        let visits = page.page.visits(read.skip as usize, read.take as usize)?;
+        let visits = match page.page.visits(read.skip as usize, read.take as usize) {
+            Ok(visits) => visits,
+            Err(e) => {
+                // Items are read only now: a page found broken here must not
+                // stay cached for its TTL.
+                cache.forget(&request_for(read)).await;
+                return Err(e);
+            }
+        };
         let available = visits.len();
         items.extend((read.offset..).zip(visits));
         if (available as u64) < read.take {

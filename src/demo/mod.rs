@@ -44,6 +44,8 @@ pub enum Fault {
     Delay(Duration),
     /// 429 with a `Retry-After` in seconds.
     TooManyRequests(u64),
+    /// Answer the real page, its JSON broken off after this many items.
+    CutAfter(usize),
 }
 
 /// One request as the platform saw it.
@@ -261,6 +263,7 @@ async fn user_visits(
     });
 
     let fault = lock(&sim.faults).pop_front();
+    let mut cut_after = None;
     match fault {
         Some(Fault::Status(status, body)) => {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -282,6 +285,7 @@ async fn user_visits(
             }
             return r;
         }
+        Some(Fault::CutAfter(n)) => cut_after = Some(n),
         None => {}
     }
 
@@ -323,13 +327,16 @@ async fn user_visits(
         .take(page_size as usize)
         .map(SimVisit::to_json)
         .collect();
-    let body = json!({
-        "pager": { "page": page, "pageSize": page_size, "total": all.len() },
-        "items": items,
-    });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    let pager = json!({ "page": page, "pageSize": page_size, "total": all.len() });
+    let body = match cut_after {
+        None => json!({ "pager": pager, "items": items }).to_string(),
+        Some(n) => {
+            let head: Vec<String> = items.iter().take(n).map(Value::to_string).collect();
+            format!(
+                r#"{{"pager":{pager},"items":[{},{{"userId":"#,
+                head.join(",")
+            )
+        }
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

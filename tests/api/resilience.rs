@@ -3,9 +3,9 @@
 //! on a paused clock; these tests drive the real thing over HTTP.
 
 use serde_json::{Value, json};
-use visits_gateway::demo::{Fault, SMALL_ACTIVITY};
+use visits_gateway::demo::{EXAMPLE_ACTIVITY, Fault, SMALL_ACTIVITY};
 
-use crate::helpers::{error_code, spawn_app_with};
+use crate::helpers::{error_code, identities, spawn_app, spawn_app_with};
 
 fn small() -> Value {
     json!({ "id": SMALL_ACTIVITY.to_string(), "first": 5 })
@@ -61,6 +61,33 @@ async fn malformed_json_gives_upstream_bad_response_without_retry() {
     let r = app.user_visits(small()).await;
     assert_eq!(error_code(&r), "UPSTREAM_BAD_RESPONSE", "{r}");
     assert_eq!(app.sim.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_page_broken_part_way_serves_its_head_and_is_asked_again_past_the_break() {
+    // Items are located only as far as a read needs them, so the break is
+    // met by the read that reaches it; that page must not stay cached.
+    let app = spawn_app().await;
+    app.sim.push_fault(Fault::CutAfter(8));
+    let id = EXAMPLE_ACTIVITY.to_string();
+    let head = app.user_visits(json!({ "id": id, "first": 8 })).await;
+    assert!(head["errors"].is_null(), "{head}");
+    assert_eq!(app.sim.request_count(), 1);
+
+    let past = app.user_visits(json!({ "id": id, "first": 20 })).await;
+    assert_eq!(error_code(&past), "UPSTREAM_BAD_RESPONSE", "{past}");
+    assert_eq!(app.sim.request_count(), 1, "read from the cached page");
+
+    let again = app.user_visits(json!({ "id": id, "first": 20 })).await;
+    assert!(again["errors"].is_null(), "{again}");
+    assert_eq!(
+        app.sim.request_count(),
+        2,
+        "the broken page was dropped and asked again"
+    );
+    let twenty = identities(&again["data"]["userVisits"]);
+    assert_eq!(twenty.len(), 20);
+    assert_eq!(identities(&head["data"]["userVisits"]), twenty[..8]);
 }
 
 #[tokio::test]
