@@ -96,9 +96,7 @@ impl Items {
     /// the rest of the body is checked.
     pub fn locate(&mut self, body: &[u8], want: usize) -> Result<(), NotAPage> {
         while self.found.len() < want && self.resume.is_some() {
-            if self.step(body)?.is_some() && self.pager_seen {
-                return Err(NotAPage::Shape);
-            }
+            self.step(body)?;
         }
         Ok(())
     }
@@ -131,6 +129,9 @@ impl Items {
             return Ok(None);
         }
         let pager = s.rest_of_page()?;
+        if pager.is_some() && self.pager_seen {
+            return Err(NotAPage::Shape);
+        }
         self.resume = None;
         Ok(pager)
     }
@@ -437,6 +438,16 @@ mod tests {
         assert_eq!(head.items.locate(body, 3), Ok(()));
         assert_eq!(head.items.locate(body, 4), Err(NotAPage::Syntax));
         assert_eq!(head.items.found().len(), 3, "a failed step changes nothing");
+        assert_eq!(
+            head.items.locate(body, 4),
+            Err(NotAPage::Syntax),
+            "and fails again"
+        );
+        let body = br#"{"pager":{},"items":[],"pager":{}}"#;
+        let mut head = scan(body).unwrap();
+        for _ in 0..2 {
+            assert_eq!(head.items.locate(body, 1), Err(NotAPage::Shape));
+        }
         // A pager after the items is found by locating them all at once.
         let body = br#"{"items":[{"a":1}],"pager":{"total":1}}"#;
         let head = scan(body).unwrap();
