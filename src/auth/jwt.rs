@@ -3,16 +3,69 @@
 //! confusion (an HS256 token signed with the public key) cannot pass; `exp`
 //! is always required.
 
+use std::path::Path;
+
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{AuthError, Principal, Scope};
 use crate::config::Settings;
+use crate::secret::Watched;
 
 pub struct JwtVerifier {
-    key: DecodingKey,
+    /// Follows its file, like the API keys: a rotated Secret applies without
+    /// a restart.
+    key: Watched<JwtKey>,
+    /// Everything but the algorithm, which comes with the key.
     validation: Validation,
+}
+
+/// A verification key as read from its file.
+struct JwtKey {
+    algorithm: Algorithm,
+    /// The file's meaningful bytes, to tell a rotation from a re-read.
+    material: Vec<u8>,
+    key: DecodingKey,
+}
+
+impl PartialEq for JwtKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.algorithm == other.algorithm && self.material == other.material
+    }
+}
+
+/// An HS256 shared secret: at least 32 bytes, surrounding whitespace ignored.
+fn read_hs256_secret(path: &Path) -> Result<JwtKey, String> {
+    let secret =
+        crate::secret::read_secret_file(path).map_err(|e| format!("JWT_HS256_SECRET_FILE: {e}"))?;
+    let material = secret.expose().as_bytes().to_vec();
+    if material.len() < 32 {
+        return Err("JWT_HS256_SECRET_FILE: the secret must be at least 32 bytes".into());
+    }
+    Ok(JwtKey {
+        algorithm: Algorithm::HS256,
+        key: DecodingKey::from_secret(&material),
+        material,
+    })
+}
+
+/// An RSA (RS256) or EC P-256 (ES256) public key in PEM.
+fn read_public_key(path: &Path) -> Result<JwtKey, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("JWT_PUBLIC_KEY_FILE: cannot read {}: {e}", path.display()))?;
+    let (key, algorithm) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+        (k, Algorithm::RS256)
+    } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+        (k, Algorithm::ES256)
+    } else {
+        return Err("JWT_PUBLIC_KEY_FILE: not an RSA or EC (P-256) public key in PEM".into());
+    };
+    Ok(JwtKey {
+        algorithm,
+        material: pem,
+        key,
+    })
 }
 
 #[derive(Deserialize)]
@@ -24,36 +77,12 @@ struct Claims {
 
 impl JwtVerifier {
     pub fn from_settings(s: &Settings) -> Result<Option<Self>, String> {
-        let (key, algorithm) = match (&s.jwt_hs256_secret_file, &s.jwt_public_key_file) {
-            (Some(path), _) => {
-                let secret = crate::secret::read_secret_file(path)
-                    .map_err(|e| format!("JWT_HS256_SECRET_FILE: {e}"))?;
-                if secret.expose().len() < 32 {
-                    return Err(
-                        "JWT_HS256_SECRET_FILE: the secret must be at least 32 bytes".into(),
-                    );
-                }
-                (
-                    DecodingKey::from_secret(secret.expose().as_bytes()),
-                    Algorithm::HS256,
-                )
-            }
-            (None, Some(path)) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    format!("JWT_PUBLIC_KEY_FILE: cannot read {}: {e}", path.display())
-                })?;
-                if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-                    (k, Algorithm::RS256)
-                } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-                    (k, Algorithm::ES256)
-                } else {
-                    return Err(
-                        "JWT_PUBLIC_KEY_FILE: not an RSA or EC (P-256) public key in PEM".into(),
-                    );
-                }
-            }
+        let key = match (&s.jwt_hs256_secret_file, &s.jwt_public_key_file) {
+            (Some(path), _) => Watched::load(path.clone(), read_hs256_secret)?,
+            (None, Some(path)) => Watched::load(path.clone(), read_public_key)?,
             (None, None) => return Ok(None),
         };
+        let algorithm = key.get().algorithm;
         let mut validation = Validation::new(algorithm);
         validation.leeway = 30;
         let mut required = vec!["exp"];
@@ -72,20 +101,28 @@ impl JwtVerifier {
         Ok(Some(Self { key, validation }))
     }
 
+    pub fn spawn_reload(&self, every: std::time::Duration) {
+        self.key.spawn_reload(every, "JWT key");
+    }
+
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                AuthError::Invalid(match e.kind() {
-                    ErrorKind::ExpiredSignature => "the token has expired",
-                    ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
-                    ErrorKind::InvalidAudience => "the token's audience is not accepted",
-                    ErrorKind::MissingRequiredClaim(_) => {
-                        "the token lacks a required claim (exp, iss or aud)"
-                    }
-                    _ => "the token is not valid",
-                })
-            })?;
+        let key = self.key.get();
+        // The algorithm is the key's (a rotation may change it), never the
+        // token's header.
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![key.algorithm];
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            AuthError::Invalid(match e.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired",
+                ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
+                ErrorKind::InvalidAudience => "the token's audience is not accepted",
+                ErrorKind::MissingRequiredClaim(_) => {
+                    "the token lacks a required claim (exp, iss or aud)"
+                }
+                _ => "the token is not valid",
+            })
+        })?;
         let scope = match &data.claims.activities {
             Value::String(s) if s == "*" => Scope::All,
             Value::Array(ids) => {

@@ -97,10 +97,14 @@ impl Authenticator {
         })
     }
 
-    /// Follows the keys file, so a rotated Secret applies without a restart.
+    /// Follows the keys and JWT key files, so a rotated Secret applies
+    /// without a restart.
     pub fn spawn_reload(&self, every: std::time::Duration) {
         if let Some(k) = &self.keys {
             k.spawn_reload(every);
+        }
+        if let Some(j) = &self.jwt {
+            j.spawn_reload(every);
         }
     }
 

@@ -149,6 +149,62 @@ async fn a_rotated_keys_file_applies_without_restart() {
     );
 }
 
+#[tokio::test]
+async fn a_rotated_jwt_secret_applies_without_restart() {
+    let file = temp_dir().join("jwt-secret");
+    std::fs::write(&file, HS_SECRET).unwrap();
+    let f = file.clone();
+    let app = spawn_app_with(move |s| {
+        s.allow_unauthenticated = false;
+        s.jwt_hs256_secret_file = Some(f);
+        s.jwt_issuer = Some("https://auth.example.com".into());
+        s.jwt_audience = Some("visits-gateway".into());
+        s.secrets_reload_seconds = 1;
+    })
+    .await;
+    let signed = |secret: &str| hs256(&claims(now_secs() + 600, json!("*")), secret.as_bytes());
+    assert_eq!(
+        ask(&app, Some(&signed(HS_SECRET)), EXAMPLE_ACTIVITY)
+            .await
+            .0,
+        200
+    );
+
+    // A secret too short is refused on reload: the current one stays.
+    let tmp = file.with_extension("new");
+    std::fs::write(&tmp, "short").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        ask(&app, Some(&signed(HS_SECRET)), EXAMPLE_ACTIVITY)
+            .await
+            .0,
+        200
+    );
+
+    let rotated = "another-long-hs256-secret-after-rotation-987654321";
+    std::fs::write(&tmp, rotated).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let mut accepted = false;
+    for _ in 0..50 {
+        if ask(&app, Some(&signed(rotated)), EXAMPLE_ACTIVITY).await.0 == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        accepted,
+        "a token signed with the new secret was never accepted"
+    );
+    let (status, body) = ask(&app, Some(&signed(HS_SECRET)), EXAMPLE_ACTIVITY).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (401, "UNAUTHENTICATED"),
+        "{body}"
+    );
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
