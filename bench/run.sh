@@ -25,7 +25,8 @@ PORT_BASE=${BENCH_PORT_BASE:-19180}
 ONLY=hot,mixed,walk,memory,cold
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  # The comment block at the top of this file.
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
   cat <<EOF
 Options:
   --short            1 round of 2 s per run (CI: proves the bench works)
@@ -54,8 +55,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 PACE_SECONDS=${PACE_SECONDS:-$DURATION}
-for w in ${ONLY//,/ }; do
-  case $w in hot|mixed|walk|memory|cold) ;; *) echo "unknown workload in --only: $w" >&2; exit 2 ;; esac
+IFS=, read -ra ONLY_LIST <<<"$ONLY"
+[ "${#ONLY_LIST[@]}" -gt 0 ] || { echo "--only needs at least one workload" >&2; exit 2; }
+for w in "${ONLY_LIST[@]}"; do
+  case $w in hot|mixed|walk|memory|cold) ;; *) echo "unknown workload in --only: '$w'" >&2; exit 2 ;; esac
 done
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -223,6 +226,24 @@ run_pace() { # key url bodies
   say "  $k paced at $RATE/s: $out"
 }
 
+# One run of a workload's gateway (wrk or the pacer), then the same on the
+# reference. Platform requests are counted from before the gateway's run to
+# after the reference's: requests still in flight when the load stops are
+# counted, and the reference and the other gateways make none meanwhile.
+#   gateway_run wrk|pace SPEC URL PID
+gateway_run() {
+  local kind=$1 spec=$2 url=$3 pid=$4 label bodies p0 client
+  IFS='|' read -r label bodies _ <<<"$spec"
+  p0=$(platform_count)
+  if [ "$kind" = wrk ]; then run_wrk "$label|gateway" "$url" "$bodies" "$pid"
+  else run_pace "$label|gateway" "$url" "$bodies"; fi
+  client=$LAST_REQS
+  if [ "$kind" = wrk ]; then run_wrk "$label|reference" "$REFERENCE_URL" "$bodies" "$REFERENCE_PID"
+  else run_pace "$label|reference" "$REFERENCE_URL" "$bodies"; fi
+  PLAT[$label|gateway]=$((PLAT[$label|gateway] + $(platform_count) - p0))
+  CLIENT[$label|gateway]=$((CLIENT[$label|gateway] + client))
+}
+
 # One or more workloads, each on a fresh gateway of its own, their rounds
 # interleaved: a ratio between two of them (cold vs. from memory) is then not
 # skewed by the machine's speed drifting between them. Each SPEC is
@@ -247,23 +268,10 @@ workloads() {
       CLIENT[$gk]=$((CLIENT[$gk] + $(grep -c . "$warm")))
     fi
   done
-  # Platform requests are counted around each of a gateway's own runs (the
-  # other gateways are idle meanwhile).
-  gateway_run() { # kind i
-    local kind=$1 i=$2 label bodies warm settings p0
-    IFS='|' read -r label bodies warm settings <<<"${specs[i]}"
-    p0=$(platform_count)
-    if [ "$kind" = wrk ]; then run_wrk "$label|gateway" "${urls[i]}" "$bodies" "${pids[i]}"
-    else run_pace "$label|gateway" "${urls[i]}" "$bodies"; fi
-    PLAT[$label|gateway]=$((PLAT[$label|gateway] + $(platform_count) - p0))
-    CLIENT[$label|gateway]=$((CLIENT[$label|gateway] + LAST_REQS))
-    if [ "$kind" = wrk ]; then run_wrk "$label|reference" "$REFERENCE_URL" "$bodies" "$REFERENCE_PID"
-    else run_pace "$label|reference" "$REFERENCE_URL" "$bodies"; fi
-  }
   for _ in $(seq 1 "$ROUNDS"); do
-    for ((i = 0; i < n; i++)); do gateway_run wrk "$i"; done
+    for ((i = 0; i < n; i++)); do gateway_run wrk "${specs[i]}" "${urls[i]}" "${pids[i]}"; done
   done
-  for ((i = 0; i < n; i++)); do gateway_run pace "$i"; done
+  for ((i = 0; i < n; i++)); do gateway_run pace "${specs[i]}" "${urls[i]}" "${pids[i]}"; done
   for ((i = 0; i < n; i++)); do
     IFS='|' read -r label _ <<<"${specs[i]}"
     HWM[$label|gateway]=$(hwm_kib "${pids[i]}")

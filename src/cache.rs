@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::Op;
 use tokio::time::Instant;
 
 use crate::error::{ErrorCode, GatewayError};
@@ -142,8 +143,15 @@ impl PageCache {
 
     /// Drops a page found unreadable while serving it, so that the next
     /// request asks the platform again rather than meeting the same page.
-    pub async fn forget(&self, req: &PageRequest) {
-        self.pages.invalidate(req).await;
+    pub async fn forget(&self, req: &PageRequest, page: &Arc<CachedPage>) {
+        // Only this very page: a refresh may have put a sound one in since.
+        self.pages
+            .entry(*req)
+            .and_compute_with(|entry| {
+                let same = entry.is_some_and(|e| Arc::ptr_eq(e.value(), page));
+                std::future::ready(if same { Op::Remove } else { Op::Nop })
+            })
+            .await;
     }
 
     /// The page for `req`: fresh from the cache, or from one upstream call
@@ -235,9 +243,16 @@ impl PageCache {
         req: PageRequest,
         deadline: Instant,
     ) -> Result<Arc<CachedPage>, GatewayError> {
+        // A refreshed page replaces one that served well: it is checked
+        // whole first, so a body broken past its head keeps the stale page.
+        let fetch_whole = async {
+            let fresh = self.fetch(req, deadline).await?;
+            fresh.page.check_whole()?;
+            Ok(fresh)
+        };
         let result = self
             .refreshes
-            .try_get_with(req, self.fetch(req, deadline))
+            .try_get_with(req, fetch_whole)
             .await
             .map_err(|e: Arc<GatewayError>| (*e).clone());
         if let Ok(fresh) = &result {
@@ -291,6 +306,8 @@ mod tests {
     struct Script {
         calls: AtomicUsize,
         failures: Mutex<Vec<ErrorCode>>,
+        /// How many of the next answers are broken after their head.
+        broken: AtomicUsize,
         delay: Duration,
     }
 
@@ -306,8 +323,13 @@ mod tests {
                 if let Some(code) = self.failures.lock().unwrap().pop() {
                     return Err(GatewayError::new(code, "scripted"));
                 }
+                let broken = self
+                    .broken
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                    .is_ok();
+                let items = if broken { "[{}" } else { "[]}" };
                 let body = format!(
-                    r#"{{"pager":{{"pageSize":{},"total":{n}}},"items":[]}}"#,
+                    r#"{{"pager":{{"pageSize":{},"total":{n}}},"items":{items}"#,
                     req.page_size
                 );
                 crate::upstream::parse_page(body.into(), req.page_size)
@@ -414,6 +436,40 @@ mod tests {
             cache.page(req, far()).await.unwrap_err().code,
             ErrorCode::ActivityNotFound
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_broken_past_its_head_keeps_the_stale_page() {
+        let script = Arc::new(Script::default());
+        let cache = cache(script.clone());
+        let req = request(Utc::now());
+        let first = cache.page(req, far()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        script.broken.store(1, Ordering::SeqCst);
+        let stale = cache.page(req, far()).await.unwrap();
+        assert_eq!(script.calls.load(Ordering::SeqCst), 2);
+        assert!(Arc::ptr_eq(&first, &stale), "the broken page replaced it");
+        let fresh = cache.page(req, far()).await.unwrap();
+        assert_eq!(script.calls.load(Ordering::SeqCst), 3);
+        assert!(fresh.is_fresh());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forget_drops_only_the_very_page_found_broken() {
+        let script = Arc::new(Script::default());
+        let cache = cache(script.clone());
+        let (req, other) = (
+            request(Utc::now()),
+            request(Utc::now() - chrono::Duration::days(7)),
+        );
+        let page = cache.page(req, far()).await.unwrap();
+        let other_page = cache.page(other, far()).await.unwrap();
+        cache.forget(&req, &other_page).await;
+        assert!(Arc::ptr_eq(&page, &cache.page(req, far()).await.unwrap()));
+        assert_eq!(script.calls.load(Ordering::SeqCst), 2);
+        cache.forget(&req, &page).await;
+        cache.page(req, far()).await.unwrap();
+        assert_eq!(script.calls.load(Ordering::SeqCst), 3, "asked again");
     }
 
     #[tokio::test(start_paused = true)]

@@ -101,10 +101,13 @@ pub async fn load(
         let visits = match page.page.visits(read.skip as usize, read.take as usize) {
             Ok(visits) => visits,
             Err(e) => {
-                // Items are read only now: a page found broken here must not
-                // stay cached for its TTL.
-                cache.forget(&request_for(read)).await;
-                return Err(e);
+                // Items are located only now: a body found broken here must
+                // not stay cached for its TTL (one bad visit in a sound body
+                // would be the same when asked again: that page stays).
+                if e.page_broken {
+                    cache.forget(&request_for(read), page).await;
+                }
+                return Err(e.error);
             }
         };
         let available = visits.len();

@@ -331,11 +331,8 @@ async fn user_visits(
     let body = match cut_after {
         None => json!({ "pager": pager, "items": items }).to_string(),
         Some(n) => {
-            let head: Vec<String> = items.iter().take(n).map(Value::to_string).collect();
-            format!(
-                r#"{{"pager":{pager},"items":[{},{{"userId":"#,
-                head.join(",")
-            )
+            let head: String = items.iter().take(n).map(|i| format!("{i},")).collect();
+            format!(r#"{{"pager":{pager},"items":[{head}{{"userId":"#)
         }
     };
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()

@@ -138,7 +138,7 @@ mod tests {
             {"userId":42,"anonymousId":"zzz","nickname":"小明","visitAt":"2019-06-21T01:53:00.000Z",
              "lastOnlineAt":"2019-06-21T01:54:00.000Z","invitedBy":7}
         ]}"#;
-        let page = super::super::parse_page(body.as_bytes().to_vec().into(), 15).unwrap();
+        let page = crate::upstream::parse_page(body.as_bytes().to_vec().into(), 15).unwrap();
         let visits = page.visits(0, 15).unwrap();
         assert_eq!(visits.len(), 2);
         let anon = &visits[0];

@@ -7,8 +7,9 @@
 //! array; items are then located when a read reaches them, tracking only the
 //! structure (strings closed, brackets matched, one top-level object) and
 //! jumping over string contents with `memchr`. Each item is read by
-//! serde_json when it is served, which checks its syntax and UTF-8 then, and
-//! the rest of the body is checked when the scan reaches the array's end.
+//! serde_json when it is served, which checks its syntax and UTF-8 then; the
+//! structure of the rest of the body is checked when the scan reaches the
+//! array's end.
 
 use std::ops::Range;
 
@@ -29,7 +30,7 @@ pub struct Head {
 }
 
 /// The items located so far, and where the scan resumes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Items {
     found: Vec<Range<usize>>,
     /// Just after the array's `[` or the last item found; `None` once the
@@ -47,7 +48,7 @@ pub fn scan(body: &[u8]) -> Result<Head, NotAPage> {
     s.ws();
     s.expect(b'{')?;
     let mut pager = None;
-    let mut more = s.first_member()?;
+    let mut more = s.first_member();
     while more {
         match s.key()? {
             Key::Pager if pager.is_some() => return Err(NotAPage::Shape),
@@ -88,6 +89,7 @@ impl Items {
     }
 
     /// Whether every item is located and the whole body checked.
+    #[cfg(test)]
     pub fn complete(&self) -> bool {
         self.resume.is_none()
     }
@@ -97,6 +99,15 @@ impl Items {
     pub fn locate(&mut self, body: &[u8], want: usize) -> Result<(), NotAPage> {
         while self.found.len() < want && self.resume.is_some() {
             self.step(body)?;
+        }
+        // When the last item found is the array's last, finish now: a read
+        // of a short page's last item checks the rest of the body too.
+        if let Some(at) = self.resume {
+            let mut s = Scanner { b: body, i: at };
+            s.ws();
+            if s.peek() == Ok(b']') {
+                self.step(body)?;
+            }
         }
         Ok(())
     }
@@ -124,6 +135,12 @@ impl Items {
                 s.ws();
             }
             let item = s.value()?;
+            // What follows an item says whether the array goes on: anything
+            // else (a body cut short, say) is found with the item before it.
+            s.ws();
+            if !matches!(s.peek(), Ok(b',' | b']')) {
+                return Err(NotAPage::Syntax);
+            }
             self.found.push(item);
             self.resume = Some(s.i);
             return Ok(None);
@@ -174,9 +191,9 @@ impl Scanner<'_> {
     }
 
     /// After an object's `{`: whether a member follows.
-    fn first_member(&mut self) -> Result<bool, NotAPage> {
+    fn first_member(&mut self) -> bool {
         self.ws();
-        Ok(!self.eat(b'}'))
+        !self.eat(b'}')
     }
 
     /// After a member's value: whether another member follows.
@@ -272,14 +289,17 @@ impl Scanner<'_> {
                 self.string()?;
             }
             b'{' | b'[' => self.nested()?,
-            b'}' | b']' | b',' | b':' => return Err(NotAPage::Syntax),
-            // A number or literal: read by serde_json if it is ever needed.
+            // A number or literal, made of the characters those may hold
+            // (read by serde_json if it is ever needed).
             _ => {
                 while let Some(c) = self.b.get(self.i) {
-                    if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    if !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')) {
                         break;
                     }
                     self.i += 1;
+                }
+                if self.i == start {
+                    return Err(NotAPage::Syntax);
                 }
             }
         }
@@ -434,9 +454,8 @@ mod tests {
         head.items.locate(body, 2).unwrap();
         assert_eq!(head.items.found().len(), 2);
         assert!(!head.items.complete());
-        // The third item is fine; the broken tail after the array is not.
-        assert_eq!(head.items.locate(body, 3), Ok(()));
-        assert_eq!(head.items.locate(body, 4), Err(NotAPage::Syntax));
+        // The third item is the last: locating it checks the broken tail.
+        assert_eq!(head.items.locate(body, 3), Err(NotAPage::Syntax));
         assert_eq!(head.items.found().len(), 3, "a failed step changes nothing");
         assert_eq!(
             head.items.locate(body, 4),
@@ -448,11 +467,47 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(head.items.locate(body, 1), Err(NotAPage::Shape));
         }
+        // A body cut short is found with the item before the cut.
+        let body = br#"{"pager":{"total":3},"items":[{"a":1},{"b":2} "#;
+        let mut head = scan(body).unwrap();
+        assert_eq!(head.items.locate(body, 1), Ok(()));
+        assert_eq!(head.items.locate(body, 2), Err(NotAPage::Syntax));
         // A pager after the items is found by locating them all at once.
         let body = br#"{"items":[{"a":1}],"pager":{"total":1}}"#;
         let head = scan(body).unwrap();
         assert!(head.items.complete());
         assert_eq!(head.items.found().to_vec(), vec![10..17]);
+    }
+
+    /// A page's JSON with its members in `order` (0 pager, 1 items, 2 extra).
+    fn page_body(
+        pager: &Value,
+        items: &[Value],
+        extra: Option<&Value>,
+        order: &[u8],
+        pretty: bool,
+    ) -> Vec<u8> {
+        let text = |v: &Value| {
+            if pretty {
+                serde_json::to_string_pretty(v)
+            } else {
+                serde_json::to_string(v)
+            }
+            .unwrap()
+        };
+        let members: Vec<String> = order
+            .iter()
+            .filter_map(|k| match k {
+                0 => Some(format!(r#""pager":{}"#, text(pager))),
+                1 => Some(format!(
+                    r#""items":{}"#,
+                    text(&Value::Array(items.to_vec()))
+                )),
+                _ => extra.map(|e| format!(r#""extra" : {}"#, text(e))),
+            })
+            .collect();
+        let separator = if pretty { ",\n  " } else { "," };
+        format!("{{{}}}", members.join(separator)).into_bytes()
     }
 
     fn json() -> impl Strategy<Value = Value> {
@@ -477,23 +532,26 @@ mod tests {
 
     proptest! {
         /// Any page serde_json reads, the scanner reads the same way, whatever
-        /// the items hold and however the JSON is spaced.
+        /// the items hold, the order of the keys and the spacing; located
+        /// part-way, the items found are serde_json's first ones.
         #[test]
         fn agrees_with_serde_json_on_every_page(
             pager in json(),
             items in prop::collection::vec(json(), 0..6),
             extra in prop::option::of(json()),
+            order in Just(vec![0, 1, 2]).prop_shuffle(),
             pretty in any::<bool>(),
+            want in 0..8usize,
         ) {
-            let mut page = serde_json::Map::new();
-            if let Some(extra) = extra {
-                page.insert("extra".into(), extra);
-            }
-            page.insert("pager".into(), pager);
-            page.insert("items".into(), Value::Array(items));
-            let page = Value::Object(page);
-            let body = if pretty { serde_json::to_vec_pretty(&page) } else { serde_json::to_vec(&page) }.unwrap();
-            prop_assert_eq!(Some(full(&body).unwrap()), serde_layout(&body));
+            let body = page_body(&pager, &items, extra.as_ref(), &order, pretty);
+            let theirs = serde_layout(&body).unwrap();
+            prop_assert_eq!(full(&body).unwrap(), theirs.clone());
+            let mut head = scan(&body).unwrap();
+            prop_assert_eq!(&head.pager, &theirs.0);
+            head.items.locate(&body, want).unwrap();
+            let found = head.items.found();
+            prop_assert!(found.len() >= want.min(theirs.1.len()));
+            prop_assert_eq!(found, &theirs.1[..found.len()]);
         }
 
         /// Damaged bodies never panic, and whatever serde_json still reads as
@@ -504,9 +562,9 @@ mod tests {
             cut in any::<prop::sample::Index>(),
             byte in any::<u8>(),
             mode in 0..3u8,
+            order in Just(vec![0, 1]).prop_shuffle(),
         ) {
-            let page = serde_json::json!({ "pager": { "total": 1 }, "items": items });
-            let mut body = serde_json::to_vec(&page).unwrap();
+            let mut body = page_body(&serde_json::json!({ "total": 1 }), &items, None, &order, false);
             let at = cut.index(body.len());
             match mode {
                 0 => body.truncate(at),

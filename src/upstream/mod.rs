@@ -47,50 +47,93 @@ pub struct UpstreamPage {
     items: Mutex<layout::Items>,
 }
 
+/// Why a page's visits cannot be served.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub error: GatewayError,
+    /// The body itself is broken (not one visit in it): asking the platform
+    /// again may help, so the page should not stay cached.
+    pub page_broken: bool,
+}
+
 impl UpstreamPage {
     /// Up to `take` visits from item `skip` on: fewer when the page is
-    /// shorter. An unreadable item, or a body found broken further on, is the
+    /// shorter. An unreadable visit, or a body found broken on the way, is the
     /// platform's fault.
-    pub fn visits(&self, skip: usize, take: usize) -> Result<Vec<Visit>, GatewayError> {
-        let bad = |m: &str| GatewayError::new(ErrorCode::UpstreamBadResponse, m.to_owned());
-        let ranges: Vec<std::ops::Range<usize>> = {
-            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-            // A read reaching the page's last item checks the whole body.
-            let want = skip.saturating_add(take);
-            let want = if want as u64 >= self.page_size {
-                usize::MAX
-            } else {
-                want
-            };
-            items
-                .locate(&self.body, want)
-                .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
-            if items.found().len() as u64 > self.page_size {
-                return Err(bad("the platform sent more items than its page size"));
-            }
-            let found = items.found();
-            found[skip.min(found.len())..want.min(found.len())].to_vec()
+    pub fn visits(&self, skip: usize, take: usize) -> Result<Vec<Visit>, Unreadable> {
+        let item_error = |m: &str| Unreadable {
+            error: bad_response(m),
+            page_broken: false,
         };
-        ranges
+        self.locate(skip, take)
+            .map_err(|error| Unreadable {
+                error,
+                page_broken: true,
+            })?
             .into_iter()
             .map(|range| {
                 if self.body.get(range.start) != Some(&b'{') {
-                    return Err(bad("the platform sent an item that is not an object"));
+                    return Err(item_error(
+                        "the platform sent an item that is not an object",
+                    ));
                 }
                 // serde_json checks the item's syntax and UTF-8 here, not before.
                 let dto: dto::ItemDto = serde_json::from_slice(&self.body[range])
-                    .map_err(|_| bad("the platform sent a visit that cannot be read"))?;
-                Visit::try_from(dto)
+                    .map_err(|_| item_error("the platform sent a visit that cannot be read"))?;
+                Visit::try_from(dto).map_err(|error| Unreadable {
+                    error,
+                    page_broken: false,
+                })
             })
             .collect()
     }
 
+    /// Checks the whole body's structure and item count, reading no visit.
+    pub fn check_whole(&self) -> Result<(), GatewayError> {
+        self.locate(0, usize::MAX).map(drop)
+    }
+
+    /// Where items `skip..skip + take` lie, as far as the page has them. A
+    /// read reaching the page's last item goes one further, to the array's
+    /// end, so the rest of the body and the item count are checked then.
+    fn locate(
+        &self,
+        skip: usize,
+        take: usize,
+    ) -> Result<Vec<std::ops::Range<usize>>, GatewayError> {
+        let end = skip.saturating_add(take);
+        let reaches_page_end = end as u64 >= self.page_size;
+        let want = if reaches_page_end {
+            usize::try_from(self.page_size)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1)
+        } else {
+            end
+        };
+        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        items.locate(&self.body, want).map_err(|_| {
+            bad_response("the platform answered with a body that is not a visits page")
+        })?;
+        let found = items.found();
+        if found.len() as u64 > self.page_size {
+            return Err(bad_response(
+                "the platform sent more items than its page size",
+            ));
+        }
+        Ok(found[skip.min(found.len())..end.min(found.len())].to_vec())
+    }
+
     pub fn weight(&self) -> usize {
-        // The item index grows to at most one range per item.
+        // The item index holds at most one range per item of the page (and
+        // its vector's spare capacity, at most as much again).
         std::mem::size_of::<Self>()
             + self.body.len()
-            + self.page_size as usize * std::mem::size_of::<std::ops::Range<usize>>()
+            + 2 * self.page_size as usize * std::mem::size_of::<std::ops::Range<usize>>()
     }
+}
+
+fn bad_response(message: &str) -> GatewayError {
+    GatewayError::new(ErrorCode::UpstreamBadResponse, message.to_owned())
 }
 
 /// How the client treats the platform (SPEC §3).
@@ -350,7 +393,7 @@ fn transport_error(e: reqwest::Error) -> GatewayError {
 /// Reads a 200 body: the head of a page, whose pager is read and checked;
 /// its items are located and read when served (see [`layout`]).
 pub fn parse_page(body: Bytes, asked_page_size: u64) -> Result<UpstreamPage, GatewayError> {
-    let bad = |m: &str| GatewayError::new(ErrorCode::UpstreamBadResponse, m.to_owned());
+    let bad = bad_response;
     let head = layout::scan(&body)
         .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
     let pager: dto::PagerDto = serde_json::from_slice(&body[head.pager])
@@ -524,12 +567,12 @@ mod tests {
         // the rest of the body.
         let two = parse(br#"{"pager":{"page":1,"pageSize":1,"total":2},"items":[{},{}]}"#).unwrap();
         assert_eq!(
-            two.visits(0, 1).unwrap_err().code,
+            two.visits(0, 1).unwrap_err().error.code,
             ErrorCode::UpstreamBadResponse
         );
         let number = parse(br#"{"pager":{"page":1,"pageSize":5,"total":2},"items":[1]}"#).unwrap();
         assert_eq!(
-            number.visits(0, 1).unwrap_err().code,
+            number.visits(0, 1).unwrap_err().error.code,
             ErrorCode::UpstreamBadResponse
         );
     }
@@ -541,11 +584,36 @@ mod tests {
             {"userId":8,"visitAt":"not a time","lastOnlineAt":"2019-06-21T02:00:00.000Z"}]}"#;
         let page = parse_page(Bytes::from_static(body.as_bytes()), 100).unwrap();
         assert_eq!(page.visits(0, 1).unwrap()[0].nickname, "小明");
-        assert_eq!(
-            page.visits(0, 5).unwrap_err().code,
-            ErrorCode::UpstreamBadResponse
-        );
+        let e = page.visits(0, 5).unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::UpstreamBadResponse);
+        assert!(!e.page_broken, "one bad visit; the page itself is sound");
         assert_eq!(page.visits(2, 3).unwrap().len(), 0, "past the last item");
+    }
+
+    #[test]
+    fn a_body_broken_after_its_last_item_is_found_by_the_read_that_reaches_it() {
+        let item = r#"{"userId":7,"visitAt":"2019-06-21T01:52:12.736Z","lastOnlineAt":"2019-06-21T02:00:00.000Z"}"#;
+        let page = |tail: &str| {
+            let body = format!(
+                r#"{{"pager":{{"page":1,"pageSize":100,"total":2}},"items":[{item},{item}{tail}"#
+            );
+            parse_page(Bytes::from(body), 100).unwrap()
+        };
+        // A short page (2 items of 100): reading its last item checks the end.
+        assert_eq!(page("]}").visits(0, 10).unwrap().len(), 2);
+        for broken in ["", "]", "]} trailing", "]}}", r#"],"items":[]}"#] {
+            let p = page(broken);
+            assert_eq!(
+                p.visits(0, 1).unwrap().len(),
+                1,
+                "{broken:?}: the head serves"
+            );
+            let e = p.visits(0, 2).unwrap_err();
+            assert!(e.page_broken, "{broken:?}");
+            assert_eq!(e.error.code, ErrorCode::UpstreamBadResponse);
+            assert!(p.check_whole().is_err(), "{broken:?}");
+        }
+        assert!(page("]}").check_whole().is_ok());
     }
 
     #[test]
