@@ -46,6 +46,9 @@ pub enum Fault {
     TooManyRequests(u64),
     /// Answer the real page, its JSON broken off after this many items.
     CutAfter(usize),
+    /// Answer the real page with the visit at this index given an unreadable
+    /// `visitAt` (sound JSON, one bad visit).
+    BadVisitAt(usize),
 }
 
 /// One request as the platform saw it.
@@ -263,7 +266,7 @@ async fn user_visits(
     });
 
     let fault = lock(&sim.faults).pop_front();
-    let mut cut_after = None;
+    let (mut cut_after, mut bad_visit) = (None, None);
     match fault {
         Some(Fault::Status(status, body)) => {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -286,6 +289,7 @@ async fn user_visits(
             return r;
         }
         Some(Fault::CutAfter(n)) => cut_after = Some(n),
+        Some(Fault::BadVisitAt(i)) => bad_visit = Some(i),
         None => {}
     }
 
@@ -321,12 +325,15 @@ async fn user_visits(
     let page_size = page_size.clamp(1, sim.page_size_cap.load(Ordering::SeqCst));
     let all = in_window(&activity.visits, from, to);
     let start = (page.max(1) - 1).saturating_mul(page_size) as usize;
-    let items: Vec<Value> = all
+    let mut items: Vec<Value> = all
         .iter()
         .skip(start)
         .take(page_size as usize)
         .map(SimVisit::to_json)
         .collect();
+    if let Some(item) = bad_visit.and_then(|i| items.get_mut(i)) {
+        item["visitAt"] = json!("yesterday");
+    }
     let pager = json!({ "page": page, "pageSize": page_size, "total": all.len() });
     let body = match cut_after {
         None => json!({ "pager": pager, "items": items }).to_string(),

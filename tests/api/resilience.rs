@@ -91,6 +91,21 @@ async fn a_page_broken_part_way_serves_its_head_and_is_asked_again_past_the_brea
 }
 
 #[tokio::test]
+async fn one_unreadable_visit_fails_the_responses_that_include_it_but_keeps_its_page() {
+    // Asking again would bring the same visit: no platform request per client.
+    let app = spawn_app().await;
+    app.sim.push_fault(Fault::BadVisitAt(10));
+    let id = EXAMPLE_ACTIVITY.to_string();
+    for _ in 0..3 {
+        let r = app.user_visits(json!({ "id": id, "first": 20 })).await;
+        assert_eq!(error_code(&r), "UPSTREAM_BAD_RESPONSE", "{r}");
+    }
+    let head = app.user_visits(json!({ "id": id, "first": 10 })).await;
+    assert!(head["errors"].is_null(), "{head}");
+    assert_eq!(app.sim.request_count(), 1);
+}
+
+#[tokio::test]
 async fn a_429_storm_is_absorbed_by_the_budget_while_the_wait_fits() {
     let app = spawn_app_with(|s| {
         s.upstream_retry_base_ms = 5;
