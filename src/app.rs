@@ -41,7 +41,8 @@ pub struct RequestLimits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub secrets_reload: Duration,
-    pub pin_granularity_seconds: i64,
+    /// The range policy's, for the response cache's pin buckets.
+    pub pin_granularity: ChronoDuration,
 }
 
 pub struct App {
@@ -75,15 +76,14 @@ impl App {
             },
             metrics.clone(),
         );
+        let range_policy = RangePolicy {
+            max_range: ChronoDuration::days(i64::from(settings.max_range_days)),
+            pin_granularity: ChronoDuration::seconds(i64::from(settings.pin_granularity_seconds)),
+            default_range: ChronoDuration::days(7),
+        };
         let resolver = Resolver {
             cache: cache.clone(),
-            range_policy: RangePolicy {
-                max_range: ChronoDuration::days(i64::from(settings.max_range_days)),
-                pin_granularity: ChronoDuration::seconds(i64::from(
-                    settings.pin_granularity_seconds,
-                )),
-                default_range: ChronoDuration::days(7),
-            },
+            range_policy,
             fetch_policy: FetchPolicy {
                 upstream_page_size: settings.upstream_page_size,
                 window_concurrency: settings.window_concurrency as usize,
@@ -113,7 +113,7 @@ impl App {
                 max_body_bytes: settings.max_body_bytes as usize,
                 request_timeout: Duration::from_millis(settings.request_timeout_ms),
                 secrets_reload: Duration::from_secs(settings.secrets_reload_seconds),
-                pin_granularity_seconds: i64::from(settings.pin_granularity_seconds),
+                pin_granularity: range_policy.pin_granularity,
             },
         });
         let router = crate::http::router(state.clone(), settings.metrics_listen_addr.is_none())

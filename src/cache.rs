@@ -12,7 +12,7 @@
 //! expiry only drops pages once their grace period is over too.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -164,30 +164,30 @@ impl PageCache {
         if !self.enabled {
             self.metrics.cache_lookup("miss");
             let page = self.fetch(req, deadline).await?;
-            RequestStats::page_used(Duration::ZERO, false);
+            RequestStats::page_used(Duration::ZERO);
             return Ok(page);
         }
         if let Some(cached) = self.pages.get(&req).await {
             if cached.is_fresh() {
                 self.metrics.cache_lookup("hit");
-                RequestStats::page_used(cached.fresh_for(), false);
+                RequestStats::page_used(cached.fresh_for());
                 return Ok(cached);
             }
             if !TtlPolicy::is_recent(req.window.to, Utc::now()) {
                 self.metrics.cache_lookup("stale-while-revalidate");
-                RequestStats::page_used(Duration::ZERO, true);
+                RequestStats::page_used(Duration::ZERO);
                 self.refresh_in_background(req);
                 return Ok(cached);
             }
             return match self.refresh(req, deadline).await {
                 Ok(fresh) => {
                     self.metrics.cache_lookup("miss");
-                    RequestStats::page_used(fresh.fresh_for(), false);
+                    RequestStats::page_used(fresh.fresh_for());
                     Ok(fresh)
                 }
                 Err(e) if serves_stale(&e) => {
                     self.metrics.cache_lookup("stale-if-error");
-                    RequestStats::page_used(Duration::ZERO, true);
+                    RequestStats::page_used(Duration::ZERO);
                     self.metrics.cache_stale_served.inc();
                     let age = cached.fetched_at.elapsed().as_millis() as u64;
                     RequestStats::with(|s| s.stale_age_ms.fetch_max(age.max(1), Ordering::Relaxed));
@@ -201,25 +201,22 @@ impl PageCache {
                 Err(e) => Err(e),
             };
         }
-        let fetched_here = AtomicBool::new(false);
-        let result = self
+        // The caller whose future filled the entry sees it as fresh; those
+        // who waited on it were coalesced.
+        let entry = self
             .pages
-            .try_get_with(req, async {
-                fetched_here.store(true, Ordering::Relaxed);
-                self.fetch(req, deadline).await
-            })
+            .entry(req)
+            .or_try_insert_with(self.fetch(req, deadline))
             .await
-            .map_err(|e: Arc<GatewayError>| (*e).clone());
-        self.metrics
-            .cache_lookup(if fetched_here.load(Ordering::Relaxed) {
-                "miss"
-            } else {
-                "coalesced"
-            });
-        if let Ok(page) = &result {
-            RequestStats::page_used(page.fresh_for(), false);
-        }
-        result
+            .map_err(|e: Arc<GatewayError>| (*e).clone())?;
+        self.metrics.cache_lookup(if entry.is_fresh() {
+            "miss"
+        } else {
+            "coalesced"
+        });
+        let page = entry.into_value();
+        RequestStats::page_used(page.fresh_for());
+        Ok(page)
     }
 
     async fn fetch(
@@ -243,21 +240,23 @@ impl PageCache {
         req: PageRequest,
         deadline: Instant,
     ) -> Result<Arc<CachedPage>, GatewayError> {
-        // A refreshed page replaces one that served well: it is checked
-        // whole first, so a body broken past its head keeps the stale page.
-        let fetch_whole = async {
+        // One refresh for all its callers (and none if another has just
+        // landed); the page replacing one that served well is checked whole
+        // first, so a body broken past its head keeps the stale page.
+        let refresh_once = async {
+            if let Some(page) = self.pages.get(&req).await.filter(|p| p.is_fresh()) {
+                return Ok(page);
+            }
             let fresh = self.fetch(req, deadline).await?;
             fresh.page.check_whole()?;
+            self.pages.insert(req, fresh.clone()).await;
             Ok(fresh)
         };
         let result = self
             .refreshes
-            .try_get_with(req, fetch_whole)
+            .try_get_with(req, refresh_once)
             .await
             .map_err(|e: Arc<GatewayError>| (*e).clone());
-        if let Ok(fresh) = &result {
-            self.pages.insert(req, fresh.clone()).await;
-        }
         self.refreshes.invalidate(&req).await;
         result
     }

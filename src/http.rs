@@ -13,12 +13,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::error::ErrorCode;
+use crate::graphql::RequestTime;
 use crate::response_cache::ResponseKey;
 use crate::telemetry::{self, OutcomeLabel, RequestStats};
 
@@ -95,19 +96,22 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
+    // One clock for the whole request: the pin bucket of the response cache
+    // is the pinned `now` the resolver plans with.
+    let now = Utc::now();
+    let bucket = crate::paging::pinned_now(now, state.limits.pin_granularity);
     // The hot path: a response built moments ago for the same query.
-    let bucket = Utc::now()
-        .timestamp()
-        .div_euclid(state.limits.pin_granularity_seconds);
     let key = state
         .responses
         .is_enabled()
-        .then(|| ResponseKey::new(&request, bucket));
+        .then(|| ResponseKey::new(&request, bucket.timestamp_millis()));
     if let Some(body) = key.as_ref().and_then(|k| cached(&state, k, &principal)) {
         return json(body);
     }
 
-    let execution = state.schema.execute(request.data(principal));
+    let execution = state
+        .schema
+        .execute(request.data(principal).data(RequestTime(now)));
     let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
     else {
         return refuse(
@@ -225,7 +229,7 @@ fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<
         .get_or_create(&OutcomeLabel { outcome })
         .inc();
     let hit = hit?;
-    RequestStats::with(|s| s.response_cached.store(1, Ordering::Relaxed));
+    RequestStats::with(|s| s.response_cached.store(true, Ordering::Relaxed));
     Some(hit.body.clone())
 }
 
@@ -262,27 +266,19 @@ fn annotate(state: &AppState, response: &mut async_graphql::Response) {
 
 /// Caches a successful response for as long as all of it stays fresh: no
 /// longer than its freshest-expiring page, nor past its pin bucket.
-fn remember(state: &AppState, key: ResponseKey, body: &Bytes, bucket: i64) {
-    let Some((stale, fresh_ms, activities)) = RequestStats::with(|s| {
-        let activities = s
-            .activities
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        (
-            s.served_stale.load(Ordering::Relaxed),
-            s.fresh_for_ms.load(Ordering::Relaxed),
-            activities,
-        )
+fn remember(state: &AppState, key: ResponseKey, body: &Bytes, bucket: DateTime<Utc>) {
+    // A stale page left zero freshness: such a response is not cached.
+    let Some((fresh_ms, activities)) = RequestStats::with(|s| {
+        let activities =
+            std::mem::take(&mut *s.activities.lock().unwrap_or_else(|p| p.into_inner()));
+        (s.fresh_for_ms.load(Ordering::Relaxed), activities)
     }) else {
         return;
     };
-    if stale {
-        return;
-    }
-    let bucket_end_ms = (bucket + 1) * state.limits.pin_granularity_seconds * 1000;
-    let left_in_bucket = u64::try_from(bucket_end_ms - Utc::now().timestamp_millis()).unwrap_or(0);
-    let ttl = Duration::from_millis(fresh_ms.min(left_in_bucket));
+    let left_in_bucket = (bucket + state.limits.pin_granularity - Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    let ttl = Duration::from_millis(fresh_ms).min(left_in_bucket);
     state.responses.insert(key, body.clone(), activities, ttl);
 }
 

@@ -26,20 +26,83 @@ pub struct ResponseKey(Arc<str>);
 
 impl ResponseKey {
     pub fn new(request: &async_graphql::Request, bucket: i64) -> Self {
+        use std::fmt::Write;
         let mut key = String::with_capacity(request.query.len() + 64);
-        key.push_str(&bucket.to_string());
-        key.push('\u{1}');
+        let _ = write!(key, "{bucket}\u{1}");
         key.push_str(request.operation_name.as_deref().unwrap_or(""));
         key.push('\u{1}');
-        for (i, word) in request.query.split_whitespace().enumerate() {
-            if i > 0 {
-                key.push(' ');
-            }
-            key.push_str(word);
-        }
+        push_normalised(&mut key, &request.query);
         key.push('\u{1}');
         key.push_str(&serde_json::to_string(&request.variables).unwrap_or_default());
         Self(key.into())
+    }
+}
+
+/// The query with each run of whitespace outside strings and comments folded
+/// to one space. Strings, block strings included, are kept as written (their
+/// spaces are values), and a comment keeps its ending newline (without it,
+/// what follows would join the comment and two different queries would share
+/// a key).
+fn push_normalised(key: &mut String, query: &str) {
+    let mut chars = query.chars().peekable();
+    let mut space = false;
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            space = true;
+            continue;
+        }
+        if space && !key.ends_with('\u{1}') {
+            key.push(' ');
+        }
+        space = false;
+        key.push(c);
+        match c {
+            '#' => {
+                for c in chars.by_ref() {
+                    key.push(c);
+                    if c == '\n' || c == '\r' {
+                        break;
+                    }
+                }
+            }
+            '"' if chars.peek() == Some(&'"') => {
+                key.push(chars.next().unwrap_or('"'));
+                if chars.peek() == Some(&'"') {
+                    // A block string: kept whole up to its closing `"""`.
+                    key.push(chars.next().unwrap_or('"'));
+                    let mut quotes = 0;
+                    while let Some(c) = chars.next() {
+                        key.push(c);
+                        match c {
+                            '\\' => {
+                                quotes = 0;
+                                key.extend(chars.next());
+                            }
+                            '"' => {
+                                quotes += 1;
+                                if quotes == 3 {
+                                    break;
+                                }
+                            }
+                            _ => quotes = 0,
+                        }
+                    }
+                }
+                // Else `""`, an empty string: nothing more to keep.
+            }
+            '"' => {
+                // Up to the closing quote, escapes included.
+                while let Some(c) = chars.next() {
+                    key.push(c);
+                    match c {
+                        '\\' => key.extend(chars.next()),
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -178,6 +241,28 @@ mod tests {
             8,
         );
         assert_ne!(a, d);
+    }
+
+    #[test]
+    fn comments_and_strings_keep_what_sets_them_apart() {
+        let key = |q: &str| ResponseKey::new(&request(q, serde_json::json!({})), 7);
+        // Folded whitespace would put `b` inside the comment in both.
+        assert_ne!(
+            key("{ a: userVisits { totalCount } #\n b: userVisits { totalCount } }"),
+            key("{ a: userVisits { totalCount } # b: userVisits { totalCount }\n}")
+        );
+        assert_ne!(
+            key(r#"{ userVisits(activityId: "1  2") { totalCount } }"#),
+            key(r#"{ userVisits(activityId: "1 2") { totalCount } }"#)
+        );
+        assert_eq!(
+            key("{ userVisits(activityId: \"a\\\"  b\")  { totalCount } }"),
+            key("{ userVisits(activityId: \"a\\\"  b\")  {\n totalCount }\n}")
+        );
+        assert_ne!(
+            key("{ userVisits(activityId: \"\"\"a \"  b\"\"\") { totalCount } }"),
+            key("{ userVisits(activityId: \"\"\"a \" b\"\"\") { totalCount } }")
+        );
     }
 
     #[test]

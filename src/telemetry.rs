@@ -220,12 +220,11 @@ pub struct RequestStats {
     pub page_misses: AtomicU32,
     pub upstream_requests: AtomicU32,
     /// Set when the whole response came from the response cache.
-    pub response_cached: AtomicU32,
+    pub response_cached: AtomicBool,
     /// Age in ms of the oldest stale page served, 0 for none.
     pub stale_age_ms: AtomicU64,
-    /// A page was served past its TTL (stale-while-revalidate or -if-error).
-    pub served_stale: AtomicBool,
-    /// How long the freshest-expiring page used stays fresh, in ms.
+    /// How long the freshest-expiring page used stays fresh, in ms (0 once a
+    /// stale page was used: such a response is not cached).
     pub fresh_for_ms: AtomicU64,
     /// Activities the response touched, for the response cache's checks.
     pub activities: Mutex<Vec<ActivityId>>,
@@ -237,9 +236,8 @@ impl Default for RequestStats {
             page_hits: AtomicU32::new(0),
             page_misses: AtomicU32::new(0),
             upstream_requests: AtomicU32::new(0),
-            response_cached: AtomicU32::new(0),
+            response_cached: AtomicBool::new(false),
             stale_age_ms: AtomicU64::new(0),
-            served_stale: AtomicBool::new(false),
             fresh_for_ms: AtomicU64::new(u64::MAX),
             activities: Mutex::new(Vec::new()),
         }
@@ -251,14 +249,12 @@ tokio::task_local! {
 }
 
 impl RequestStats {
-    /// Records a page used by this request and how long it stays fresh.
-    pub fn page_used(fresh_for: std::time::Duration, stale: bool) {
+    /// Records a page used by this request and how long it stays fresh
+    /// (zero for a stale page).
+    pub fn page_used(fresh_for: std::time::Duration) {
         Self::with(|s| {
             s.fresh_for_ms
                 .fetch_min(fresh_for.as_millis() as u64, Ordering::Relaxed);
-            if stale {
-                s.served_stale.store(true, Ordering::Relaxed);
-            }
         });
     }
 
@@ -278,7 +274,7 @@ impl RequestStats {
 
     /// `response-hit`, `hit` (every page from the cache), `miss` or `none`.
     fn cache_outcome(&self) -> &'static str {
-        if self.response_cached.load(Ordering::Relaxed) > 0 {
+        if self.response_cached.load(Ordering::Relaxed) {
             "response-hit"
         } else if self.page_misses.load(Ordering::Relaxed) > 0 {
             "miss"

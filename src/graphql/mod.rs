@@ -43,6 +43,11 @@ pub struct TimeRange {
 
 pub struct Query;
 
+/// The instant a request is answered for, read once by the HTTP layer so the
+/// response cache's pin bucket and the pinned range agree.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTime(pub chrono::DateTime<chrono::Utc>);
+
 #[Object]
 impl Query {
     /// The people who watched an activity, oldest visit first, as a Relay
@@ -65,6 +70,7 @@ impl Query {
             .data::<Arc<Resolver>>()
             .map_err(|_| GatewayError::internal("the resolver is not configured").extend())?;
         let principal = ctx.data_opt::<Principal>();
+        let now = ctx.data_opt::<RequestTime>().map_or_else(Utc::now, |t| t.0);
         let result = async {
             let activity = ActivityId::parse(&activity_id)?;
             // Before anything is planned, cached or fetched.
@@ -75,7 +81,7 @@ impl Query {
                 ));
             }
             RequestStats::activity_touched(activity);
-            let request = resolver.plan(activity, range, first, after, last, before)?;
+            let request = resolver.plan(activity, range, first, after, last, before, now)?;
             resolver.run(request).await
         };
         result.await.map_err(|e| e.extend())
@@ -92,6 +98,7 @@ pub struct VisitsRequest {
 }
 
 impl Resolver {
+    #[allow(clippy::too_many_arguments)]
     pub fn plan(
         &self,
         activity: ActivityId,
@@ -100,6 +107,7 @@ impl Resolver {
         after: Option<String>,
         last: Option<i32>,
         before: Option<String>,
+        now: chrono::DateTime<Utc>,
     ) -> Result<VisitsRequest, GatewayError> {
         if first.is_some() && last.is_some() {
             return Err(GatewayError::bad_input(
@@ -115,7 +123,6 @@ impl Resolver {
             .map(|c| decode_cursor("before", &c, activity))
             .transpose()?;
 
-        let now = Utc::now();
         let cursor_range = match (after, before) {
             (Some(a), Some(b)) if a.range != b.range => {
                 return Err(GatewayError::bad_input(
