@@ -97,6 +97,18 @@ impl GatewayError {
         Self::new(ErrorCode::Internal, message)
     }
 
+    /// The platform answered something the gateway cannot read.
+    pub fn bad_response(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::UpstreamBadResponse, message)
+    }
+
+    pub fn upstream_timeout() -> Self {
+        Self::new(
+            ErrorCode::UpstreamTimeout,
+            "the platform did not answer in time",
+        )
+    }
+
     pub fn with_upstream_message(mut self, message: Option<String>) -> Self {
         self.upstream_message = message;
         self

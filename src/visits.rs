@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures::future::Either;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::cache::{CachedPage, PageCache};
@@ -81,20 +82,14 @@ pub async fn load(
             ..first_page(windows[r.window])
         },
     };
-    let pages: Vec<Arc<CachedPage>> = futures::stream::iter(reads.iter().copied().map(|r| {
-        let first = firsts[r.window].clone();
-        let req = request_for(&r);
-        async move {
-            if r.page == 1 {
-                Ok(first)
-            } else {
-                cache.page(req, deadline).await
-            }
-        }
-    }))
-    .buffered(policy.window_concurrency)
-    .try_collect()
-    .await?;
+    let pages: Vec<Arc<CachedPage>> =
+        futures::stream::iter(reads.iter().copied().map(|r| match r.page {
+            1 => Either::Left(futures::future::ready(Ok(firsts[r.window].clone()))),
+            _ => Either::Right(cache.page(request_for(&r), deadline)),
+        }))
+        .buffered(policy.window_concurrency)
+        .try_collect()
+        .await?;
 
     let mut items = Vec::with_capacity((slice.end - slice.start) as usize);
     for (read, page) in reads.iter().zip(&pages) {

@@ -5,13 +5,12 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{ErrorCode, GatewayError};
+use crate::error::GatewayError;
 
 /// A page's `pager`; its items are located by [`super::layout`].
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PagerDto {
-    pub page: Option<u64>,
     pub page_size: u64,
     pub total: u64,
 }
@@ -76,14 +75,13 @@ fn id(v: Value) -> Option<String> {
     }
 }
 
-fn bad(message: impl Into<String>) -> GatewayError {
-    GatewayError::new(ErrorCode::UpstreamBadResponse, message)
-}
-
 fn timestamp(field: &str, v: Option<String>) -> Result<DateTime<Utc>, GatewayError> {
-    let raw = v.ok_or_else(|| bad(format!("the platform sent a visit without {field}")))?;
-    crate::time::parse_rfc3339(&raw)
-        .ok_or_else(|| bad(format!("the platform sent an unreadable {field}")))
+    let raw = v.ok_or_else(|| {
+        GatewayError::bad_response(format!("the platform sent a visit without {field}"))
+    })?;
+    crate::time::parse_rfc3339(&raw).ok_or_else(|| {
+        GatewayError::bad_response(format!("the platform sent an unreadable {field}"))
+    })
 }
 
 impl TryFrom<ItemDto> for Visit {
@@ -98,8 +96,14 @@ impl TryFrom<ItemDto> for Visit {
                 .as_f64()
                 .filter(|m| m.is_finite() && *m >= 0.0 && *m <= i32::MAX as f64)
                 .map(|m| m.round() as i32)
-                .ok_or_else(|| bad("the platform sent an unreadable duration"))?,
-            _ => return Err(bad("the platform sent an unreadable duration")),
+                .ok_or_else(|| {
+                    GatewayError::bad_response("the platform sent an unreadable duration")
+                })?,
+            _ => {
+                return Err(GatewayError::bad_response(
+                    "the platform sent an unreadable duration",
+                ));
+            }
         };
         let user_id = id(d.user_id);
         Ok(Visit {
@@ -128,6 +132,7 @@ impl TryFrom<ItemDto> for Visit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
 
     #[test]
     fn missing_null_and_empty_strings_become_none_and_unknown_fields_pass() {

@@ -48,38 +48,27 @@ pub fn scan(body: &[u8]) -> Result<Head, NotAPage> {
     s.ws();
     s.expect(b'{')?;
     let mut pager = None;
-    let mut more = s.first_member();
-    while more {
-        match s.key()? {
-            Key::Pager if pager.is_some() => return Err(NotAPage::Shape),
-            Key::Pager => pager = Some(s.value()?),
-            Key::Items => {
-                let mut items = Items {
-                    found: Vec::new(),
-                    resume: Some(s.open_array()?),
-                    pager_seen: pager.is_some(),
-                };
-                let pager = match pager {
-                    Some(pager) => pager,
-                    None => items.locate_all(body)?.ok_or(NotAPage::Shape)?,
-                };
-                return Ok(Head { pager, items });
-            }
-            Key::Other => {
-                s.value()?;
-            }
-        }
-        more = s.next_member()?;
-    }
-    s.end()?;
-    Ok(Head {
-        pager: pager.ok_or(NotAPage::Shape)?,
-        items: Items {
-            found: Vec::new(),
-            resume: None,
-            pager_seen: true,
-        },
-    })
+    let more = s.first_member();
+    let Some(items_at) = s.members(more, &mut pager, true)? else {
+        return Ok(Head {
+            pager: pager.ok_or(NotAPage::Shape)?,
+            items: Items {
+                found: Vec::new(),
+                resume: None,
+                pager_seen: true,
+            },
+        });
+    };
+    let mut items = Items {
+        found: Vec::new(),
+        resume: Some(items_at),
+        pager_seen: pager.is_some(),
+    };
+    let pager = match pager {
+        Some(pager) => pager,
+        None => items.locate_all(body)?.ok_or(NotAPage::Shape)?,
+    };
+    Ok(Head { pager, items })
 }
 
 impl Items {
@@ -220,12 +209,26 @@ impl Scanner<'_> {
     /// extent if one is met.
     fn rest_of_page(&mut self) -> Result<Option<Range<usize>>, NotAPage> {
         let mut pager = None;
-        let mut more = self.next_member()?;
+        let more = self.next_member()?;
+        self.members(more, &mut pager, false)?;
+        Ok(pager)
+    }
+
+    /// The top-level object's members from here (`more`: one follows), noting
+    /// the pager in `pager`, up to the `[` of `items` when `items_here`
+    /// (returning the position after it), else to the end of the body.
+    fn members(
+        &mut self,
+        mut more: bool,
+        pager: &mut Option<Range<usize>>,
+        items_here: bool,
+    ) -> Result<Option<usize>, NotAPage> {
         while more {
             match self.key()? {
-                Key::Items => return Err(NotAPage::Shape),
                 Key::Pager if pager.is_some() => return Err(NotAPage::Shape),
-                Key::Pager => pager = Some(self.value()?),
+                Key::Pager => *pager = Some(self.value()?),
+                Key::Items if items_here => return self.open_array().map(Some),
+                Key::Items => return Err(NotAPage::Shape),
                 Key::Other => {
                     self.value()?;
                 }
@@ -233,7 +236,7 @@ impl Scanner<'_> {
             more = self.next_member()?;
         }
         self.end()?;
-        Ok(pager)
+        Ok(None)
     }
 
     /// A string starting at the cursor; returns its contents' extent.

@@ -1,9 +1,9 @@
 //! The platform's REST client: builds the one request we make, sends it with
 //! the server's token and timeouts, and maps every answer onto SPEC §4.
 
-pub mod budget;
+mod budget;
 pub mod dto;
-pub mod layout;
+mod layout;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,7 +62,7 @@ impl UpstreamPage {
     /// platform's fault.
     pub fn visits(&self, skip: usize, take: usize) -> Result<Vec<Visit>, Unreadable> {
         let item_error = |m: &str| Unreadable {
-            error: bad_response(m),
+            error: GatewayError::bad_response(m),
             page_broken: false,
         };
         self.locate(skip, take)
@@ -112,11 +112,13 @@ impl UpstreamPage {
         };
         let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
         items.locate(&self.body, want).map_err(|_| {
-            bad_response("the platform answered with a body that is not a visits page")
+            GatewayError::bad_response(
+                "the platform answered with a body that is not a visits page",
+            )
         })?;
         let found = items.found();
         if found.len() as u64 > self.page_size {
-            return Err(bad_response(
+            return Err(GatewayError::bad_response(
                 "the platform sent more items than its page size",
             ));
         }
@@ -130,10 +132,6 @@ impl UpstreamPage {
             + self.body.len()
             + 2 * self.page_size as usize * std::mem::size_of::<std::ops::Range<usize>>()
     }
-}
-
-fn bad_response(message: &str) -> GatewayError {
-    GatewayError::new(ErrorCode::UpstreamBadResponse, message.to_owned())
 }
 
 /// How the client treats the platform (SPEC §3).
@@ -205,7 +203,7 @@ impl UpstreamClient {
     }
 
     /// `{base}/api/activity/{id}/stats/user-visits?page=..&pageSize=..&startedAt=..&endedAt=..`
-    pub fn url(&self, req: &PageRequest) -> Url {
+    fn url(&self, req: &PageRequest) -> Url {
         // Path and query set as strings: every part is digits or a platform
         // timestamp, and the base (no query, checked at start) is not parsed
         // again per request.
@@ -229,7 +227,7 @@ impl UpstreamClient {
 
     /// One page, within the request budget, retrying transient failures with
     /// jittered exponential backoff until `deadline`.
-    pub async fn fetch_page(
+    async fn fetch_page(
         &self,
         req: &PageRequest,
         deadline: Instant,
@@ -293,10 +291,7 @@ impl UpstreamClient {
             .min(self.config.timeout);
         let result = match tokio::time::timeout(limit, self.send(req)).await {
             Ok(r) => r,
-            Err(_) => Err(GatewayError::new(
-                ErrorCode::UpstreamTimeout,
-                "the platform did not answer in time",
-            )),
+            Err(_) => Err(GatewayError::upstream_timeout()),
         };
         let elapsed = started.elapsed();
         self.metrics
@@ -349,11 +344,7 @@ impl UpstreamClient {
             .map(Duration::from_secs);
         let body = response.bytes().await.map_err(transport_error)?;
         if !status.is_success() {
-            let mut e = classify_failure(status, &body);
-            if e.retry_after.is_none() {
-                e.retry_after = retry_after;
-            }
-            return Err(e);
+            return Err(classify_failure(status, &body, retry_after));
         }
         parse_page(body, req.page_size)
     }
@@ -373,15 +364,9 @@ fn transport_error(e: reqwest::Error) -> GatewayError {
     // The error's Display may hold the URL; it holds no token (that travels
     // in a header), but keep the client message generic anyway.
     if e.is_timeout() {
-        GatewayError::new(
-            ErrorCode::UpstreamTimeout,
-            "the platform did not answer in time",
-        )
+        GatewayError::upstream_timeout()
     } else if e.is_decode() || e.is_body() {
-        GatewayError::new(
-            ErrorCode::UpstreamBadResponse,
-            "the platform's answer could not be read",
-        )
+        GatewayError::bad_response("the platform's answer could not be read")
     } else {
         GatewayError::new(
             ErrorCode::UpstreamUnavailable,
@@ -393,7 +378,7 @@ fn transport_error(e: reqwest::Error) -> GatewayError {
 /// Reads a 200 body: the head of a page, whose pager is read and checked;
 /// its items are located and read when served (see [`layout`]).
 pub fn parse_page(body: Bytes, asked_page_size: u64) -> Result<UpstreamPage, GatewayError> {
-    let bad = bad_response;
+    let bad = GatewayError::bad_response;
     let head = layout::scan(&body)
         .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
     let pager: dto::PagerDto = serde_json::from_slice(&body[head.pager])
@@ -412,7 +397,12 @@ pub fn parse_page(body: Bytes, asked_page_size: u64) -> Result<UpstreamPage, Gat
 
 /// Maps a non-2xx answer onto SPEC §4. Status codes are the only reliable
 /// signal; the envelope's `message` is kept for `extensions.upstreamMessage`.
-pub fn classify_failure(status: StatusCode, body: &[u8]) -> GatewayError {
+/// The wait asked for is a 429 message's `请于xxx后重试`, else `Retry-After`.
+fn classify_failure(
+    status: StatusCode,
+    body: &[u8],
+    retry_after_header: Option<Duration>,
+) -> GatewayError {
     let upstream_message = serde_json::from_slice::<dto::ErrorEnvelope>(body)
         .ok()
         .and_then(|e| e.message)
@@ -425,11 +415,7 @@ pub fn classify_failure(status: StatusCode, body: &[u8]) -> GatewayError {
             ErrorCode::UpstreamUnauthorized,
             "the platform rejected the gateway's token; an operator must check UPSTREAM_TOKEN",
         ),
-        403 => (
-            ErrorCode::UpstreamFeatureDisabled,
-            "the platform refuses this report for the gateway's account: the user detail feature must be enabled by the platform",
-        ),
-        400 if feature_off => (
+        s if s == 403 || (s == 400 && feature_off) => (
             ErrorCode::UpstreamFeatureDisabled,
             "the platform refuses this report for the gateway's account: the user detail feature must be enabled by the platform",
         ),
@@ -457,9 +443,10 @@ pub fn classify_failure(status: StatusCode, body: &[u8]) -> GatewayError {
     };
     let mut e = GatewayError::new(code, message).with_upstream_message(upstream_message);
     e.status = Some(status.as_u16());
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        e.retry_after = e.upstream_message.as_deref().and_then(retry_hint);
-    }
+    let hint = e.upstream_message.as_deref().and_then(retry_hint);
+    e.retry_after = hint
+        .filter(|_| status == StatusCode::TOO_MANY_REQUESTS)
+        .or(retry_after_header);
     e
 }
 
@@ -523,7 +510,7 @@ mod tests {
             (302, Vec::new(), ErrorCode::UpstreamBadResponse),
         ];
         for (status, body, code) in cases {
-            let e = classify_failure(StatusCode::from_u16(status).unwrap(), &body);
+            let e = classify_failure(StatusCode::from_u16(status).unwrap(), &body, None);
             assert_eq!(e.code, code, "status {status}");
         }
     }
@@ -533,11 +520,13 @@ mod tests {
         let e = classify_failure(
             StatusCode::NOT_FOUND,
             br#"{"name":"NotFound","message":"NotFound","status":404}"#,
+            None,
         );
         assert_eq!(e.upstream_message.as_deref(), Some("NotFound"));
         let e = classify_failure(
             StatusCode::BAD_GATEWAY,
             b"<html>stack trace with secrets</html>",
+            None,
         );
         assert_eq!(e.upstream_message, None);
         assert!(!e.message.contains("html"));
