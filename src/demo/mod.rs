@@ -146,10 +146,13 @@ impl SimPlatform {
 
     /// A new visit, as a live stream would record it.
     pub fn add_visit(&self, activity: u64, at: DateTime<Utc>) {
-        let id = self.sim.next_id.fetch_add(1, Ordering::SeqCst);
-        let visit = data::visit(id, at, &mut fastrand::Rng::with_seed(id));
-        if let Some(a) = lock(&self.sim.activities).get_mut(&activity) {
-            a.visits.push(visit);
+        // The id is taken under the lock, so each list stays in id order
+        // (the platform's order) without sorting on every request.
+        let mut activities = lock(&self.sim.activities);
+        if let Some(a) = activities.get_mut(&activity) {
+            let id = self.sim.next_id.fetch_add(1, Ordering::SeqCst);
+            a.visits
+                .push(data::visit(id, at, &mut fastrand::Rng::with_seed(id)));
         }
     }
 
@@ -162,7 +165,7 @@ impl SimPlatform {
     ) -> Vec<SimVisit> {
         lock(&self.sim.activities)
             .get(&activity)
-            .map(|a| in_window(&a.visits, from, to))
+            .map(|a| in_window(&a.visits, from, to).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -194,14 +197,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn in_window(visits: &[SimVisit], from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<SimVisit> {
-    let mut out: Vec<SimVisit> = visits
+/// The visits in `[from, to)`, in id order (the platform's).
+fn in_window(
+    visits: &[SimVisit],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> impl Iterator<Item = &SimVisit> + Clone {
+    visits
         .iter()
-        .filter(|v| v.visit_at >= from && v.visit_at < to)
-        .cloned()
-        .collect();
-    out.sort_by_key(|v| v.id);
-    out
+        .filter(move |v| v.visit_at >= from && v.visit_at < to)
 }
 
 fn envelope(status: u16, name: &str, message: &str) -> Response {
@@ -324,9 +328,9 @@ async fn user_visits(
     }
     let page_size = page_size.clamp(1, sim.page_size_cap.load(Ordering::SeqCst));
     let all = in_window(&activity.visits, from, to);
+    let total = all.clone().count();
     let start = (page.max(1) - 1).saturating_mul(page_size) as usize;
     let mut items: Vec<Value> = all
-        .iter()
         .skip(start)
         .take(page_size as usize)
         .map(SimVisit::to_json)
@@ -334,7 +338,7 @@ async fn user_visits(
     if let Some(item) = bad_visit.and_then(|i| items.get_mut(i)) {
         item["visitAt"] = json!("yesterday");
     }
-    let pager = json!({ "page": page, "pageSize": page_size, "total": all.len() });
+    let pager = json!({ "page": page, "pageSize": page_size, "total": total });
     let body = match cut_after {
         None => json!({ "pager": pager, "items": items }).to_string(),
         Some(n) => {
