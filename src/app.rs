@@ -51,6 +51,8 @@ pub struct App {
     /// `/metrics` on its own port, when `METRICS_LISTEN_ADDR` is set.
     pub metrics_router: Option<Router>,
     shutdown: ShutdownPolicy,
+    /// The platform token, followed while serving like the other secrets.
+    token: TokenSource,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,8 +65,9 @@ impl App {
     pub fn build(settings: &Settings, token: TokenSource) -> Result<Self, String> {
         let auth = Authenticator::from_settings(settings)?;
         let metrics = Metrics::new();
-        let upstream = UpstreamClient::new(settings.upstream_config(), token, metrics.clone())
-            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        let upstream =
+            UpstreamClient::new(settings.upstream_config(), token.clone(), metrics.clone())
+                .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
         let cache = PageCache::new(
             Arc::new(upstream),
             settings.cache_max_bytes,
@@ -130,6 +133,7 @@ impl App {
             router,
             metrics_router,
             shutdown,
+            token,
         })
     }
 
@@ -143,6 +147,8 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
+        self.token
+            .spawn_reload(state.limits.secrets_reload, "upstream token");
         state.auth.spawn_reload(state.limits.secrets_reload);
         let limiter_state = state.clone();
         tokio::spawn(async move {

@@ -37,8 +37,12 @@ pub enum LogFormat {
     Text,
 }
 
+/// Surrounding whitespace ignored and empty refused, as in secret files.
 fn secret(s: &str) -> Result<Secret, String> {
-    Ok(Secret::new(s))
+    match s.trim() {
+        "" => Err("must not be empty".into()),
+        s => Ok(Secret::new(s)),
+    }
 }
 
 fn base_url(s: &str) -> Result<Url, String> {
@@ -307,8 +311,7 @@ impl Settings {
     /// The platform token from UPSTREAM_TOKEN or UPSTREAM_TOKEN_FILE.
     pub fn token_source(&self) -> Result<TokenSource, String> {
         match (&self.upstream_token, &self.upstream_token_file) {
-            (Some(t), _) if t.expose().trim().is_empty() => Err("UPSTREAM_TOKEN is empty".into()),
-            (Some(t), _) => Ok(TokenSource::fixed(Secret::new(t.expose().trim()))),
+            (Some(t), _) => Ok(TokenSource::fixed(t.clone())),
             (None, Some(path)) => TokenSource::from_file(path.clone())
                 .map_err(|e| format!("UPSTREAM_TOKEN_FILE: {e}")),
             (None, None) => Err(

@@ -78,10 +78,6 @@ async fn run(mut settings: Settings, demo: bool) -> Result<(), String> {
     } else {
         settings.token_source()?
     };
-    token.spawn_reload(
-        std::time::Duration::from_secs(settings.secrets_reload_seconds),
-        "upstream token",
-    );
     let app = App::build(&settings, token)?;
     let listener = TcpListener::bind(settings.listen_addr)
         .await

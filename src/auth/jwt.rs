@@ -17,8 +17,9 @@ pub struct JwtVerifier {
     /// Follows its file, like the API keys: a rotated Secret applies without
     /// a restart.
     key: Watched<JwtKey>,
-    /// Everything but the algorithm, which comes with the key.
-    validation: Validation,
+    /// One per algorithm the key file can hold (a rotation may change it),
+    /// built once.
+    validations: Vec<Validation>,
 }
 
 /// A verification key as read from its file.
@@ -82,23 +83,32 @@ impl JwtVerifier {
             (None, Some(path)) => Watched::load(path.clone(), read_public_key)?,
             (None, None) => return Ok(None),
         };
-        let algorithm = key.get().algorithm;
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = 30;
-        let mut required = vec!["exp"];
-        if let Some(iss) = &s.jwt_issuer {
-            validation.set_issuer(&[iss]);
-            required.push("iss");
-        }
-        match &s.jwt_audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
-        Ok(Some(Self { key, validation }))
+        let algorithms: &[Algorithm] = match key.get().algorithm {
+            Algorithm::HS256 => &[Algorithm::HS256],
+            _ => &[Algorithm::RS256, Algorithm::ES256],
+        };
+        let validations = algorithms
+            .iter()
+            .map(|&algorithm| {
+                let mut validation = Validation::new(algorithm);
+                validation.leeway = 30;
+                let mut required = vec!["exp"];
+                if let Some(iss) = &s.jwt_issuer {
+                    validation.set_issuer(&[iss]);
+                    required.push("iss");
+                }
+                match &s.jwt_audience {
+                    Some(aud) => {
+                        validation.set_audience(&[aud]);
+                        required.push("aud");
+                    }
+                    None => validation.validate_aud = false,
+                }
+                validation.set_required_spec_claims(&required);
+                validation
+            })
+            .collect();
+        Ok(Some(Self { key, validations }))
     }
 
     pub fn spawn_reload(&self, every: std::time::Duration) {
@@ -109,9 +119,12 @@ impl JwtVerifier {
         let key = self.key.get();
         // The algorithm is the key's (a rotation may change it), never the
         // token's header.
-        let mut validation = self.validation.clone();
-        validation.algorithms = vec![key.algorithm];
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| {
+        let validation = self
+            .validations
+            .iter()
+            .find(|v| v.algorithms == [key.algorithm])
+            .ok_or(AuthError::Invalid("the token is not valid"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             AuthError::Invalid(match e.kind() {
                 ErrorKind::ExpiredSignature => "the token has expired",
