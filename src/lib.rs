@@ -21,6 +21,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+mod fnv;
 pub mod graphql;
 pub mod http;
 pub mod limits;

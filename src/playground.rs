@@ -15,6 +15,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::fnv::fnv1a64;
+
 /// What the page opens with.
 #[derive(Debug, Clone)]
 pub struct Defaults {
@@ -81,7 +83,7 @@ impl Playground {
 
 /// Routes serving the page's static assets.
 pub fn asset_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route("/playground/assets/{name}", get(asset))
+    Router::new().route(&format!("{ASSET_PREFIX}{{name}}"), get(asset))
 }
 
 async fn asset(Path(name): Path<String>) -> Response {
@@ -116,6 +118,7 @@ async fn asset(Path(name): Path<String>) -> Response {
 /// The page: GraphiQL's stylesheet and scripts, then `init.js`, which mounts
 /// GraphiQL with the defaults from the JSON block. No inline script or style.
 fn render(defaults: &Defaults) -> String {
+    // The browser keys GraphiQL's saved state by this name of the defaults.
     let key = format!(
         "{:016x}",
         fnv1a64(
@@ -174,14 +177,6 @@ fn script_safe_json(json: &str) -> String {
         }
     }
     out
-}
-
-/// FNV-1a, 64 bits: a stable name for a set of defaults (the browser keys
-/// GraphiQL's saved state by it).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

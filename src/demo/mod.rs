@@ -208,7 +208,8 @@ fn in_window(
         .filter(move |v| v.visit_at >= from && v.visit_at < to)
 }
 
-fn envelope(status: u16, name: &str, message: &str) -> Response {
+/// The platform's error answer: `{name, message, status}` with that status.
+pub fn envelope(status: u16, name: &str, message: &str) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = json!({ "name": name, "message": message, "status": status });
     (
