@@ -21,7 +21,7 @@ use crate::telemetry::RequestStats;
 use crate::visits::{self, FetchPolicy};
 use cursor::Cursor;
 use scalars::DateTime;
-use types::{PageInfo, UserVisit, UserVisitConnection, UserVisitEdge};
+use types::{UserVisit, UserVisitConnection};
 
 pub type GatewaySchema = Schema<Query, EmptyMutation, EmptySubscription>;
 
@@ -198,36 +198,17 @@ impl Resolver {
             req.args,
         )
         .await?;
-        let cursor = |offset| {
-            Cursor {
-                activity: req.activity,
-                range: req.range,
-                offset,
-            }
-            .encode()
-        };
-        let edges: Vec<UserVisitEdge> = loaded
-            .items
-            .into_iter()
-            .map(|(offset, visit)| UserVisitEdge {
-                cursor: cursor(offset),
-                node: UserVisit::from(visit),
-            })
-            .collect();
         Ok(UserVisitConnection {
-            page_info: PageInfo {
-                has_next_page: loaded.slice.has_next_page,
-                has_previous_page: loaded.slice.has_previous_page,
-                start_cursor: edges.first().map(|e| e.cursor.clone()),
-                end_cursor: edges.last().map(|e| e.cursor.clone()),
-            },
-            nodes: edges.iter().map(|e| e.node.clone()).collect(),
-            edges,
-            total_count: i64::try_from(loaded.total).unwrap_or(i64::MAX),
-            range: types::ResolvedRange {
-                from: DateTime(req.range.from),
-                to: DateTime(req.range.to),
-            },
+            activity: req.activity,
+            range: req.range,
+            items: loaded
+                .items
+                .into_iter()
+                .map(|(offset, visit)| (offset, UserVisit::from(visit)))
+                .collect(),
+            has_next_page: loaded.slice.has_next_page,
+            has_previous_page: loaded.slice.has_previous_page,
+            total: loaded.total,
         })
     }
 }

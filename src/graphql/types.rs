@@ -1,19 +1,73 @@
 //! The output types of SPEC §2.
 
-use async_graphql::{ID, SimpleObject};
+use async_graphql::{ID, Object, SimpleObject};
 
+use super::cursor::Cursor;
 use super::scalars::DateTime;
+use crate::paging::{self, ActivityId};
 use crate::upstream::Visit;
 
-#[derive(SimpleObject)]
+/// A page of visits. Edges and their cursors are built only when a query
+/// selects them, and `nodes` and `edges` share the visits rather than each
+/// holding a copy.
 pub struct UserVisitConnection {
-    pub edges: Vec<UserVisitEdge>,
-    pub nodes: Vec<UserVisit>,
-    pub page_info: PageInfo,
+    pub activity: ActivityId,
+    pub range: paging::ResolvedRange,
+    /// `(offset in the whole list, visit)`, in list order.
+    pub items: Vec<(u64, UserVisit)>,
+    pub has_next_page: bool,
+    pub has_previous_page: bool,
+    pub total: u64,
+}
+
+impl UserVisitConnection {
+    fn cursor(&self, offset: u64) -> String {
+        Cursor {
+            activity: self.activity,
+            range: self.range,
+            offset,
+        }
+        .encode()
+    }
+}
+
+#[Object]
+impl UserVisitConnection {
+    async fn edges(&self) -> Vec<UserVisitEdge<'_>> {
+        self.items
+            .iter()
+            .map(|(offset, node)| UserVisitEdge {
+                cursor: self.cursor(*offset),
+                node,
+            })
+            .collect()
+    }
+
+    async fn nodes(&self) -> Vec<&UserVisit> {
+        self.items.iter().map(|(_, visit)| visit).collect()
+    }
+
+    async fn page_info(&self) -> PageInfo {
+        PageInfo {
+            has_next_page: self.has_next_page,
+            has_previous_page: self.has_previous_page,
+            start_cursor: self.items.first().map(|(o, _)| self.cursor(*o)),
+            end_cursor: self.items.last().map(|(o, _)| self.cursor(*o)),
+        }
+    }
+
     /// The number of visits in the whole resolved range.
-    pub total_count: i64,
+    async fn total_count(&self) -> i64 {
+        i64::try_from(self.total).unwrap_or(i64::MAX)
+    }
+
     /// The window actually served, after defaults and pinning.
-    pub range: ResolvedRange,
+    async fn range(&self) -> ResolvedRange {
+        ResolvedRange {
+            from: DateTime(self.range.from),
+            to: DateTime(self.range.to),
+        }
+    }
 }
 
 #[derive(SimpleObject)]
@@ -22,10 +76,20 @@ pub struct ResolvedRange {
     pub to: DateTime,
 }
 
-#[derive(SimpleObject)]
-pub struct UserVisitEdge {
-    pub cursor: String,
-    pub node: UserVisit,
+pub struct UserVisitEdge<'a> {
+    cursor: String,
+    node: &'a UserVisit,
+}
+
+#[Object]
+impl UserVisitEdge<'_> {
+    async fn cursor(&self) -> &str {
+        &self.cursor
+    }
+
+    async fn node(&self) -> &UserVisit {
+        self.node
+    }
 }
 
 #[derive(SimpleObject)]
@@ -36,7 +100,7 @@ pub struct PageInfo {
     pub end_cursor: Option<String>,
 }
 
-#[derive(SimpleObject, Clone)]
+#[derive(SimpleObject)]
 pub struct UserVisit {
     /// Null for anonymous visitors.
     pub user_id: Option<ID>,
