@@ -229,7 +229,7 @@ fn cors(origins: &[String]) -> Result<tower_http::cors::CorsLayer, String> {
         .allow_headers([
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
-            header::HeaderName::from_static("x-request-id"),
+            crate::telemetry::REQUEST_ID.clone(),
         ])
         .max_age(Duration::from_secs(600)))
 }

@@ -177,11 +177,14 @@ async fn admit(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     })?;
-    let client = if principal.is_anonymous() {
+    let client: Arc<str> = if principal.is_anonymous() {
         parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(|| "ip:unknown".to_owned(), |c| format!("ip:{}", c.0.ip()))
+            .map_or_else(
+                || "ip:unknown".into(),
+                |c| format!("ip:{}", c.0.ip()).into(),
+            )
     } else {
         principal.name.clone()
     };

@@ -2,13 +2,14 @@
 //! JWT subject, else IP address), answered with `RATE_LIMITED`.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 pub struct ClientLimiter {
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: DefaultKeyedRateLimiter<Arc<str>>,
 }
 
 impl ClientLimiter {
@@ -21,9 +22,9 @@ impl ClientLimiter {
     }
 
     /// `Err(wait)` when the client must slow down.
-    pub fn check(&self, client: &str) -> Result<(), Duration> {
+    pub fn check(&self, client: &Arc<str>) -> Result<(), Duration> {
         self.limiter
-            .check_key(&client.to_owned())
+            .check_key(client)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
@@ -41,11 +42,12 @@ mod tests {
     #[test]
     fn a_client_over_its_burst_is_told_to_wait_and_others_are_not() {
         let l = ClientLimiter::new(1, 3);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         for _ in 0..3 {
-            assert!(l.check("a").is_ok());
+            assert!(l.check(&a).is_ok());
         }
-        let wait = l.check("a").unwrap_err();
+        let wait = l.check(&a).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
-        assert!(l.check("b").is_ok());
+        assert!(l.check(&b).is_ok());
     }
 }

@@ -154,7 +154,7 @@ impl JwtVerifier {
         };
         let sub = data.claims.sub.unwrap_or_else(|| "unnamed".into());
         Ok(Principal {
-            name: format!("jwt:{sub}"),
+            name: format!("jwt:{sub}").into(),
             scope,
         })
     }

@@ -3,6 +3,7 @@
 //! file is re-read when it changes (a mounted Secret rotates in place).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -14,6 +15,8 @@ use crate::secret::Watched;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEntry {
     pub name: String,
+    /// The principal's name, `key:<name>`, made once.
+    pub client: Arc<str>,
     pub hash: [u8; 32],
     pub scope: Scope,
 }
@@ -42,6 +45,7 @@ pub fn parse(text: &str) -> Result<Vec<KeyEntry>, String> {
         }
         entries.push(KeyEntry {
             name: name.to_owned(),
+            client: format!("key:{name}").into(),
             hash: digest,
             scope,
         });
@@ -85,7 +89,7 @@ impl ApiKeys {
             }
         }
         found.map(|e| Principal {
-            name: format!("key:{}", e.name),
+            name: e.client.clone(),
             scope: e.scope.clone(),
         })
     }
@@ -141,7 +145,7 @@ mod tests {
         std::fs::write(&f, format!("web {} 7\n", hex_of("secret-key"))).unwrap();
         let keys = ApiKeys::load(f).unwrap();
         let p = keys.lookup("secret-key").unwrap();
-        assert_eq!(p.name, "key:web");
+        assert_eq!(&*p.name, "key:web");
         assert!(keys.lookup("secret-key ").is_none());
         assert!(
             keys.lookup(&hex_of("secret-key")).is_none(),

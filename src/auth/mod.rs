@@ -38,15 +38,18 @@ impl Scope {
 /// An authenticated client (or the anonymous one, where allowed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// `key:<name>`, `jwt:<sub>` or `anonymous`: for rate limits and logs.
-    pub name: String,
+    /// `key:<name>`, `jwt:<sub>` or `anonymous`: for rate limits and logs
+    /// (shared, so keying a rate limit by it costs no copy).
+    pub name: Arc<str>,
     pub scope: Scope,
 }
 
 impl Principal {
     pub fn anonymous() -> Self {
+        static NAME: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| "anonymous".into());
         Self {
-            name: "anonymous".into(),
+            name: NAME.clone(),
             scope: Scope::All,
         }
     }
@@ -59,7 +62,7 @@ impl Principal {
     }
 
     pub fn is_anonymous(&self) -> bool {
-        self.name == "anonymous"
+        &*self.name == "anonymous"
     }
 }
 
