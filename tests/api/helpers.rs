@@ -185,6 +185,31 @@ query($id: ID!, $range: TimeRange, $first: Int, $after: String, $last: Int, $bef
   }
 }"#;
 
+/// The value of one series in a `/metrics` text (`name{labels}`), 0 when absent.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A fresh directory for a test's files (keys, secrets).
+pub fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vg-test-{:016x}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// One line of an API keys file: the key's name, its hash and its scope.
+pub fn keys_line(name: &str, key: &str, scope: &str) -> String {
+    format!(
+        "{name} {} {scope}\n",
+        hex::encode(visits_gateway::auth::keys::hash_key(key))
+    )
+}
+
 /// The first error's code, or panics with the response.
 pub fn error_code(response: &Value) -> String {
     response["errors"][0]["extensions"]["code"]

@@ -4,14 +4,13 @@
 use serde_json::json;
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, SMALL_ACTIVITY};
 
-use crate::helpers::{error_code, spawn_app, spawn_app_with};
+use crate::helpers::{error_code, keys_line, metric, spawn_app, spawn_app_with, temp_dir};
 
 fn hits(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("visits_gateway_response_cache_lookups_total{outcome=\"hit\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |v| v.parse().unwrap())
+    metric(
+        metrics,
+        "visits_gateway_response_cache_lookups_total{outcome=\"hit\"}",
+    ) as u64
 }
 
 #[tokio::test]
@@ -44,18 +43,10 @@ async fn a_repeated_query_is_answered_from_the_response_cache_whatever_its_white
 
 #[tokio::test]
 async fn a_cached_response_is_not_served_to_a_client_outside_its_activities() {
-    let dir = std::env::temp_dir().join(format!("vg-hot-{:016x}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("keys");
-    let line = |name: &str, key: &str, scope: &str| {
-        format!(
-            "{name} {} {scope}\n",
-            hex::encode(visits_gateway::auth::keys::hash_key(key))
-        )
-    };
+    let file = temp_dir().join("keys");
     std::fs::write(
         &file,
-        line("ops", "k-ops", "*") + &line("web", "k-web", &EXAMPLE_ACTIVITY.to_string()),
+        keys_line("ops", "k-ops", "*") + &keys_line("web", "k-web", &EXAMPLE_ACTIVITY.to_string()),
     )
     .unwrap();
     let app = spawn_app_with(move |s| {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 use visits_gateway::demo::{Fault, SMALL_ACTIVITY};
 
-use crate::helpers::{logs, spawn_app, spawn_app_with};
+use crate::helpers::{logs, metric, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn shutdown_turns_readiness_off_drains_and_lets_in_flight_requests_finish() {
@@ -96,15 +96,6 @@ async fn request_ids_are_taken_or_made_and_returned_and_logged() {
     assert!(entry["duration_ms"].as_f64().is_some());
 }
 
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn every_metric_family_moves_when_it_should() {
     let app = spawn_app_with(|s| s.upstream_max_retries = 1).await;
@@ -154,7 +145,7 @@ async fn every_metric_family_moves_when_it_should() {
         ("visits_gateway_response_cache_bytes", 100.0),
         ("visits_gateway_http_requests_in_flight", 1.0),
     ] {
-        let v = sample(&m, series);
+        let v = metric(&m, series);
         assert!(
             v >= at_least,
             "{series} = {v}, expected at least {at_least}\n{m}"

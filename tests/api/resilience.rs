@@ -122,15 +122,7 @@ async fn a_429_storm_is_absorbed_by_the_budget_while_the_wait_fits() {
             "a client saw the platform's 429: {r}"
         );
     }
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("visits_gateway_upstream_requests_total{status=\"429\"} 2"),
         "{metrics}"

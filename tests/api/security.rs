@@ -9,17 +9,7 @@ use visits_gateway::config::Settings;
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, SMALL_ACTIVITY};
 use visits_gateway::secret::{Secret, TokenSource};
 
-use crate::helpers::{TestApp, USER_VISITS, error_code, logs, spawn_app_with};
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vg-sec-{:016x}", fastrand::u64(..)));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn keys_line(name: &str, key: &str, scope: &str) -> String {
-    format!("{name} {} {scope}\n", hex::encode(hash_key(key)))
-}
+use crate::helpers::{TestApp, USER_VISITS, error_code, keys_line, logs, spawn_app_with, temp_dir};
 
 /// POSTs `userVisits` for `activity` with an optional bearer credential.
 async fn ask(app: &TestApp, bearer: Option<&str>, activity: u64) -> (u16, Value) {
