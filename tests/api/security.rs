@@ -123,15 +123,10 @@ async fn a_rotated_keys_file_applies_without_restart() {
     let tmp = file.with_extension("new");
     std::fs::write(&tmp, keys_line("web", new_key, "*")).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    let mut rotated = false;
-    for _ in 0..50 {
-        if ask(&app, Some(new_key), EXAMPLE_ACTIVITY).await.0 == 200 {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(rotated, "the new key was never accepted");
+    assert!(
+        accepted_eventually(&app, new_key).await,
+        "the new key was never accepted"
+    );
     assert_eq!(
         ask(&app, Some(WEB_KEY), EXAMPLE_ACTIVITY).await.0,
         401,
@@ -141,17 +136,7 @@ async fn a_rotated_keys_file_applies_without_restart() {
 
 #[tokio::test]
 async fn a_rotated_jwt_secret_applies_without_restart() {
-    let file = temp_dir().join("jwt-secret");
-    std::fs::write(&file, HS_SECRET).unwrap();
-    let f = file.clone();
-    let app = spawn_app_with(move |s| {
-        s.allow_unauthenticated = false;
-        s.jwt_hs256_secret_file = Some(f);
-        s.jwt_issuer = Some("https://auth.example.com".into());
-        s.jwt_audience = Some("visits-gateway".into());
-        s.secrets_reload_seconds = 1;
-    })
-    .await;
+    let (app, file) = jwt_app_with_file().await;
     let signed = |secret: &str| hs256(&claims(now_secs() + 600, json!("*")), secret.as_bytes());
     assert_eq!(
         ask(&app, Some(&signed(HS_SECRET)), EXAMPLE_ACTIVITY)
@@ -175,16 +160,8 @@ async fn a_rotated_jwt_secret_applies_without_restart() {
     let rotated = "another-long-hs256-secret-after-rotation-987654321";
     std::fs::write(&tmp, rotated).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    let mut accepted = false;
-    for _ in 0..50 {
-        if ask(&app, Some(&signed(rotated)), EXAMPLE_ACTIVITY).await.0 == 200 {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     assert!(
-        accepted,
+        accepted_eventually(&app, &signed(rotated)).await,
         "a token signed with the new secret was never accepted"
     );
     let (status, body) = ask(&app, Some(&signed(HS_SECRET)), EXAMPLE_ACTIVITY).await;
@@ -205,16 +182,35 @@ fn now_secs() -> u64 {
 const HS_SECRET: &str = "a-very-long-hs256-secret-for-the-tests-0123456789";
 
 async fn jwt_app() -> TestApp {
-    let dir = temp_dir();
-    let secret = dir.join("jwt-secret");
+    jwt_app_with_file().await.0
+}
+
+/// A gateway taking HS256 JWTs signed with `HS_SECRET`, from a file it
+/// re-reads every second; the file's path to rotate it.
+async fn jwt_app_with_file() -> (TestApp, PathBuf) {
+    let secret = temp_dir().join("jwt-secret");
     std::fs::write(&secret, format!("{HS_SECRET}\n")).unwrap();
-    spawn_app_with(move |s| {
+    let file = secret.clone();
+    let app = spawn_app_with(move |s| {
         s.allow_unauthenticated = false;
         s.jwt_hs256_secret_file = Some(secret);
         s.jwt_issuer = Some("https://auth.example.com".into());
         s.jwt_audience = Some("visits-gateway".into());
+        s.secrets_reload_seconds = 1;
     })
-    .await
+    .await;
+    (app, file)
+}
+
+/// Asks every 200 ms, for up to 10 s, until `bearer` is let in.
+async fn accepted_eventually(app: &TestApp, bearer: &str) -> bool {
+    for _ in 0..50 {
+        if ask(app, Some(bearer), EXAMPLE_ACTIVITY).await.0 == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
 }
 
 fn hs256(claims: &Value, secret: &[u8]) -> String {
