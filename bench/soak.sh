@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
-cargo build --release --locked --example soak
+cargo build --release --locked --features test-hooks --example soak
 mkdir -p bench/out
 "${CARGO_TARGET_DIR:-target}/release/examples/soak" "$@" 2>&1 | tee bench/out/soak.txt
 exit "${PIPESTATUS[0]}"

@@ -510,10 +510,13 @@ async fn walk(
     std::fs::write(&out, lines.join("\n") + "\n").map_err(|e| e.to_string())?;
     // The gateway's windows: 7 days from `from`; each window's pages at the
     // gateway's page size, its first page read even when empty.
-    let range = visits_gateway::paging::ResolvedRange {
-        from: start,
-        to: end,
-    };
+    let range = visits_gateway::paging::ResolvedRange::new(
+        start,
+        end,
+        chrono::Utc::now(),
+        &Default::default(),
+    )
+    .map_err(|e| e.to_string())?;
     let distinct: u64 = visits_gateway::paging::split_windows(range)
         .iter()
         .map(|w| {

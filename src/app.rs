@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::auth::Authenticator;
 use crate::cache::{PageCache, TtlPolicy};
 use crate::config::Settings;
+use crate::graphql::documents::Documents;
 use crate::graphql::{self, GatewaySchema, Resolver};
 use crate::limits::ClientLimiter;
 use crate::paging::RangePolicy;
@@ -25,6 +26,10 @@ use crate::visits::FetchPolicy;
 
 pub struct AppState {
     pub schema: GatewaySchema,
+    /// Also read before execution, to plan a request's cost.
+    pub resolver: Arc<Resolver>,
+    /// Parsed documents by query text.
+    pub documents: Documents,
     pub cache: PageCache,
     /// False until the listener is up, and again once shutdown starts.
     pub ready: AtomicBool,
@@ -43,6 +48,10 @@ pub struct RequestLimits {
     pub secrets_reload: Duration,
     /// The range policy's, for the response cache's pin buckets.
     pub pin_granularity: ChronoDuration,
+    /// Platform requests one GraphQL request may need, at worst.
+    pub max_platform_requests: u64,
+    /// Platform requests one GraphQL request may have in flight.
+    pub window_concurrency: usize,
 }
 
 pub struct App {
@@ -76,6 +85,7 @@ impl App {
                 settled: Duration::from_secs(settings.cache_ttl_settled_seconds),
                 grace: Duration::from_secs(settings.stale_grace_seconds),
                 refresh_deadline: Duration::from_millis(settings.upstream_deadline_ms),
+                negative: Duration::from_secs(30),
             },
             metrics.clone(),
         );
@@ -95,8 +105,11 @@ impl App {
             default_page_size: settings.default_page_size,
             max_page_size: settings.max_page_size,
         };
+        let resolver = Arc::new(resolver);
         let state = Arc::new(AppState {
-            schema: graphql::build_schema(Some(Arc::new(resolver)), settings),
+            schema: graphql::build_schema(Some(resolver.clone()), settings),
+            resolver,
+            documents: Documents::new(8 * 1024 * 1024),
             cache,
             ready: AtomicBool::new(false),
             playground: settings
@@ -117,6 +130,10 @@ impl App {
                 request_timeout: Duration::from_millis(settings.request_timeout_ms),
                 secrets_reload: Duration::from_secs(settings.secrets_reload_seconds),
                 pin_granularity: range_policy.pin_granularity,
+                max_platform_requests: u64::from(settings.max_range_days).div_ceil(7)
+                    + u64::from(settings.max_page_size).div_ceil(settings.upstream_page_size)
+                    + 1,
+                window_concurrency: settings.window_concurrency as usize,
             },
         });
         let router = crate::http::router(state.clone(), settings.metrics_listen_addr.is_none())

@@ -6,24 +6,26 @@
 //!   at once and refreshed in the background (stale-while-revalidate); a
 //!   recent one is refreshed first, and served stale only if the platform
 //!   fails (stale-if-error), which the response then says.
-//! - Errors are never cached.
+//! - Transient errors are never cached; definitive refusals of an activity
+//!   (404, the feature switched off) are remembered for a short while.
+//! - Each lookup returns the page with its [`Freshness`], a value the caller
+//!   folds into the response's own.
 //!
 //! Freshness is computed on tokio's clock (so tests can pause it); moka's own
 //! expiry only drops pages once their grace period is over too.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use moka::Expiry;
 use moka::future::Cache;
-use moka::ops::compute::Op;
 use tokio::time::Instant;
 
 use crate::error::{ErrorCode, GatewayError};
-use crate::telemetry::{Metrics, RequestStats};
+use crate::paging::ActivityId;
+use crate::telemetry::Metrics;
 use crate::upstream::{PageRequest, UpstreamPage};
 
 /// Where pages come from: the platform client, or a fake in tests.
@@ -45,6 +47,8 @@ pub struct TtlPolicy {
     pub grace: Duration,
     /// The deadline of background refreshes.
     pub refresh_deadline: Duration,
+    /// How long a definitive refusal of an activity is remembered; zero for never.
+    pub negative: Duration,
 }
 
 impl TtlPolicy {
@@ -73,9 +77,51 @@ impl CachedPage {
         self.fetched_at.elapsed() < self.ttl
     }
 
-    pub fn fresh_for(&self) -> Duration {
-        self.ttl.saturating_sub(self.fetched_at.elapsed())
+    fn freshness(&self) -> Freshness {
+        Freshness {
+            fresh_for: self.ttl.saturating_sub(self.fetched_at.elapsed()),
+            stale_age: None,
+        }
     }
+
+    fn stale(&self) -> Freshness {
+        Freshness {
+            fresh_for: Duration::ZERO,
+            stale_age: Some(self.fetched_at.elapsed()),
+        }
+    }
+}
+
+/// How long what was served stays fresh, and how old the oldest stale page
+/// in it is: what decides whether a response may be cached, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    pub fresh_for: Duration,
+    /// Set when a page past its TTL was served.
+    pub stale_age: Option<Duration>,
+}
+
+impl Freshness {
+    /// Nothing served yet: fresh for ever.
+    pub const FOREVER: Self = Self {
+        fresh_for: Duration::MAX,
+        stale_age: None,
+    };
+
+    /// The freshness of a response built from both.
+    pub fn and(self, other: Self) -> Self {
+        Self {
+            fresh_for: self.fresh_for.min(other.fresh_for),
+            stale_age: self.stale_age.max(other.stale_age),
+        }
+    }
+}
+
+/// A page as served to one caller.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub page: Arc<CachedPage>,
+    pub freshness: Freshness,
 }
 
 struct KeepThroughGrace(Duration);
@@ -108,6 +154,10 @@ pub struct PageCache {
     pages: Cache<PageRequest, Arc<CachedPage>>,
     /// Coalesces refreshes of pages that are still in `pages`.
     refreshes: Cache<PageRequest, Arc<CachedPage>>,
+    /// Definitive refusals (404, feature off) by activity, for `ttl.negative`.
+    /// Each with when it was learnt, checked on tokio's clock (moka's own
+    /// expiry is coarse and runs on another clock).
+    refusals: Option<Cache<ActivityId, (GatewayError, Instant)>>,
     source: Arc<dyn PageSource>,
     ttl: TtlPolicy,
     metrics: Arc<Metrics>,
@@ -123,7 +173,7 @@ impl PageCache {
         let pages = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &PageRequest, v: &Arc<CachedPage>| {
-                u32::try_from(v.page.weight()).unwrap_or(u32::MAX)
+                u32::try_from(v.page.weight).unwrap_or(u32::MAX)
             })
             .expire_after(KeepThroughGrace(ttl.grace))
             .build();
@@ -131,72 +181,83 @@ impl PageCache {
             .max_capacity(10_000)
             .time_to_live(Duration::from_secs(30))
             .build();
+        let refusals = (!ttl.negative.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(ttl.negative)
+                .build()
+        });
         Self {
             enabled: max_bytes > 0,
             pages,
             refreshes,
+            refusals,
             source,
             ttl,
             metrics,
         }
     }
 
-    /// Drops a page found unreadable while serving it, so that the next
-    /// request asks the platform again rather than meeting the same page.
-    pub async fn forget(&self, req: &PageRequest, page: &Arc<CachedPage>) {
-        // Only this very page: a refresh may have put a sound one in since.
-        self.pages
-            .entry(*req)
-            .and_compute_with(|entry| {
-                let same = entry.is_some_and(|e| Arc::ptr_eq(e.value(), page));
-                std::future::ready(if same { Op::Remove } else { Op::Nop })
-            })
-            .await;
-    }
-
     /// The page for `req`: fresh from the cache, or from one upstream call
     /// shared by every concurrent caller, or stale as described above.
-    pub async fn page(
-        &self,
-        req: PageRequest,
-        deadline: Instant,
-    ) -> Result<Arc<CachedPage>, GatewayError> {
+    pub async fn page(&self, req: PageRequest, deadline: Instant) -> Result<Served, GatewayError> {
+        if let Some(refusal) = self.remembered_refusal(req.activity).await {
+            return Err(refusal);
+        }
         if !self.enabled {
             self.metrics.cache_lookup("miss");
             let page = self.fetch(req, deadline).await?;
-            RequestStats::page_used(Duration::ZERO);
-            return Ok(page);
+            return Ok(Served {
+                page,
+                freshness: Freshness {
+                    fresh_for: Duration::ZERO,
+                    stale_age: None,
+                },
+            });
         }
         if let Some(cached) = self.pages.get(&req).await {
             if cached.is_fresh() {
                 self.metrics.cache_lookup("hit");
-                RequestStats::page_used(cached.fresh_for());
-                return Ok(cached);
+                return Ok(Served {
+                    freshness: cached.freshness(),
+                    page: cached,
+                });
             }
             if !TtlPolicy::is_recent(req.window.to, Utc::now()) {
                 self.metrics.cache_lookup("stale-while-revalidate");
-                RequestStats::page_used(Duration::ZERO);
                 self.refresh_in_background(req);
-                return Ok(cached);
+                // Served at once and not reported stale: a settled window's
+                // page is a moment from being refreshed and unlikely to differ;
+                // zero freshness keeps the response out of the response cache.
+                return Ok(Served {
+                    freshness: Freshness {
+                        fresh_for: Duration::ZERO,
+                        stale_age: None,
+                    },
+                    page: cached,
+                });
             }
             return match self.refresh(req, deadline).await {
                 Ok(fresh) => {
                     self.metrics.cache_lookup("miss");
-                    RequestStats::page_used(fresh.fresh_for());
-                    Ok(fresh)
+                    Ok(Served {
+                        freshness: fresh.freshness(),
+                        page: fresh,
+                    })
                 }
                 Err(e) if serves_stale(&e) => {
                     self.metrics.cache_lookup("stale-if-error");
-                    RequestStats::page_used(Duration::ZERO);
                     self.metrics.cache_stale_served.inc();
-                    let age = cached.fetched_at.elapsed().as_millis() as u64;
-                    RequestStats::with(|s| s.stale_age_ms.fetch_max(age.max(1), Ordering::Relaxed));
+                    let freshness = cached.stale();
                     tracing::warn!(
                         code = e.code.as_str(),
-                        age_ms = age,
+                        age_ms = cached.fetched_at.elapsed().as_millis() as u64,
                         "platform failed; serving a stale page"
                     );
-                    Ok(cached)
+                    Ok(Served {
+                        freshness,
+                        page: cached,
+                    })
                 }
                 Err(e) => Err(e),
             };
@@ -215,8 +276,19 @@ impl PageCache {
             "coalesced"
         });
         let page = entry.into_value();
-        RequestStats::page_used(page.fresh_for());
-        Ok(page)
+        Ok(Served {
+            freshness: page.freshness(),
+            page,
+        })
+    }
+
+    async fn remembered_refusal(&self, activity: ActivityId) -> Option<GatewayError> {
+        let (refusal, learnt) = self.refusals.as_ref()?.get(&activity).await?;
+        if learnt.elapsed() >= self.ttl.negative {
+            return None;
+        }
+        self.metrics.cache_lookup("refusal");
+        Some(refusal)
     }
 
     async fn fetch(
@@ -224,7 +296,19 @@ impl PageCache {
         req: PageRequest,
         deadline: Instant,
     ) -> Result<Arc<CachedPage>, GatewayError> {
-        let page = self.source.fetch(req, deadline).await?;
+        let page = match self.source.fetch(req, deadline).await {
+            Ok(page) => page,
+            Err(e) => {
+                if let Some(refusals) = &self.refusals
+                    && e.code.is_definitive_refusal()
+                {
+                    refusals
+                        .insert(req.activity, (e.clone(), Instant::now()))
+                        .await;
+                }
+                return Err(e);
+            }
+        };
         let ttl = self.ttl.ttl_for(req.window.to, Utc::now());
         Ok(Arc::new(CachedPage {
             page,
@@ -241,14 +325,13 @@ impl PageCache {
         deadline: Instant,
     ) -> Result<Arc<CachedPage>, GatewayError> {
         // One refresh for all its callers (and none if another has just
-        // landed); the page replacing one that served well is checked whole
-        // first, so a body broken past its head keeps the stale page.
+        // landed). A page that fails its checks is an error, so the stale
+        // page stays.
         let refresh_once = async {
             if let Some(page) = self.pages.get(&req).await.filter(|p| p.is_fresh()) {
                 return Ok(page);
             }
             let fresh = self.fetch(req, deadline).await?;
-            fresh.page.check_whole()?;
             self.pages.insert(req, fresh.clone()).await;
             Ok(fresh)
         };
@@ -296,16 +379,16 @@ fn serves_stale(e: &GatewayError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paging::{ActivityId, ResolvedRange};
+    use crate::paging::{ActivityId, Window};
     use std::sync::Mutex;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A scripted platform: answers from a queue, counts calls.
     #[derive(Default)]
     struct Script {
         calls: AtomicUsize,
         failures: Mutex<Vec<ErrorCode>>,
-        /// How many of the next answers are broken after their head.
+        /// How many of the next answers are shorter than their pager says.
         broken: AtomicUsize,
         delay: Duration,
     }
@@ -326,12 +409,17 @@ mod tests {
                     .broken
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
                     .is_ok();
-                let items = if broken { "[{}" } else { "[]}" };
+                // `total` tells the answers apart; page 5 of them is empty.
+                let total = if broken {
+                    4 * req.page_size + 1
+                } else {
+                    n as u64
+                };
                 let body = format!(
-                    r#"{{"pager":{{"pageSize":{},"total":{n}}},"items":{items}"#,
+                    r#"{{"pager":{{"pageSize":{},"total":{total}}},"items":[]}}"#,
                     req.page_size
                 );
-                crate::upstream::parse_page(body.into(), req.page_size)
+                crate::upstream::parse_page(body.as_bytes(), 5, req.page_size)
             })
         }
     }
@@ -339,11 +427,11 @@ mod tests {
     fn request(window_end: DateTime<Utc>) -> PageRequest {
         PageRequest {
             activity: ActivityId::parse("7").unwrap(),
-            window: ResolvedRange {
+            window: Window {
                 from: window_end - chrono::Duration::days(7),
                 to: window_end,
             },
-            page: 1,
+            page: 5,
             page_size: 100,
         }
     }
@@ -353,6 +441,7 @@ mod tests {
         settled: Duration::from_secs(100),
         grace: Duration::from_secs(3600),
         refresh_deadline: Duration::from_secs(5),
+        negative: Duration::from_secs(30),
     };
 
     fn cache(script: Arc<Script>) -> PageCache {
@@ -408,7 +497,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         let page = cache.page(req, far()).await.unwrap();
         assert_eq!(script.calls.load(Ordering::SeqCst), 2);
-        assert!(page.is_fresh());
+        assert!(page.page.is_fresh());
     }
 
     #[tokio::test(start_paused = true)]
@@ -424,7 +513,7 @@ mod tests {
             .unwrap()
             .push(ErrorCode::UpstreamUnavailable);
         let stale = cache.page(req, far()).await.unwrap();
-        assert!(Arc::ptr_eq(&first, &stale));
+        assert!(Arc::ptr_eq(&first.page, &stale.page));
         // A clear answer from the platform is passed on, not hidden.
         script
             .failures
@@ -447,28 +536,58 @@ mod tests {
         script.broken.store(1, Ordering::SeqCst);
         let stale = cache.page(req, far()).await.unwrap();
         assert_eq!(script.calls.load(Ordering::SeqCst), 2);
-        assert!(Arc::ptr_eq(&first, &stale), "the broken page replaced it");
+        assert!(
+            Arc::ptr_eq(&first.page, &stale.page),
+            "the broken page replaced it"
+        );
         let fresh = cache.page(req, far()).await.unwrap();
         assert_eq!(script.calls.load(Ordering::SeqCst), 3);
-        assert!(fresh.is_fresh());
+        assert!(fresh.page.is_fresh());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn forget_drops_only_the_very_page_found_broken() {
+    async fn definitive_refusals_are_remembered_for_a_while_and_transient_errors_are_not() {
         let script = Arc::new(Script::default());
         let cache = cache(script.clone());
-        let (req, other) = (
-            request(Utc::now()),
-            request(Utc::now() - chrono::Duration::days(7)),
-        );
-        let page = cache.page(req, far()).await.unwrap();
-        let other_page = cache.page(other, far()).await.unwrap();
-        cache.forget(&req, &other_page).await;
-        assert!(Arc::ptr_eq(&page, &cache.page(req, far()).await.unwrap()));
+        let req = request(Utc::now());
+        let other_window = request(Utc::now() - chrono::Duration::days(7));
+        script
+            .failures
+            .lock()
+            .unwrap()
+            .push(ErrorCode::ActivityNotFound);
+        for r in [req, req, other_window] {
+            let e = cache.page(r, far()).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::ActivityNotFound);
+        }
+        assert_eq!(script.calls.load(Ordering::SeqCst), 1, "remembered");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(cache.page(req, far()).await.is_ok(), "forgotten after 30 s");
         assert_eq!(script.calls.load(Ordering::SeqCst), 2);
-        cache.forget(&req, &page).await;
-        cache.page(req, far()).await.unwrap();
-        assert_eq!(script.calls.load(Ordering::SeqCst), 3, "asked again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn freshness_says_how_long_a_page_stays_fresh_and_how_old_a_stale_one_is() {
+        let script = Arc::new(Script::default());
+        let cache = cache(script.clone());
+        let req = request(Utc::now());
+        let first = cache.page(req, far()).await.unwrap();
+        assert_eq!(first.freshness.fresh_for, Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let hit = cache.page(req, far()).await.unwrap();
+        assert_eq!(hit.freshness.fresh_for, Duration::from_secs(6));
+        assert_eq!(hit.freshness.stale_age, None);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        script
+            .failures
+            .lock()
+            .unwrap()
+            .push(ErrorCode::UpstreamTimeout);
+        let stale = cache.page(req, far()).await.unwrap();
+        assert_eq!(stale.freshness.fresh_for, Duration::ZERO);
+        assert_eq!(stale.freshness.stale_age, Some(Duration::from_secs(24)));
+        let both = hit.freshness.and(stale.freshness);
+        assert_eq!(both, stale.freshness);
     }
 
     #[tokio::test(start_paused = true)]
@@ -485,7 +604,7 @@ mod tests {
         assert!(
             served
                 .iter()
-                .all(|p| Arc::ptr_eq(p.as_ref().unwrap(), &first)),
+                .all(|p| Arc::ptr_eq(&p.as_ref().unwrap().page, &first.page)),
             "served stale at once"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -495,7 +614,7 @@ mod tests {
             "one background refresh"
         );
         let after = cache.page(req, far()).await.unwrap();
-        assert!(after.is_fresh() && !Arc::ptr_eq(&after, &first));
+        assert!(after.page.is_fresh() && !Arc::ptr_eq(&after.page, &first.page));
     }
 
     #[test]

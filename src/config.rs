@@ -331,6 +331,7 @@ impl Settings {
         crate::upstream::UpstreamConfig {
             base: self.upstream_base_url.clone(),
             connect_timeout: Duration::from_millis(self.upstream_connect_timeout_ms),
+            max_body_bytes: 4 * 1024 * 1024,
             timeout: Duration::from_millis(self.upstream_timeout_ms),
             rate_per_second: self.upstream_rate_per_second,
             burst: self.upstream_burst,

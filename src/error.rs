@@ -13,6 +13,7 @@ pub enum ErrorCode {
     Unauthenticated,
     Forbidden,
     RateLimited,
+    QueryTooExpensive,
     ActivityNotFound,
     UpstreamFeatureDisabled,
     UpstreamUnauthorized,
@@ -24,11 +25,12 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         Self::BadUserInput,
         Self::Unauthenticated,
         Self::Forbidden,
         Self::RateLimited,
+        Self::QueryTooExpensive,
         Self::ActivityNotFound,
         Self::UpstreamFeatureDisabled,
         Self::UpstreamUnauthorized,
@@ -45,6 +47,7 @@ impl ErrorCode {
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Forbidden => "FORBIDDEN",
             Self::RateLimited => "RATE_LIMITED",
+            Self::QueryTooExpensive => "QUERY_TOO_EXPENSIVE",
             Self::ActivityNotFound => "ACTIVITY_NOT_FOUND",
             Self::UpstreamFeatureDisabled => "UPSTREAM_FEATURE_DISABLED",
             Self::UpstreamUnauthorized => "UPSTREAM_UNAUTHORIZED",
@@ -54,6 +57,13 @@ impl ErrorCode {
             Self::UpstreamBadResponse => "UPSTREAM_BAD_RESPONSE",
             Self::Internal => "INTERNAL",
         }
+    }
+
+    /// The platform's clear "no" about an activity, remembered for
+    /// `NEGATIVE_CACHE_SECONDS` (SPEC §3). A 401 is not: it is about our token,
+    /// which an operator may fix at any moment.
+    pub fn is_definitive_refusal(self) -> bool {
+        matches!(self, Self::ActivityNotFound | Self::UpstreamFeatureDisabled)
     }
 
     /// Failures worth retrying against the platform (SPEC §3).

@@ -15,13 +15,14 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::error::ErrorCode;
-use crate::graphql::RequestTime;
-use crate::response_cache::ResponseKey;
-use crate::telemetry::{self, OutcomeLabel, RequestStats};
+use crate::graphql::RequestScope;
+use crate::response_cache::{Facts, ResponseKey};
+use crate::telemetry::{self, Metrics, OutcomeLabel, RequestStats};
 
 /// The main router; `/metrics` is on it unless it has a port of its own.
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
@@ -45,11 +46,39 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
             )
         })
         .with_state(state.clone())
+        // Inside the access log, so a panic's log line carries the request id
+        // and its 500 is counted like any answer.
+        .layer(CatchPanicLayer::custom(panic_response(
+            state.metrics.clone(),
+        )))
         // Outermost, so it sees every request and the final status.
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             telemetry::observe,
         ))
+}
+
+/// A panic in a request is our bug: the client gets a GraphQL `INTERNAL`
+/// error (never a dropped connection), the log gets the panic with the
+/// request id, and `visits_gateway_panics_total` counts it.
+fn panic_response(
+    metrics: Arc<Metrics>,
+) -> impl Fn(Box<dyn std::any::Any + Send + 'static>) -> Response + Clone {
+    move |panic| {
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        metrics.panics.inc();
+        tracing::error!(panic = %detail, "a request panicked; answered 500 INTERNAL");
+        refuse(
+            &metrics,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "internal error: the gateway logged it with this response's x-request-id",
+        )
+    }
 }
 
 /// `/metrics` alone, for `METRICS_LISTEN_ADDR`.
@@ -88,19 +117,23 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Res
 }
 
 /// `POST /graphql`: admit the request (credential, client rate, bounded
-/// body), answer from the response cache if it can, else execute with a
-/// deadline. Each refusal before execution has its HTTP status and a GraphQL
-/// error body (SPEC §4).
+/// body), answer from the response cache if it can, check what it may cost
+/// the platform, else execute with a deadline. Each refusal before execution
+/// has its HTTP status and a GraphQL error body (SPEC §4).
 async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let (principal, request) = match admit(&state, request).await {
+    let (principal, mut request) = match admit(&state, request).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
+    #[cfg(feature = "test-hooks")]
+    if request.query.contains("__testPanic") {
+        panic!("a panic provoked by a test");
+    }
     // One clock for the whole request: the pin bucket of the response cache
     // is the pinned `now` the resolver plans with.
     let now = Utc::now();
     let bucket = crate::paging::pinned_now(now, state.limits.pin_granularity);
-    // The hot path: a response built moments ago for the same query.
+    // The hot path: a response built moments ago for the same request.
     let key = state
         .responses
         .is_enabled()
@@ -109,25 +142,41 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
         return json(body);
     }
 
+    if let Some(doc) = state.documents.parse(&request.query) {
+        let cost = crate::graphql::cost::worst_case(
+            &state.resolver,
+            &doc,
+            request.operation_name.as_deref(),
+            &request.variables,
+            now,
+        );
+        let limit = state.limits.max_platform_requests;
+        if cost > limit {
+            return too_expensive(&state, cost, limit);
+        }
+        request.set_parsed_query((*doc).clone());
+    }
+    let scope = RequestScope::new(now, state.limits.window_concurrency);
     let execution = state
         .schema
-        .execute(request.data(principal).data(RequestTime(now)));
+        .execute(request.data(principal).data(scope.clone()));
     let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
     else {
         return refuse(
-            &state,
+            &state.metrics,
             StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::UpstreamTimeout,
             "the request did not complete within the gateway's deadline",
         );
     };
-    annotate(&state, &mut response);
+    let facts = scope.facts();
+    annotate(&state, &mut response, &facts);
     let body = match serde_json::to_vec(&response) {
         Ok(body) => Bytes::from(body),
         Err(e) => {
             tracing::error!(error = %e, "cannot serialise a GraphQL response");
             return refuse(
-                &state,
+                &state.metrics,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
                 "internal error",
@@ -137,14 +186,29 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
     if let Some(key) = key
         && response.errors.is_empty()
     {
-        remember(&state, key, &body, bucket);
+        remember(&state, key, &body, bucket, facts);
     }
     json(body)
 }
 
+/// QUERY_TOO_EXPENSIVE: refused before any platform request, with the
+/// figure and the limit. A 200, like the validation errors it resembles.
+fn too_expensive(state: &AppState, cost: u64, limit: u64) -> Response {
+    state
+        .metrics
+        .graphql_error(ErrorCode::QueryTooExpensive.as_str());
+    let message = format!(
+        "this request could need {cost} platform requests; one request may need at most {limit} \
+         (MAX_PLATFORM_REQUESTS_PER_QUERY): ask for shorter ranges, smaller pages or fewer fields"
+    );
+    let body = json!({ "data": null, "errors": [{ "message": message, "extensions": {
+        "code": ErrorCode::QueryTooExpensive.as_str(), "cost": cost, "limit": limit } }] });
+    json(Bytes::from(body.to_string()))
+}
+
 /// A refusal, counted in the error metrics.
-fn refuse(state: &AppState, status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    state.metrics.graphql_error(code.as_str());
+fn refuse(metrics: &Metrics, status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    metrics.graphql_error(code.as_str());
     error_response(status, code, message)
 }
 
@@ -168,7 +232,7 @@ async fn admit(
             AuthError::Invalid(reason) => reason,
         };
         let mut r = refuse(
-            state,
+            &state.metrics,
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthenticated,
             message,
@@ -191,7 +255,7 @@ async fn admit(
     if let Err(wait) = state.client_limiter.check(&client) {
         let secs = wait.as_secs().max(1);
         let mut r = refuse(
-            state,
+            &state.metrics,
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             &format!("too many requests from this client; retry in {secs} s"),
@@ -204,7 +268,7 @@ async fn admit(
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         let message = format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)");
         return Err(refuse(
-            state,
+            &state.metrics,
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::BadUserInput,
             &message,
@@ -213,7 +277,7 @@ async fn admit(
     let request = serde_json::from_slice(&body).map_err(|e| {
         let message = format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}");
         refuse(
-            state,
+            &state.metrics,
             StatusCode::BAD_REQUEST,
             ErrorCode::BadUserInput,
             &message,
@@ -238,7 +302,7 @@ fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<
 
 /// Every error gets a code and is counted; a response built from stale pages
 /// says so in `extensions.stale`.
-fn annotate(state: &AppState, response: &mut async_graphql::Response) {
+fn annotate(state: &AppState, response: &mut async_graphql::Response, facts: &Facts) {
     // Our resolver always sets a code; errors without one come from
     // async-graphql's parsing, validation and input coercion: bad input.
     for error in &mut response.errors {
@@ -250,12 +314,11 @@ fn annotate(state: &AppState, response: &mut async_graphql::Response) {
             state.metrics.graphql_error(code);
         }
     }
-    let stale_ms = RequestStats::with(|s| s.stale_age_ms.load(Ordering::Relaxed)).unwrap_or(0);
-    if stale_ms > 0 {
+    if let Some(age) = facts.freshness.stale_age {
         let mut stale = async_graphql::indexmap::IndexMap::new();
         stale.insert(
             async_graphql::Name::new("ageSeconds"),
-            async_graphql::Value::from(stale_ms / 1000),
+            async_graphql::Value::from(age.as_secs()),
         );
         stale.insert(
             async_graphql::Name::new("reason"),
@@ -268,21 +331,16 @@ fn annotate(state: &AppState, response: &mut async_graphql::Response) {
 }
 
 /// Caches a successful response for as long as all of it stays fresh: no
-/// longer than its freshest-expiring page, nor past its pin bucket.
-fn remember(state: &AppState, key: ResponseKey, body: &Bytes, bucket: DateTime<Utc>) {
-    // A stale page left zero freshness: such a response is not cached.
-    let Some((fresh_ms, activities)) = RequestStats::with(|s| {
-        let activities =
-            std::mem::take(&mut *s.activities.lock().unwrap_or_else(|p| p.into_inner()));
-        (s.fresh_for_ms.load(Ordering::Relaxed), activities)
-    }) else {
-        return;
-    };
+/// longer than its freshest-expiring page, nor past its pin bucket. A
+/// response with a stale page has no freshness left, so it is not cached.
+fn remember(state: &AppState, key: ResponseKey, body: &Bytes, bucket: DateTime<Utc>, facts: Facts) {
     let left_in_bucket = (bucket + state.limits.pin_granularity - Utc::now())
         .to_std()
         .unwrap_or(Duration::ZERO);
-    let ttl = Duration::from_millis(fresh_ms).min(left_in_bucket);
-    state.responses.insert(key, body.clone(), activities, ttl);
+    let ttl = facts.freshness.fresh_for.min(left_in_bucket);
+    state
+        .responses
+        .insert(key, body.clone(), facts.activities, ttl);
 }
 
 fn json(body: Bytes) -> Response {

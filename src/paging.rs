@@ -50,13 +50,29 @@ impl std::fmt::Display for ActivityId {
     }
 }
 
-/// A half-open time range `[from, to)` at millisecond precision, the
-/// platform's own precision.
+/// A client's half-open time range `[from, to)` at millisecond precision
+/// (the platform's own), checked against the [`RangePolicy`]. The fields are
+/// private: [`ResolvedRange::new`] is the only way to make one, for ranges
+/// passed in and ranges decoded from cursors alike, so no code path holds a
+/// range that breaks the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ResolvedRange {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+/// One upstream request's time span: a piece of a [`ResolvedRange`] of at
+/// most [`MAX_WINDOW`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
 }
+
+/// The earliest instant a range may start at: before it, the platform's
+/// timestamp format (four-digit years) and its records make no sense, and
+/// far enough from chrono's limits that no arithmetic on a range overflows.
+pub const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
 
 /// The limits that shape a plan; they come from the settings.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +92,55 @@ impl Default for RangePolicy {
     }
 }
 
+impl ResolvedRange {
+    /// A range, if it keeps every rule of SPEC §2: `from` before `to`, not
+    /// before [`EARLIEST`], at most the maximum span, and `to` not after now.
+    pub fn new(
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+        policy: &RangePolicy,
+    ) -> Result<Self, GatewayError> {
+        let (from, to) = (truncate_ms(from), truncate_ms(to));
+        let show = crate::time::format;
+        if from >= to {
+            return Err(GatewayError::bad_input(format!(
+                "range.from ({}) must be before range.to ({}); an empty range is refused",
+                show(from),
+                show(to)
+            )));
+        }
+        if from < EARLIEST {
+            return Err(GatewayError::bad_input(format!(
+                "range.from ({}) must not be before {}",
+                show(from),
+                show(EARLIEST)
+            )));
+        }
+        if to > truncate_ms(now) {
+            return Err(GatewayError::bad_input(format!(
+                "range.to ({}) is in the future",
+                show(to)
+            )));
+        }
+        if to - from > policy.max_range {
+            return Err(GatewayError::bad_input(format!(
+                "range is longer than the maximum of {} days",
+                policy.max_range.num_days()
+            )));
+        }
+        Ok(Self { from, to })
+    }
+
+    pub fn from(&self) -> DateTime<Utc> {
+        self.from
+    }
+
+    pub fn to(&self) -> DateTime<Utc> {
+        self.to
+    }
+}
+
 pub fn truncate_ms(t: DateTime<Utc>) -> DateTime<Utc> {
     t.duration_trunc(Duration::milliseconds(1)).unwrap_or(t)
 }
@@ -87,7 +152,7 @@ pub fn pinned_now(now: DateTime<Utc>, granularity: Duration) -> DateTime<Utc> {
         .unwrap_or_else(|_| truncate_ms(now))
 }
 
-/// Applies the defaults, pinning and limits of SPEC §2 to a client's range.
+/// Applies the defaults and pinning of SPEC §2 to a client's range.
 pub fn resolve_range(
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -96,41 +161,49 @@ pub fn resolve_range(
 ) -> Result<ResolvedRange, GatewayError> {
     let pinned = pinned_now(now, policy.pin_granularity);
     // A missing or future `to` means "up to now": pin it so the list stops moving.
-    let to = match to {
-        Some(t) if t <= now => truncate_ms(t),
-        _ => pinned,
+    let (to, was_pinned) = match to {
+        Some(t) if t <= now => (truncate_ms(t), false),
+        _ => (pinned, true),
     };
     let from = match from {
-        Some(f) => truncate_ms(f),
-        None => to - policy.default_range,
+        Some(f) => f,
+        None => to
+            .checked_sub_signed(policy.default_range)
+            .unwrap_or(EARLIEST),
     };
-    if from >= to {
-        return Err(GatewayError::bad_input(format!(
-            "range.from ({}) must be before range.to ({}); an empty range is refused",
-            crate::time::format(from),
-            crate::time::format(to)
-        )));
-    }
-    if to - from > policy.max_range {
-        return Err(GatewayError::bad_input(format!(
-            "range is longer than the maximum of {} days",
-            policy.max_range.num_days()
-        )));
-    }
-    Ok(ResolvedRange { from, to })
+    // A `from` inside the current pin bucket is not an empty range: it ends
+    // at now, to the millisecond.
+    let to = if was_pinned && truncate_ms(from) >= pinned {
+        truncate_ms(now)
+    } else {
+        to
+    };
+    ResolvedRange::new(from, to, now, policy)
 }
 
 /// Splits a range into consecutive windows of at most [`MAX_WINDOW`], oldest
 /// first; each window's `to` is exactly the next one's `from`.
-pub fn split_windows(range: ResolvedRange) -> Vec<ResolvedRange> {
+pub fn split_windows(range: ResolvedRange) -> Vec<Window> {
     let mut windows = Vec::new();
     let mut from = range.from;
     while from < range.to {
-        let to = (from + MAX_WINDOW).min(range.to);
-        windows.push(ResolvedRange { from, to });
+        let to = from
+            .checked_add_signed(MAX_WINDOW)
+            .map_or(range.to, |t| t.min(range.to));
+        windows.push(Window { from, to });
         from = to;
     }
     windows
+}
+
+/// The most platform requests one `userVisits` over `range` with a slice of
+/// `slice_len` items can make, whatever is cached: one first page per window,
+/// plus the pages holding the slice (at most `ceil(slice_len / page_size) + 1`
+/// of them when the platform serves `page_size` items a page).
+pub fn worst_case_requests(range: ResolvedRange, slice_len: u64, page_size: u64) -> u64 {
+    let span = (range.to - range.from).num_milliseconds().max(1) as u64;
+    let windows = span.div_ceil(MAX_WINDOW.num_milliseconds() as u64);
+    windows + slice_len.div_ceil(page_size.max(1)) + 1
 }
 
 /// The client's paging arguments, validated: at most one of `first`/`last`,
@@ -272,8 +345,8 @@ mod tests {
     fn a_missing_range_is_the_seven_days_up_to_pinned_now() {
         let now = t("2026-11-25T10:30:45.678Z");
         let r = resolve_range(None, None, now, &RangePolicy::default()).unwrap();
-        assert_eq!(r.to, t("2026-11-25T10:30:00Z"));
-        assert_eq!(r.from, t("2026-11-18T10:30:00Z"));
+        assert_eq!(r.to(), t("2026-11-25T10:30:00Z"));
+        assert_eq!(r.from(), t("2026-11-18T10:30:00Z"));
     }
 
     #[test]
@@ -282,9 +355,9 @@ mod tests {
         let p = RangePolicy::default();
         let from = Some(t("2026-11-20T00:00:00Z"));
         let future = resolve_range(from, Some(t("2027-01-01T00:00:00Z")), now, &p).unwrap();
-        assert_eq!(future.to, t("2026-11-25T10:30:00Z"));
+        assert_eq!(future.to(), t("2026-11-25T10:30:00Z"));
         let past = resolve_range(from, Some(t("2026-11-21T00:00:00.1234Z")), now, &p).unwrap();
-        assert_eq!(past.to, t("2026-11-21T00:00:00.123Z"));
+        assert_eq!(past.to(), t("2026-11-21T00:00:00.123Z"));
     }
 
     #[test]
@@ -303,16 +376,53 @@ mod tests {
 
     #[test]
     fn windows_abut_and_never_exceed_seven_days() {
-        let r = ResolvedRange {
-            from: t("2026-10-01T00:00:00Z"),
-            to: t("2026-10-20T12:00:00Z"),
-        };
+        let now = t("2026-11-25T10:30:45Z");
+        let (from, to) = (t("2026-10-01T00:00:00Z"), t("2026-10-20T12:00:00Z"));
+        let r = ResolvedRange::new(from, to, now, &RangePolicy::default()).unwrap();
         let w = split_windows(r);
         assert_eq!(w.len(), 3);
-        assert_eq!(w[0].from, r.from);
+        assert_eq!(w[0].from, from);
         assert_eq!(w[0].to, t("2026-10-08T00:00:00Z"));
         assert_eq!(w[1].to, w[2].from);
-        assert_eq!(w[2].to, r.to);
+        assert_eq!(w[2].to, to);
+        assert_eq!(worst_case_requests(r, 100, 100), 3 + 2);
+    }
+
+    #[test]
+    fn a_range_must_keep_every_rule_whoever_built_it() {
+        let now = t("2026-11-25T10:30:45.678Z");
+        let p = RangePolicy::default();
+        let new = |from: &str, to: &str| ResolvedRange::new(t(from), t(to), now, &p);
+        assert!(new("2026-11-20T00:00:00Z", "2026-11-25T10:30:45.678Z").is_ok());
+        let future = new("2026-11-20T00:00:00Z", "2026-11-25T10:30:45.679Z").unwrap_err();
+        assert!(future.message.contains("future"), "{future}");
+        assert!(new("2001-01-01T00:00:00Z", "2030-01-01T00:00:00Z").is_err());
+        assert!(new("2026-11-20T00:00:00Z", "2026-11-20T00:00:00Z").is_err());
+        assert!(new("1969-12-31T00:00:00Z", "1970-01-02T00:00:00Z").is_err());
+        let long = new("2026-08-01T00:00:00Z", "2026-11-20T00:00:00Z").unwrap_err();
+        assert!(long.message.contains("92 days"), "{long}");
+        // The edges of chrono's time: refused, never an overflow.
+        let (min, max) = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+        assert!(ResolvedRange::new(min, max, now, &p).is_err());
+        assert!(ResolvedRange::new(max - Duration::days(1), max, now, &p).is_err());
+        assert!(resolve_range(Some(max), None, now, &p).is_err());
+        assert!(resolve_range(None, Some(min), now, &p).is_err());
+    }
+
+    #[test]
+    fn a_from_inside_the_current_pin_bucket_ends_at_now_to_the_millisecond() {
+        let now = t("2026-11-25T10:30:45.678Z");
+        let p = RangePolicy::default();
+        let r = resolve_range(Some(t("2026-11-25T10:30:10Z")), None, now, &p).unwrap();
+        assert_eq!((r.from(), r.to()), (t("2026-11-25T10:30:10Z"), now));
+        let future_to = Some(t("2026-11-26T00:00:00Z"));
+        let r = resolve_range(Some(t("2026-11-25T10:30:00Z")), future_to, now, &p).unwrap();
+        assert_eq!(r.to(), now);
+        // An explicit past `to` is the client's: inverted is inverted.
+        let explicit = Some(t("2026-11-25T10:30:00Z"));
+        assert!(resolve_range(Some(t("2026-11-25T10:30:10Z")), explicit, now, &p).is_err());
+        // A `from` at or after now is empty.
+        assert!(resolve_range(Some(now), None, now, &p).is_err());
     }
 
     #[test]
@@ -416,10 +526,48 @@ mod tests {
         }
 
         #[test]
-        fn windows_cover_any_range_exactly(start in 0i64..10_000_000, len in 1i64..8_000_000) {
+        fn the_worst_case_bounds_the_pages_any_slice_reads(
+            totals in proptest::collection::vec(0u64..400, 1..15),
+            page_size in 1u64..120,
+            a in 0u64..6000,
+            n in 1u64..200,
+        ) {
+            let shapes: Vec<_> = totals.iter()
+                .map(|&total| WindowShape { total, page_size })
+                .collect();
+            let total: u64 = totals.iter().sum();
+            let start = a.min(total);
+            let end = (start + n).min(total);
+            let pages: std::collections::HashSet<(usize, u64)> = pages_for_slice(&shapes, start, end)
+                .iter()
+                .map(|r| (r.window, r.page))
+                .collect();
+            let beyond_first = pages.iter().filter(|(_, page)| *page > 1).count() as u64;
+            prop_assert!(beyond_first <= n.div_ceil(page_size) + 1);
+        }
+
+        #[test]
+        fn resolving_any_instants_never_panics(
+            f in proptest::option::of(any::<i64>()),
+            t in proptest::option::of(any::<i64>()),
+            now in 0i64..4_102_444_800_000,
+        ) {
+            let at = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC);
+            let now = at(now);
+            let p = RangePolicy::default();
+            if let Ok(r) = resolve_range(f.map(at), t.map(at), now, &p) {
+                prop_assert!(r.from() < r.to() && r.to() <= now && r.to() - r.from() <= p.max_range);
+                let _ = split_windows(r);
+            }
+        }
+
+        #[test]
+        fn windows_cover_any_range_exactly(start in 0i64..10_000_000, len in 1i64..7_900_000) {
             let from = DateTime::from_timestamp(1_700_000_000 + start, 0).unwrap();
             let to = from + Duration::seconds(len);
-            let w = split_windows(ResolvedRange { from, to });
+            let now = t("2030-01-01T00:00:00Z");
+            let range = ResolvedRange::new(from, to, now, &RangePolicy::default()).unwrap();
+            let w = split_windows(range);
             prop_assert_eq!(w[0].from, from);
             prop_assert_eq!(w.last().unwrap().to, to);
             for pair in w.windows(2) {

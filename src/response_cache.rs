@@ -1,14 +1,16 @@
-//! The hot path: whole GraphQL responses, cached by what determines them, so
-//! a repeated query skips parsing, validation and execution.
+//! The hot path: whole GraphQL responses, cached by the exact request, so a
+//! repeated query skips parsing, validation and execution.
 //!
-//! - The key is the whitespace-normalised query, the operation name, the
-//!   variables and the pin bucket (`now` floored to the pin granularity, the
-//!   only clock an answer depends on).
+//! - The key is the exact request: query text, operation name, variables,
+//!   and the pin bucket (`now` floored to the pin granularity, the only clock
+//!   an answer depends on). No normalisation: two spellings of one query are
+//!   two entries, never two queries one entry.
 //! - An entry remembers the activities it touched; a hit is served only to a
 //!   client allowed to read all of them (otherwise the request executes and
-//!   gets its `FORBIDDEN`).
+//!   gets its `FORBIDDEN`). Nothing else about the caller changes an answer.
 //! - It lives no longer than the freshest page it was built from, and never
 //!   past its pin bucket; responses with errors or stale pages are not cached.
+//!   These facts come back from the resolvers as [`Facts`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,90 +21,48 @@ use moka::sync::Cache;
 use tokio::time::Instant;
 
 use crate::auth::Principal;
+use crate::cache::Freshness;
 use crate::paging::ActivityId;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ResponseKey(Arc<str>);
+/// What the fields of one response served, as they returned it.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub freshness: Freshness,
+    pub activities: Vec<ActivityId>,
+}
 
-impl ResponseKey {
-    pub fn new(request: &async_graphql::Request, bucket: i64) -> Self {
-        use std::fmt::Write;
-        let mut key = String::with_capacity(request.query.len() + 64);
-        let _ = write!(key, "{bucket}\u{1}");
-        key.push_str(request.operation_name.as_deref().unwrap_or(""));
-        key.push('\u{1}');
-        push_normalised(&mut key, &request.query);
-        key.push('\u{1}');
-        key.push_str(&serde_json::to_string(&request.variables).unwrap_or_default());
-        Self(key.into())
+impl Default for Facts {
+    fn default() -> Self {
+        Self {
+            freshness: Freshness::FOREVER,
+            activities: Vec::new(),
+        }
     }
 }
 
-/// The query with each run of whitespace outside strings and comments folded
-/// to one space. Strings, block strings included, are kept as written (their
-/// spaces are values), and a comment keeps its ending newline (without it,
-/// what follows would join the comment and two different queries would share
-/// a key).
-fn push_normalised(key: &mut String, query: &str) {
-    let mut chars = query.chars().peekable();
-    let mut space = false;
-    while let Some(c) = chars.next() {
-        if c.is_whitespace() {
-            space = true;
-            continue;
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResponseKey {
+    bucket: i64,
+    operation_name: Option<String>,
+    query: String,
+    /// The variables as JSON text.
+    variables: String,
+}
+
+impl ResponseKey {
+    pub fn new(request: &async_graphql::Request, bucket: i64) -> Self {
+        Self {
+            bucket,
+            operation_name: request.operation_name.clone(),
+            query: request.query.clone(),
+            variables: serde_json::to_string(&request.variables).unwrap_or_default(),
         }
-        if space && !key.ends_with('\u{1}') {
-            key.push(' ');
-        }
-        space = false;
-        key.push(c);
-        match c {
-            '#' => {
-                for c in chars.by_ref() {
-                    key.push(c);
-                    if c == '\n' || c == '\r' {
-                        break;
-                    }
-                }
-            }
-            '"' if chars.peek() == Some(&'"') => {
-                key.push(chars.next().unwrap_or('"'));
-                if chars.peek() == Some(&'"') {
-                    // A block string: kept whole up to its closing `"""`.
-                    key.push(chars.next().unwrap_or('"'));
-                    let mut quotes = 0;
-                    while let Some(c) = chars.next() {
-                        key.push(c);
-                        match c {
-                            '\\' => {
-                                quotes = 0;
-                                key.extend(chars.next());
-                            }
-                            '"' => {
-                                quotes += 1;
-                                if quotes == 3 {
-                                    break;
-                                }
-                            }
-                            _ => quotes = 0,
-                        }
-                    }
-                }
-                // Else `""`, an empty string: nothing more to keep.
-            }
-            '"' => {
-                // Up to the closing quote, escapes included.
-                while let Some(c) = chars.next() {
-                    key.push(c);
-                    match c {
-                        '\\' => key.extend(chars.next()),
-                        '"' => break,
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
+    }
+
+    fn weight(&self) -> usize {
+        self.query.len()
+            + self.variables.len()
+            + self.operation_name.as_ref().map_or(0, String::len)
     }
 }
 
@@ -147,7 +107,7 @@ impl ResponseCache {
             Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|k: &ResponseKey, v: &Arc<CachedResponse>| {
-                    u32::try_from(k.0.len() + v.body.len() + 64).unwrap_or(u32::MAX)
+                    u32::try_from(k.weight() + v.body.len() + 64).unwrap_or(u32::MAX)
                 })
                 .expire_after(PerEntry)
                 .build()
@@ -209,60 +169,29 @@ mod tests {
     }
 
     #[test]
-    fn whitespace_does_not_change_the_key_but_variables_and_buckets_do() {
-        let a = ResponseKey::new(
-            &request(
-                "{ userVisits(activityId: $id) { totalCount } }",
-                serde_json::json!({"id": "1"}),
-            ),
-            7,
-        );
-        let b = ResponseKey::new(
-            &request(
-                "{\n  userVisits(activityId: $id)  {\n totalCount }\n}",
-                serde_json::json!({"id": "1"}),
-            ),
-            7,
-        );
-        assert_eq!(a, b);
-        let c = ResponseKey::new(
-            &request(
-                "{ userVisits(activityId: $id) { totalCount } }",
-                serde_json::json!({"id": "2"}),
-            ),
-            7,
-        );
-        assert_ne!(a, c);
-        let d = ResponseKey::new(
-            &request(
-                "{ userVisits(activityId: $id) { totalCount } }",
-                serde_json::json!({"id": "1"}),
-            ),
-            8,
-        );
-        assert_ne!(a, d);
-    }
-
-    #[test]
-    fn comments_and_strings_keep_what_sets_them_apart() {
-        let key = |q: &str| ResponseKey::new(&request(q, serde_json::json!({})), 7);
-        // Folded whitespace would put `b` inside the comment in both.
+    fn the_key_is_the_exact_request_and_its_bucket() {
+        let key =
+            |q: &str, vars: serde_json::Value, bucket| ResponseKey::new(&request(q, vars), bucket);
+        let q = "{ userVisits(activityId: $id) { totalCount } }";
+        let a = key(q, serde_json::json!({"id": "1"}), 7);
+        assert_eq!(a, key(q, serde_json::json!({"id": "1"}), 7));
+        assert_ne!(a, key(q, serde_json::json!({"id": "2"}), 7));
+        assert_ne!(a, key(q, serde_json::json!({"id": "1"}), 8));
+        // Different text is a different entry, whatever it means.
         assert_ne!(
-            key("{ a: userVisits { totalCount } #\n b: userVisits { totalCount } }"),
-            key("{ a: userVisits { totalCount } # b: userVisits { totalCount }\n}")
+            key(
+                "{ a: userVisits { totalCount } #\n b: userVisits { totalCount } }",
+                serde_json::json!({}),
+                7
+            ),
+            key(
+                "{ a: userVisits { totalCount } # b: userVisits { totalCount }\n}",
+                serde_json::json!({}),
+                7
+            )
         );
-        assert_ne!(
-            key(r#"{ userVisits(activityId: "1  2") { totalCount } }"#),
-            key(r#"{ userVisits(activityId: "1 2") { totalCount } }"#)
-        );
-        assert_eq!(
-            key("{ userVisits(activityId: \"a\\\"  b\")  { totalCount } }"),
-            key("{ userVisits(activityId: \"a\\\"  b\")  {\n totalCount }\n}")
-        );
-        assert_ne!(
-            key("{ userVisits(activityId: \"\"\"a \"  b\"\"\") { totalCount } }"),
-            key("{ userVisits(activityId: \"\"\"a \" b\"\"\") { totalCount } }")
-        );
+        let named = ResponseKey::new(&request(q, serde_json::json!({})).operation_name("A"), 7);
+        assert_ne!(named, key(q, serde_json::json!({}), 7));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! What operators see: Prometheus metrics, one access-log line per request
 //! with a request id, and per-request cache outcomes.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -18,7 +18,6 @@ use prometheus_client::registry::Registry;
 use tracing::Instrument;
 
 use crate::error::ErrorCode;
-use crate::paging::ActivityId;
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -68,6 +67,7 @@ pub struct Metrics {
     pub upstream_budget_wait: Histogram,
     pub cache_lookups: Family<OutcomeLabel, Counter>,
     pub cache_stale_served: Counter,
+    pub panics: Counter,
     pub response_cache_lookups: Family<OutcomeLabel, Counter>,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
@@ -90,6 +90,7 @@ impl Metrics {
         let upstream_budget_wait = latency_histogram();
         let cache_lookups = Family::<OutcomeLabel, Counter>::default();
         let cache_stale_served = Counter::default();
+        let panics = Counter::default();
         let response_cache_lookups = Family::<OutcomeLabel, Counter>::default();
         let cache_entries = Gauge::default();
         let cache_bytes = Gauge::default();
@@ -137,13 +138,18 @@ impl Metrics {
         );
         registry.register(
             "cache_lookups",
-            "Page cache lookups by outcome (hit, miss, coalesced)",
+            "Page cache lookups by outcome (hit, miss, coalesced, stale-while-revalidate, stale-if-error, refusal)",
             cache_lookups.clone(),
         );
         registry.register(
             "cache_stale_served",
             "Stale pages served because the platform failed",
             cache_stale_served.clone(),
+        );
+        registry.register(
+            "panics",
+            "Requests whose handling panicked (answered 500 INTERNAL)",
+            panics.clone(),
         );
         registry.register(
             "response_cache_lookups",
@@ -178,6 +184,7 @@ impl Metrics {
             upstream_budget_wait,
             cache_lookups,
             cache_stale_served,
+            panics,
             response_cache_lookups,
             cache_entries,
             cache_bytes,
@@ -212,36 +219,17 @@ impl Metrics {
     }
 }
 
-/// What one HTTP request did, reachable from anywhere in its task: for the
-/// access log, `extensions.stale`, and whether its response may be cached.
-#[derive(Debug)]
+/// What one HTTP request did, for its access-log line only: page cache
+/// outcomes and platform requests, counted from anywhere in its task. What
+/// decides caching travels as values instead ([`crate::response_cache::Facts`]):
+/// a count lost to a spawned task costs a log figure, never a wrong answer.
+#[derive(Debug, Default)]
 pub struct RequestStats {
     pub page_hits: AtomicU32,
     pub page_misses: AtomicU32,
     pub upstream_requests: AtomicU32,
     /// Set when the whole response came from the response cache.
     pub response_cached: AtomicBool,
-    /// Age in ms of the oldest stale page served, 0 for none.
-    pub stale_age_ms: AtomicU64,
-    /// How long the freshest-expiring page used stays fresh, in ms (0 once a
-    /// stale page was used: such a response is not cached).
-    pub fresh_for_ms: AtomicU64,
-    /// Activities the response touched, for the response cache's checks.
-    pub activities: Mutex<Vec<ActivityId>>,
-}
-
-impl Default for RequestStats {
-    fn default() -> Self {
-        Self {
-            page_hits: AtomicU32::new(0),
-            page_misses: AtomicU32::new(0),
-            upstream_requests: AtomicU32::new(0),
-            response_cached: AtomicBool::new(false),
-            stale_age_ms: AtomicU64::new(0),
-            fresh_for_ms: AtomicU64::new(u64::MAX),
-            activities: Mutex::new(Vec::new()),
-        }
-    }
 }
 
 tokio::task_local! {
@@ -249,24 +237,6 @@ tokio::task_local! {
 }
 
 impl RequestStats {
-    /// Records a page used by this request and how long it stays fresh
-    /// (zero for a stale page).
-    pub fn page_used(fresh_for: std::time::Duration) {
-        Self::with(|s| {
-            s.fresh_for_ms
-                .fetch_min(fresh_for.as_millis() as u64, Ordering::Relaxed);
-        });
-    }
-
-    pub fn activity_touched(activity: ActivityId) {
-        Self::with(|s| {
-            s.activities
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(activity)
-        });
-    }
-
     /// Runs `f` on the current request's stats, if inside one.
     pub fn with<R>(f: impl FnOnce(&RequestStats) -> R) -> Option<R> {
         STATS.try_with(|s| f(s)).ok()

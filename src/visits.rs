@@ -1,14 +1,13 @@
 //! Executes a paging plan against the page cache: learn each window's shape
 //! from its first page, cut the client's slice, read just the pages holding it.
 
-use std::sync::Arc;
-
-use futures::future::Either;
 use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
-use crate::cache::{CachedPage, PageCache};
+use crate::cache::{Freshness, PageCache, Served};
 use crate::error::GatewayError;
-use crate::paging::{self, ActivityId, ResolvedRange, Slice, SliceArgs, WindowShape};
+use crate::paging::{self, ActivityId, Direction, ResolvedRange, Slice, SliceArgs, WindowShape};
 use crate::upstream::{PageRequest, Visit};
 
 #[derive(Debug, Clone, Copy)]
@@ -28,18 +27,36 @@ pub struct VisitSlice {
     pub slice: Slice,
     /// `(global offset, visit)`, in list order.
     pub items: Vec<(u64, Visit)>,
+    /// How fresh the pages it was read from are.
+    pub freshness: Freshness,
+}
+
+/// One page through the cache, holding one of the request's platform slots
+/// while the cache may call the platform.
+async fn page(
+    cache: &PageCache,
+    slots: &Semaphore,
+    req: PageRequest,
+    deadline: Instant,
+) -> Result<Served, GatewayError> {
+    let _slot = slots
+        .acquire()
+        .await
+        .map_err(|_| GatewayError::internal("the request's platform slots are closed"))?;
+    cache.page(req, deadline).await
 }
 
 pub async fn load(
     cache: &PageCache,
     policy: FetchPolicy,
+    slots: &Semaphore,
     activity: ActivityId,
     range: ResolvedRange,
     args: SliceArgs,
 ) -> Result<VisitSlice, GatewayError> {
-    let deadline = tokio::time::Instant::now() + policy.deadline;
+    let deadline = Instant::now() + policy.deadline;
     let windows = paging::split_windows(range);
-    let first_page = |window: ResolvedRange| PageRequest {
+    let first_page = |window| PageRequest {
         activity,
         window,
         page: 1,
@@ -48,73 +65,103 @@ pub async fn load(
     // Every window's first page: totals for `totalCount` and the page size the
     // platform really serves. The oldest alone first: when the platform
     // refuses the activity (404, feature off, bad token) one request learns it,
-    // not one per window. Then the rest, a bounded number at a time.
-    let mut firsts: Vec<Arc<CachedPage>> = Vec::with_capacity(windows.len());
-    firsts.push(cache.page(first_page(windows[0]), deadline).await?);
-    let rest: Vec<Arc<CachedPage>> = futures::stream::iter(
-        windows[1..]
-            .iter()
-            .copied()
-            .map(|w| cache.page(first_page(w), deadline)),
+    // not one per window. Then the rest, as many at a time as the request's
+    // platform slots allow.
+    let mut firsts: Vec<Served> = Vec::with_capacity(windows.len());
+    firsts.push(page(cache, slots, first_page(windows[0]), deadline).await?);
+    // Owned requests: a stream over borrows trips the `Send` check of the
+    // resolver's future.
+    let rest: Vec<PageRequest> = windows[1..].iter().map(|w| first_page(*w)).collect();
+    let rest: Vec<Served> = futures::stream::iter(
+        rest.into_iter()
+            .map(|req| page(cache, slots, req, deadline)),
     )
-    .buffered(policy.window_concurrency)
+    .buffered(windows.len())
     .try_collect()
     .await?;
     firsts.extend(rest);
     let shapes: Vec<WindowShape> = firsts
         .iter()
-        .map(|c| WindowShape {
-            total: c.page.total,
-            page_size: c.page.page_size,
+        .map(|s| WindowShape {
+            total: s.page.page.total,
+            page_size: s.page.page.page_size,
         })
         .collect();
     let total = shapes.iter().map(|s| s.total).sum();
+    check_offsets(args, total)?;
     let slice = paging::select_slice(total, args);
     let reads = paging::pages_for_slice(&shapes, slice.start, slice.end);
 
-    // A first page is keyed as it was asked; later page numbers count in the
-    // size the platform serves.
-    let request_for = |r: &paging::PageRead| match r.page {
-        1 => first_page(windows[r.window]),
-        page => PageRequest {
-            page,
+    // Later page numbers count in the size the platform serves.
+    let later: Vec<PageRequest> = reads
+        .iter()
+        .filter(|r| r.page > 1)
+        .map(|r| PageRequest {
+            page: r.page,
             page_size: shapes[r.window].page_size,
             ..first_page(windows[r.window])
-        },
-    };
-    let pages: Vec<Arc<CachedPage>> =
-        futures::stream::iter(reads.iter().copied().map(|r| match r.page {
-            1 => Either::Left(futures::future::ready(Ok(firsts[r.window].clone()))),
-            _ => Either::Right(cache.page(request_for(&r), deadline)),
-        }))
-        .buffered(policy.window_concurrency)
-        .try_collect()
-        .await?;
+        })
+        .collect();
+    let later: Vec<Served> = futures::stream::iter(
+        later
+            .into_iter()
+            .map(|req| page(cache, slots, req, deadline)),
+    )
+    .buffered(reads.len().max(1))
+    .try_collect()
+    .await?;
 
+    let mut freshness = Freshness::FOREVER;
+    let mut later = later.iter();
     let mut items = Vec::with_capacity((slice.end - slice.start) as usize);
-    for (read, page) in reads.iter().zip(&pages) {
-        let visits = match page.page.visits(read.skip as usize, read.take as usize) {
-            Ok(visits) => visits,
-            Err(e) => {
-                // Items are located only now: a body found broken here must
-                // not stay cached for its TTL (one bad visit in a sound body
-                // would be the same when asked again: that page stays).
-                if e.page_broken {
-                    cache.forget(&request_for(read), page).await;
-                }
-                return Err(e.error);
-            }
+    for read in &reads {
+        let served = match read.page {
+            1 => &firsts[read.window],
+            _ => later.next().expect("one page per later read"),
         };
-        let available = visits.len();
-        items.extend((read.offset..).zip(visits));
-        if (available as u64) < read.take {
-            // The platform's list shrank between two of our requests.
-            tracing::warn!(activity = %activity, page = read.page, "upstream page shorter than its pager said");
+        freshness = freshness.and(served.freshness);
+        let visits = served
+            .page
+            .page
+            .visits
+            .iter()
+            .skip(read.skip as usize)
+            .take(read.take as usize);
+        let before = items.len();
+        items.extend((read.offset..).zip(visits.cloned()));
+        if ((items.len() - before) as u64) < read.take {
+            // The window's list shrank between two of our requests: serving
+            // fewer items would silently shift the client's offsets.
+            return Err(GatewayError::bad_response(
+                "the platform's list changed while it was being read (a page is shorter than the first page promised); try again",
+            ));
         }
+    }
+    for first in &firsts {
+        freshness = freshness.and(first.freshness);
     }
     Ok(VisitSlice {
         total,
         slice,
         items,
+        freshness,
     })
+}
+
+/// A cursor names an item of the list: its offset must be inside it.
+fn check_offsets(args: SliceArgs, total: u64) -> Result<(), GatewayError> {
+    let (after, before) = match args.direction {
+        Direction::Forward { after, .. } => (after, args.other_bound),
+        Direction::Backward { before, .. } => (args.other_bound, before),
+    };
+    for (name, offset) in [("after", after), ("before", before)] {
+        if let Some(offset) = offset
+            && offset >= total
+        {
+            return Err(GatewayError::bad_input(format!(
+                "{name} points past the end of the list ({total} visits): it is not a cursor of this list"
+            )));
+        }
+    }
+    Ok(())
 }

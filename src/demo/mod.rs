@@ -44,8 +44,8 @@ pub enum Fault {
     Delay(Duration),
     /// 429 with a `Retry-After` in seconds.
     TooManyRequests(u64),
-    /// Answer the real page, its JSON broken off after this many items.
-    CutAfter(usize),
+    /// Answer the real page with only its first items, the pager unchanged.
+    ShortPage(usize),
     /// Answer the real page with the visit at this index given an unreadable
     /// `visitAt` (sound JSON, one bad visit).
     BadVisitAt(usize),
@@ -136,10 +136,13 @@ impl SimPlatform {
         self.sim.page_size_cap.store(cap.max(1), Ordering::SeqCst);
     }
 
+    /// Tests and the soak bench only (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     pub fn push_fault(&self, fault: Fault) {
         lock(&self.sim.faults).push_back(fault);
     }
 
+    #[cfg(feature = "test-hooks")]
     pub fn clear_faults(&self) {
         lock(&self.sim.faults).clear();
     }
@@ -271,7 +274,7 @@ async fn user_visits(
     });
 
     let fault = lock(&sim.faults).pop_front();
-    let (mut cut_after, mut bad_visit) = (None, None);
+    let (mut short, mut bad_visit) = (None, None);
     match fault {
         Some(Fault::Status(status, body)) => {
             let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -293,7 +296,7 @@ async fn user_visits(
             }
             return r;
         }
-        Some(Fault::CutAfter(n)) => cut_after = Some(n),
+        Some(Fault::ShortPage(n)) => short = Some(n),
         Some(Fault::BadVisitAt(i)) => bad_visit = Some(i),
         None => {}
     }
@@ -340,12 +343,9 @@ async fn user_visits(
         item["visitAt"] = json!("yesterday");
     }
     let pager = json!({ "page": page, "pageSize": page_size, "total": total });
-    let body = match cut_after {
-        None => json!({ "pager": pager, "items": items }).to_string(),
-        Some(n) => {
-            let head: String = items.iter().take(n).map(|i| format!("{i},")).collect();
-            format!(r#"{{"pager":{pager},"items":[{head}{{"userId":"#)
-        }
-    };
+    if let Some(n) = short {
+        items.truncate(n);
+    }
+    let body = json!({ "pager": pager, "items": items }).to_string();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

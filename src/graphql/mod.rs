@@ -1,27 +1,30 @@
 //! The GraphQL schema of SPEC §2 and its one resolver, `userVisits`: it turns
 //! arguments into a validated plan, runs it, and shapes the connection.
 
+pub mod cost;
 pub mod cursor;
+pub mod documents;
 pub mod scalars;
 pub mod types;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_graphql::{
     Context, EmptyMutation, EmptySubscription, ErrorExtensions, ID, InputObject, Object, Schema,
 };
 use chrono::Utc;
+use tokio::sync::Semaphore;
 
 use crate::auth::Principal;
 use crate::cache::PageCache;
 use crate::config::Settings;
 use crate::error::{ErrorCode, GatewayError};
 use crate::paging::{self, ActivityId, Direction, RangePolicy, ResolvedRange, SliceArgs};
-use crate::telemetry::RequestStats;
+use crate::response_cache::Facts;
 use crate::visits::{self, FetchPolicy};
 use cursor::Cursor;
 use scalars::DateTime;
-use types::{UserVisit, UserVisitConnection};
+use types::UserVisitConnection;
 
 pub type GatewaySchema = Schema<Query, EmptyMutation, EmptySubscription>;
 
@@ -34,19 +37,46 @@ pub struct Resolver {
     pub max_page_size: u32,
 }
 
+/// What one GraphQL request's fields share, made by the HTTP layer and
+/// read back by it once the request has run.
+pub struct RequestScope {
+    /// The instant the request is answered for, read once so the response
+    /// cache's pin bucket and the pinned range agree.
+    pub now: chrono::DateTime<Utc>,
+    /// Platform requests this request may have in flight, all fields together
+    /// (`WINDOW_CONCURRENCY`).
+    pub platform_slots: Arc<Semaphore>,
+    /// What the fields served: freshness and the activities touched.
+    pub facts: Mutex<Facts>,
+}
+
+impl RequestScope {
+    pub fn new(now: chrono::DateTime<Utc>, window_concurrency: usize) -> Arc<Self> {
+        Arc::new(Self {
+            now,
+            platform_slots: Arc::new(Semaphore::new(window_concurrency.max(1))),
+            facts: Mutex::new(Facts::default()),
+        })
+    }
+
+    fn record(&self, facts: impl FnOnce(&mut Facts)) {
+        facts(&mut self.facts.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The facts of every field, once the request has run.
+    pub fn facts(&self) -> Facts {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// A half-open range `[from, to)`; `to` defaults to now.
-#[derive(InputObject)]
+#[derive(InputObject, Debug, Clone)]
 pub struct TimeRange {
     pub from: DateTime,
     pub to: Option<DateTime>,
 }
 
 pub struct Query;
-
-/// The instant a request is answered for, read once by the HTTP layer so the
-/// response cache's pin bucket and the pinned range agree.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestTime(pub chrono::DateTime<chrono::Utc>);
 
 #[Object]
 impl Query {
@@ -70,7 +100,10 @@ impl Query {
             .data::<Arc<Resolver>>()
             .map_err(|_| GatewayError::internal("the resolver is not configured").extend())?;
         let principal = ctx.data_opt::<Principal>();
-        let now = ctx.data_opt::<RequestTime>().map_or_else(Utc::now, |t| t.0);
+        let scope = match ctx.data_opt::<Arc<RequestScope>>() {
+            Some(scope) => scope.clone(),
+            None => RequestScope::new(Utc::now(), resolver.fetch_policy.window_concurrency),
+        };
         let result = async {
             let activity = ActivityId::parse(&activity_id)?;
             // Before anything is planned, cached or fetched.
@@ -80,9 +113,11 @@ impl Query {
                     format!("this client may not read activity {activity}"),
                 ));
             }
-            RequestStats::activity_touched(activity);
-            let request = resolver.plan(activity, range, first, after, last, before, now)?;
-            resolver.run(request).await
+            scope.record(|f| f.activities.push(activity));
+            let request = resolver.plan(activity, range, first, after, last, before, scope.now)?;
+            let (connection, freshness) = resolver.run(request, &scope.platform_slots).await?;
+            scope.record(|f| f.freshness = f.freshness.and(freshness));
+            Ok(connection)
         };
         result.await.map_err(|e| e.extend())
     }
@@ -95,6 +130,18 @@ pub struct VisitsRequest {
     pub activity: ActivityId,
     pub range: ResolvedRange,
     pub args: SliceArgs,
+}
+
+impl VisitsRequest {
+    /// The most platform requests this request can make (SPEC §2, "What one
+    /// request may cost").
+    pub fn worst_case_requests(&self, upstream_page_size: u64) -> u64 {
+        let slice_len = match self.args.direction {
+            Direction::Forward { first, .. } => first,
+            Direction::Backward { last, .. } => last,
+        };
+        paging::worst_case_requests(self.range, slice_len, upstream_page_size)
+    }
 }
 
 impl Resolver {
@@ -117,19 +164,19 @@ impl Resolver {
         let first = first.map(|n| self.page_size("first", n)).transpose()?;
         let last = last.map(|n| self.page_size("last", n)).transpose()?;
         let after = after
-            .map(|c| decode_cursor("after", &c, activity))
+            .map(|c| self.decode_cursor("after", &c, activity, now))
             .transpose()?;
         let before = before
-            .map(|c| decode_cursor("before", &c, activity))
+            .map(|c| self.decode_cursor("before", &c, activity, now))
             .transpose()?;
 
         let cursor_range = match (after, before) {
-            (Some(a), Some(b)) if a.range != b.range => {
+            (Some((a, _)), Some((b, _))) if a != b => {
                 return Err(GatewayError::bad_input(
                     "after and before come from different ranges",
                 ));
             }
-            (Some(c), _) | (_, Some(c)) => Some(c.range),
+            (Some((range, _)), _) | (_, Some((range, _))) => Some(range),
             _ => None,
         };
         let range = match (cursor_range, range) {
@@ -139,8 +186,8 @@ impl Resolver {
                 // and a `to` that is omitted, equal, or in the future (pinned).
                 let to_matches = input
                     .to
-                    .is_none_or(|t| paging::truncate_ms(t.0) == cursor.to || t.0 > now);
-                if paging::truncate_ms(input.from.0) != cursor.from || !to_matches {
+                    .is_none_or(|t| paging::truncate_ms(t.0) == cursor.to() || t.0 > now);
+                if paging::truncate_ms(input.from.0) != cursor.from() || !to_matches {
                     return Err(GatewayError::bad_input(
                         "the cursor belongs to another range: omit range when paging, or pass connection.range",
                     ));
@@ -155,7 +202,7 @@ impl Resolver {
             )?,
         };
 
-        let offset = |c: Option<Cursor>| c.map(|c| c.offset);
+        let offset = |c: Option<(ResolvedRange, u64)>| c.map(|(_, offset)| offset);
         let args = match last {
             Some(last) => SliceArgs {
                 direction: Direction::Backward {
@@ -189,40 +236,56 @@ impl Resolver {
         }
     }
 
-    pub async fn run(&self, req: VisitsRequest) -> Result<UserVisitConnection, GatewayError> {
+    /// A cursor's range, held to the rules of a range passed in, and its offset.
+    fn decode_cursor(
+        &self,
+        name: &str,
+        raw: &str,
+        activity: ActivityId,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(ResolvedRange, u64), GatewayError> {
+        let cursor = Cursor::decode(raw).ok_or_else(|| {
+            GatewayError::bad_input(format!("{name} is not a cursor returned by userVisits"))
+        })?;
+        if cursor.activity != activity {
+            return Err(GatewayError::bad_input(format!(
+                "{name} is a cursor of another activity"
+            )));
+        }
+        let range =
+            ResolvedRange::new(cursor.from, cursor.to, now, &self.range_policy).map_err(|e| {
+                GatewayError::bad_input(format!(
+                    "{name} is not a cursor returned by userVisits: its {}",
+                    e.message
+                ))
+            })?;
+        Ok((range, cursor.offset))
+    }
+
+    pub async fn run(
+        &self,
+        req: VisitsRequest,
+        platform_slots: &Semaphore,
+    ) -> Result<(UserVisitConnection, crate::cache::Freshness), GatewayError> {
         let loaded = visits::load(
             &self.cache,
             self.fetch_policy,
+            platform_slots,
             req.activity,
             req.range,
             req.args,
         )
         .await?;
-        Ok(UserVisitConnection {
+        let connection = UserVisitConnection {
             activity: req.activity,
             range: req.range,
-            items: loaded
-                .items
-                .into_iter()
-                .map(|(offset, visit)| (offset, UserVisit::from(visit)))
-                .collect(),
+            items: loaded.items,
             has_next_page: loaded.slice.has_next_page,
             has_previous_page: loaded.slice.has_previous_page,
             total: loaded.total,
-        })
+        };
+        Ok((connection, loaded.freshness))
     }
-}
-
-fn decode_cursor(name: &str, raw: &str, activity: ActivityId) -> Result<Cursor, GatewayError> {
-    let cursor = Cursor::decode(raw).ok_or_else(|| {
-        GatewayError::bad_input(format!("{name} is not a cursor returned by userVisits"))
-    })?;
-    if cursor.activity != activity {
-        return Err(GatewayError::bad_input(format!(
-            "{name} is a cursor of another activity"
-        )));
-    }
-    Ok(cursor)
 }
 
 /// The playground's and the demo's example query.

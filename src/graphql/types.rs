@@ -14,7 +14,7 @@ pub struct UserVisitConnection {
     pub activity: ActivityId,
     pub range: paging::ResolvedRange,
     /// `(offset in the whole list, visit)`, in list order.
-    pub items: Vec<(u64, UserVisit)>,
+    pub items: Vec<(u64, Visit)>,
     pub has_next_page: bool,
     pub has_previous_page: bool,
     pub total: u64,
@@ -22,12 +22,7 @@ pub struct UserVisitConnection {
 
 impl UserVisitConnection {
     fn cursor(&self, offset: u64) -> String {
-        Cursor {
-            activity: self.activity,
-            range: self.range,
-            offset,
-        }
-        .encode()
+        Cursor::encode(self.activity, self.range, offset)
     }
 }
 
@@ -38,13 +33,16 @@ impl UserVisitConnection {
             .iter()
             .map(|(offset, node)| UserVisitEdge {
                 cursor: self.cursor(*offset),
-                node,
+                node: UserVisit(node),
             })
             .collect()
     }
 
-    async fn nodes(&self) -> Vec<&UserVisit> {
-        self.items.iter().map(|(_, visit)| visit).collect()
+    async fn nodes(&self) -> Vec<UserVisit<'_>> {
+        self.items
+            .iter()
+            .map(|(_, visit)| UserVisit(visit))
+            .collect()
     }
 
     async fn page_info(&self) -> PageInfo {
@@ -64,8 +62,8 @@ impl UserVisitConnection {
     /// The window actually served, after defaults and pinning.
     async fn range(&self) -> ResolvedRange {
         ResolvedRange {
-            from: DateTime(self.range.from),
-            to: DateTime(self.range.to),
+            from: DateTime(self.range.from()),
+            to: DateTime(self.range.to()),
         }
     }
 }
@@ -78,16 +76,16 @@ pub struct ResolvedRange {
 
 pub struct UserVisitEdge<'a> {
     cursor: String,
-    node: &'a UserVisit,
+    node: UserVisit<'a>,
 }
 
 #[Object]
-impl UserVisitEdge<'_> {
+impl<'a> UserVisitEdge<'a> {
     async fn cursor(&self) -> &str {
         &self.cursor
     }
 
-    async fn node(&self) -> &UserVisit {
+    async fn node(&self) -> UserVisit<'a> {
         self.node
     }
 }
@@ -100,46 +98,72 @@ pub struct PageInfo {
     pub end_cursor: Option<String>,
 }
 
-#[derive(SimpleObject)]
-pub struct UserVisit {
-    /// Null for anonymous visitors.
-    pub user_id: Option<ID>,
-    pub is_anonymous: bool,
-    /// The first 8 characters of an anonymous visitor's session id.
-    pub anonymous_id: Option<String>,
-    pub nickname: String,
-    pub avatar: Option<String>,
-    pub province: Option<String>,
-    pub city: Option<String>,
-    pub visit_at: DateTime,
-    pub last_online_at: DateTime,
-    pub duration_minutes: i32,
-    pub referer: Option<String>,
-    pub user_agent: Option<String>,
-    pub device: Option<String>,
-    /// Third-party login id.
-    pub partner_uid: Option<String>,
-    pub invited_by: Option<ID>,
-}
+/// One visit, read from the cached page it came from.
+#[derive(Clone, Copy)]
+pub struct UserVisit<'a>(pub &'a Visit);
 
-impl From<Visit> for UserVisit {
-    fn from(v: Visit) -> Self {
-        Self {
-            is_anonymous: v.user_id.is_none(),
-            user_id: v.user_id.map(ID),
-            anonymous_id: v.anonymous_id,
-            nickname: v.nickname,
-            avatar: v.avatar,
-            province: v.province,
-            city: v.city,
-            visit_at: DateTime(v.visit_at),
-            last_online_at: DateTime(v.last_online_at),
-            duration_minutes: v.duration_minutes,
-            referer: v.referer,
-            user_agent: v.user_agent,
-            device: v.device,
-            partner_uid: v.partner_uid,
-            invited_by: v.invited_by.map(ID),
-        }
+#[Object]
+impl UserVisit<'_> {
+    /// Null for anonymous visitors.
+    async fn user_id(&self) -> Option<ID> {
+        self.0.user_id.as_deref().map(|id| ID(id.to_owned()))
+    }
+
+    async fn is_anonymous(&self) -> bool {
+        self.0.user_id.is_none()
+    }
+
+    /// The first 8 characters of an anonymous visitor's session id.
+    async fn anonymous_id(&self) -> Option<&str> {
+        self.0.anonymous_id.as_deref()
+    }
+
+    async fn nickname(&self) -> &str {
+        &self.0.nickname
+    }
+
+    async fn avatar(&self) -> Option<&str> {
+        self.0.avatar.as_deref()
+    }
+
+    async fn province(&self) -> Option<&str> {
+        self.0.province.as_deref()
+    }
+
+    async fn city(&self) -> Option<&str> {
+        self.0.city.as_deref()
+    }
+
+    async fn visit_at(&self) -> DateTime {
+        DateTime(self.0.visit_at)
+    }
+
+    async fn last_online_at(&self) -> DateTime {
+        DateTime(self.0.last_online_at)
+    }
+
+    async fn duration_minutes(&self) -> i32 {
+        self.0.duration_minutes
+    }
+
+    async fn referer(&self) -> Option<&str> {
+        self.0.referer.as_deref()
+    }
+
+    async fn user_agent(&self) -> Option<&str> {
+        self.0.user_agent.as_deref()
+    }
+
+    async fn device(&self) -> Option<&str> {
+        self.0.device.as_deref()
+    }
+
+    /// Third-party login id.
+    async fn partner_uid(&self) -> Option<&str> {
+        self.0.partner_uid.as_deref()
+    }
+
+    async fn invited_by(&self) -> Option<ID> {
+        self.0.invited_by.as_deref().map(|id| ID(id.to_owned()))
     }
 }

@@ -64,7 +64,11 @@ impl Budget {
             wait
         };
         if !wait.is_zero() {
+            // A caller dropped while queued (client gone, deadline) gives its
+            // slot back, so the callers behind it move up.
+            let slot = Reserved(Some(self));
             tokio::time::sleep(wait).await;
+            slot.keep();
         }
         Ok(wait)
     }
@@ -79,6 +83,24 @@ impl Budget {
             s.refilled_at = until;
         }
         s.tokens = s.tokens.min(1.0);
+    }
+}
+
+/// A slot taken but not yet used: returned to the bucket unless kept.
+struct Reserved<'a>(Option<&'a Budget>);
+
+impl Reserved<'_> {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(budget) = self.0 {
+            let mut s = budget.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.tokens = (s.tokens + 1.0).min(budget.burst);
+        }
     }
 }
 
@@ -111,6 +133,25 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO);
         // The refused caller did not take a slot.
         assert!(b.acquire(Duration::from_secs(1)).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_caller_that_is_cancelled_gives_its_slot_back() {
+        let b = Budget::new(1.0, 1, Duration::from_secs(30));
+        b.acquire(Duration::ZERO).await.unwrap();
+        // Queued for 1 s, then dropped after 100 ms.
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(100),
+            b.acquire(Duration::from_secs(5)),
+        );
+        assert!(cancelled.await.is_err());
+        let start = Instant::now();
+        b.acquire(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(900),
+            "next in line, not behind the cancelled caller"
+        );
     }
 
     #[tokio::test(start_paused = true)]

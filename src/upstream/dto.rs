@@ -1,5 +1,14 @@
 //! The platform's JSON, read leniently (SPEC §1: strings may be missing or
 //! null, unknown fields may appear), then turned into our own [`Visit`].
+//!
+//! A page is parsed and checked whole when it is fetched; the cache then
+//! holds typed visits. Text repeated within a page (cities, devices, user
+//! agents, referers) is stored once per page and shared, so a cached visit
+//! costs less memory than its JSON.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -7,7 +16,14 @@ use serde_json::Value;
 
 use crate::error::GatewayError;
 
-/// A page's `pager`; its items are located by [`super::layout`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PageDto<'a> {
+    pub pager: PagerDto,
+    #[serde(borrow)]
+    pub items: Vec<ItemDto<'a>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PagerDto {
@@ -17,21 +33,31 @@ pub struct PagerDto {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct ItemDto {
+pub struct ItemDto<'a> {
     pub user_id: Value,
-    pub province: Option<String>,
-    pub city: Option<String>,
-    pub visit_at: Option<String>,
-    pub last_online_at: Option<String>,
+    #[serde(borrow)]
+    pub province: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub city: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub visit_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub last_online_at: Option<Cow<'a, str>>,
     pub duration: Value,
-    pub referer: Option<String>,
-    pub user_agent: Option<String>,
-    pub device: Option<String>,
-    pub nickname: Option<String>,
-    pub avatar: Option<String>,
-    pub anonymous_id: Option<String>,
-    #[serde(rename = "partnerUID")]
-    pub partner_uid: Option<String>,
+    #[serde(borrow)]
+    pub referer: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub user_agent: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub device: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub nickname: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub avatar: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub anonymous_id: Option<Cow<'a, str>>,
+    #[serde(rename = "partnerUID", borrow)]
+    pub partner_uid: Option<Cow<'a, str>>,
     pub invited_by: Value,
 }
 
@@ -42,40 +68,63 @@ pub struct ErrorEnvelope {
     pub message: Option<String>,
 }
 
+/// Text shared by the visits of one page.
+pub type Text = Arc<str>;
+
 /// One visit, as the gateway serves it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Visit {
-    pub user_id: Option<String>,
-    pub anonymous_id: Option<String>,
-    pub nickname: String,
-    pub avatar: Option<String>,
-    pub province: Option<String>,
-    pub city: Option<String>,
+    pub user_id: Option<Text>,
+    pub anonymous_id: Option<Text>,
+    pub nickname: Text,
+    pub avatar: Option<Text>,
+    pub province: Option<Text>,
+    pub city: Option<Text>,
     pub visit_at: DateTime<Utc>,
     pub last_online_at: DateTime<Utc>,
     pub duration_minutes: i32,
-    pub referer: Option<String>,
-    pub user_agent: Option<String>,
-    pub device: Option<String>,
-    pub partner_uid: Option<String>,
-    pub invited_by: Option<String>,
+    pub referer: Option<Text>,
+    pub user_agent: Option<Text>,
+    pub device: Option<Text>,
+    pub partner_uid: Option<Text>,
+    pub invited_by: Option<Text>,
 }
 
-/// `""`, null and missing all mean "no value" (SPEC §2).
-fn text(s: Option<String>) -> Option<String> {
-    s.filter(|v| !v.is_empty())
+/// Stores each distinct text of a page once, and counts the bytes it holds.
+#[derive(Default)]
+pub struct Interner {
+    texts: HashSet<Text>,
+    /// Heap bytes of the distinct texts (contents and `Arc` counters).
+    pub heap_bytes: usize,
 }
 
-/// Ids may come as numbers or strings; null, "" and 0-less junk mean none.
-fn id(v: Value) -> Option<String> {
-    match v {
-        Value::Number(n) => Some(n.to_string()),
-        Value::String(s) if !s.is_empty() => Some(s),
-        _ => None,
+impl Interner {
+    fn share(&mut self, s: &str) -> Text {
+        if let Some(t) = self.texts.get(s) {
+            return t.clone();
+        }
+        let t: Text = Arc::from(s);
+        self.heap_bytes += s.len() + 2 * std::mem::size_of::<usize>();
+        self.texts.insert(t.clone());
+        t
+    }
+
+    /// `""`, null and missing all mean "no value" (SPEC §2).
+    fn text(&mut self, s: Option<Cow<'_, str>>) -> Option<Text> {
+        s.filter(|v| !v.is_empty()).map(|v| self.share(&v))
+    }
+
+    /// Ids may come as numbers or strings; null and "" mean none.
+    fn id(&mut self, v: Value) -> Option<Text> {
+        match v {
+            Value::Number(n) => Some(self.share(&n.to_string())),
+            Value::String(s) if !s.is_empty() => Some(self.share(&s)),
+            _ => None,
+        }
     }
 }
 
-fn timestamp(field: &str, v: Option<String>) -> Result<DateTime<Utc>, GatewayError> {
+fn timestamp(field: &str, v: Option<Cow<'_, str>>) -> Result<DateTime<Utc>, GatewayError> {
     let raw = v.ok_or_else(|| {
         GatewayError::bad_response(format!("the platform sent a visit without {field}"))
     })?;
@@ -84,17 +133,15 @@ fn timestamp(field: &str, v: Option<String>) -> Result<DateTime<Utc>, GatewayErr
     })
 }
 
-impl TryFrom<ItemDto> for Visit {
-    type Error = GatewayError;
-
-    fn try_from(d: ItemDto) -> Result<Self, GatewayError> {
+impl Visit {
+    pub fn from_dto(d: ItemDto<'_>, texts: &mut Interner) -> Result<Self, GatewayError> {
         let visit_at = timestamp("visitAt", d.visit_at)?;
         let last_online_at = timestamp("lastOnlineAt", d.last_online_at)?;
         let duration_minutes = match d.duration {
             Value::Null => 0,
             Value::Number(n) => n
                 .as_f64()
-                .filter(|m| m.is_finite() && *m >= 0.0 && *m <= i32::MAX as f64)
+                .filter(|m| m.is_finite() && *m >= 0.0 && *m <= f64::from(i32::MAX))
                 .map(|m| m.round() as i32)
                 .ok_or_else(|| {
                     GatewayError::bad_response("the platform sent an unreadable duration")
@@ -105,26 +152,28 @@ impl TryFrom<ItemDto> for Visit {
                 ));
             }
         };
-        let user_id = id(d.user_id);
+        let user_id = texts.id(d.user_id);
         Ok(Visit {
             anonymous_id: if user_id.is_none() {
-                text(d.anonymous_id)
+                texts.text(d.anonymous_id)
             } else {
                 None
             },
             user_id,
-            nickname: text(d.nickname).unwrap_or_else(|| "匿名用户".to_owned()),
-            avatar: text(d.avatar),
-            province: text(d.province),
-            city: text(d.city),
+            nickname: texts
+                .text(d.nickname)
+                .unwrap_or_else(|| texts.share("匿名用户")),
+            avatar: texts.text(d.avatar),
+            province: texts.text(d.province),
+            city: texts.text(d.city),
             visit_at,
             last_online_at,
             duration_minutes,
-            referer: text(d.referer),
-            user_agent: text(d.user_agent),
-            device: text(d.device),
-            partner_uid: text(d.partner_uid),
-            invited_by: id(d.invited_by),
+            referer: texts.text(d.referer),
+            user_agent: texts.text(d.user_agent),
+            device: texts.text(d.device),
+            partner_uid: texts.text(d.partner_uid),
+            invited_by: texts.id(d.invited_by),
         })
     }
 }
@@ -143,13 +192,13 @@ mod tests {
             {"userId":42,"anonymousId":"zzz","nickname":"小明","visitAt":"2019-06-21T01:53:00.000Z",
              "lastOnlineAt":"2019-06-21T01:54:00.000Z","invitedBy":7}
         ]}"#;
-        let page = crate::upstream::parse_page(body.as_bytes().to_vec().into(), 15).unwrap();
-        let visits = page.visits(0, 15).unwrap();
+        let page = crate::upstream::parse_page(body.as_bytes(), 1, 15).unwrap();
+        let visits = &page.visits;
         assert_eq!(visits.len(), 2);
         let anon = &visits[0];
         assert_eq!(anon.user_id, None);
         assert_eq!(anon.anonymous_id.as_deref(), Some("ab12cd34"));
-        assert_eq!(anon.nickname, "匿名用户");
+        assert_eq!(&*anon.nickname, "匿名用户");
         assert_eq!(
             (
                 anon.avatar.as_deref(),
@@ -175,7 +224,16 @@ mod tests {
             visit_at: Some("yesterday".into()),
             ..Default::default()
         };
-        let err = Visit::try_from(item).unwrap_err();
+        let err = Visit::from_dto(item, &mut Interner::default()).unwrap_err();
         assert_eq!(err.code, ErrorCode::UpstreamBadResponse);
+    }
+
+    #[test]
+    fn repeated_text_is_stored_once_per_page() {
+        let mut texts = Interner::default();
+        let a = texts.text(Some("深圳".into())).unwrap();
+        let b = texts.text(Some(Cow::Owned("深圳".to_owned()))).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(texts.heap_bytes, "深圳".len() + 16);
     }
 }

@@ -3,12 +3,10 @@
 
 mod budget;
 pub mod dto;
-mod layout;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use futures::future::BoxFuture;
 use reqwest::{StatusCode, Url};
 use tokio::sync::Semaphore;
@@ -16,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::cache::PageSource;
 use crate::error::{ErrorCode, GatewayError};
-use crate::paging::{ActivityId, ResolvedRange};
+use crate::paging::{ActivityId, Window};
 use crate::secret::TokenSource;
 use crate::telemetry::{Metrics, RequestStats, StatusLabel};
 use budget::Budget;
@@ -26,112 +24,23 @@ pub use dto::Visit;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageRequest {
     pub activity: ActivityId,
-    pub window: ResolvedRange,
+    pub window: Window,
     /// 1-based.
     pub page: u64,
     pub page_size: u64,
 }
 
-/// One page as the platform served it. The body is kept as received; items
-/// are located and read only when served: a client page of 10 out of an
-/// upstream page of 100 pays for 10 (and the raw JSON is more compact in the
-/// cache than 100 parsed visits).
+/// One page, parsed and checked whole when it was fetched.
 #[derive(Debug)]
 pub struct UpstreamPage {
     /// Items in the whole window.
     pub total: u64,
     /// The page size actually served: at most what we asked for.
     pub page_size: u64,
-    body: Bytes,
-    /// Where the items located so far lie in `body`.
-    items: Mutex<layout::Items>,
-}
-
-/// Why a page's visits cannot be served.
-#[derive(Debug)]
-pub struct Unreadable {
-    pub error: GatewayError,
-    /// The body itself is broken (not one visit in it): asking the platform
-    /// again may help, so the page should not stay cached.
-    pub page_broken: bool,
-}
-
-impl UpstreamPage {
-    /// Up to `take` visits from item `skip` on: fewer when the page is
-    /// shorter. An unreadable visit, or a body found broken on the way, is the
-    /// platform's fault.
-    pub fn visits(&self, skip: usize, take: usize) -> Result<Vec<Visit>, Unreadable> {
-        let item_error = |m: &str| Unreadable {
-            error: GatewayError::bad_response(m),
-            page_broken: false,
-        };
-        self.locate(skip, take)
-            .map_err(|error| Unreadable {
-                error,
-                page_broken: true,
-            })?
-            .into_iter()
-            .map(|range| {
-                if self.body.get(range.start) != Some(&b'{') {
-                    return Err(item_error(
-                        "the platform sent an item that is not an object",
-                    ));
-                }
-                // serde_json checks the item's syntax and UTF-8 here, not before.
-                let dto: dto::ItemDto = serde_json::from_slice(&self.body[range])
-                    .map_err(|_| item_error("the platform sent a visit that cannot be read"))?;
-                Visit::try_from(dto).map_err(|error| Unreadable {
-                    error,
-                    page_broken: false,
-                })
-            })
-            .collect()
-    }
-
-    /// Checks the whole body's structure and item count, reading no visit.
-    pub fn check_whole(&self) -> Result<(), GatewayError> {
-        self.locate(0, usize::MAX).map(drop)
-    }
-
-    /// Where items `skip..skip + take` lie, as far as the page has them. A
-    /// read reaching the page's last item goes one further, to the array's
-    /// end, so the rest of the body and the item count are checked then.
-    fn locate(
-        &self,
-        skip: usize,
-        take: usize,
-    ) -> Result<Vec<std::ops::Range<usize>>, GatewayError> {
-        let end = skip.saturating_add(take);
-        let reaches_page_end = end as u64 >= self.page_size;
-        let want = if reaches_page_end {
-            usize::try_from(self.page_size)
-                .unwrap_or(usize::MAX)
-                .saturating_add(1)
-        } else {
-            end
-        };
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        items.locate(&self.body, want).map_err(|_| {
-            GatewayError::bad_response(
-                "the platform answered with a body that is not a visits page",
-            )
-        })?;
-        let found = items.found();
-        if found.len() as u64 > self.page_size {
-            return Err(GatewayError::bad_response(
-                "the platform sent more items than its page size",
-            ));
-        }
-        Ok(found[skip.min(found.len())..end.min(found.len())].to_vec())
-    }
-
-    pub fn weight(&self) -> usize {
-        // The item index holds at most one range per item of the page (and
-        // its vector's spare capacity, at most as much again).
-        std::mem::size_of::<Self>()
-            + self.body.len()
-            + 2 * self.page_size as usize * std::mem::size_of::<std::ops::Range<usize>>()
-    }
+    /// The page's visits, in the platform's order.
+    pub visits: Box<[Visit]>,
+    /// Approximate bytes held, for the cache's byte bound.
+    pub weight: usize,
 }
 
 /// How the client treats the platform (SPEC §3).
@@ -154,6 +63,8 @@ pub struct UpstreamConfig {
     pub retry_base: Duration,
     /// The longest pause a `Retry-After` may impose.
     pub retry_after_cap: Duration,
+    /// The largest answer read from the platform.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -328,7 +239,7 @@ impl UpstreamClient {
     }
 
     async fn send(&self, req: &PageRequest) -> Result<UpstreamPage, GatewayError> {
-        let response = self
+        let mut response = self
             .http
             .get(self.url(req))
             .bearer_auth(self.token.get().expose())
@@ -342,11 +253,27 @@ impl UpstreamClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.bytes().await.map_err(transport_error)?;
+        // Bounded: a huge answer is the platform's fault, not our memory's.
+        let limit = self.config.max_body_bytes;
+        let too_large = || {
+            GatewayError::bad_response(format!(
+                "the platform's answer is larger than UPSTREAM_MAX_BODY_BYTES ({limit} bytes)"
+            ))
+        };
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(classify_failure(status, &body, retry_after));
         }
-        parse_page(body, req.page_size)
+        parse_page(&body, req.page, req.page_size)
     }
 }
 
@@ -375,23 +302,50 @@ fn transport_error(e: reqwest::Error) -> GatewayError {
     }
 }
 
-/// Reads a 200 body: the head of a page, whose pager is read and checked;
-/// its items are located and read when served (see [`layout`]).
-pub fn parse_page(body: Bytes, asked_page_size: u64) -> Result<UpstreamPage, GatewayError> {
+/// Reads and checks a whole 200 body: one page of `asked_page_size` (the
+/// platform may serve fewer per page, and says so in its pager). A page is
+/// refused whole, and so never cached, when any visit in it cannot be read or
+/// when it holds fewer items than its own pager promises for page `page`
+/// (a short page in the middle of a window would shift every later offset).
+pub fn parse_page(
+    body: &[u8],
+    page: u64,
+    asked_page_size: u64,
+) -> Result<UpstreamPage, GatewayError> {
     let bad = GatewayError::bad_response;
-    let head = layout::scan(&body)
+    let dto: dto::PageDto<'_> = serde_json::from_slice(body)
         .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
-    let pager: dto::PagerDto = serde_json::from_slice(&body[head.pager])
-        .map_err(|_| bad("the platform answered with a page whose pager cannot be read"))?;
-    if pager.page_size == 0 {
+    if dto.pager.page_size == 0 {
         return Err(bad("the platform reported a page size of 0"));
     }
-    let page_size = pager.page_size.min(asked_page_size);
+    let page_size = dto.pager.page_size.min(asked_page_size);
+    let total = dto.pager.total;
+    let items = dto.items.len() as u64;
+    if items > page_size {
+        return Err(bad("the platform sent more items than its page size"));
+    }
+    let promised = total
+        .saturating_sub(page.saturating_sub(1).saturating_mul(page_size))
+        .min(page_size);
+    if items < promised {
+        return Err(GatewayError::bad_response(format!(
+            "the platform sent {items} items on page {page}, where its pager promises {promised}"
+        )));
+    }
+    let mut texts = dto::Interner::default();
+    let visits = dto
+        .items
+        .into_iter()
+        .map(|item| Visit::from_dto(item, &mut texts))
+        .collect::<Result<Box<[Visit]>, _>>()?;
+    let weight = std::mem::size_of::<UpstreamPage>()
+        + visits.len() * std::mem::size_of::<Visit>()
+        + texts.heap_bytes;
     Ok(UpstreamPage {
-        total: pager.total,
+        total,
         page_size,
-        body,
-        items: Mutex::new(head.items),
+        visits,
+        weight,
     })
 }
 
@@ -547,62 +501,57 @@ mod tests {
 
     #[test]
     fn a_capped_page_size_is_read_from_the_pager() {
-        let parse = |body: &'static [u8]| parse_page(Bytes::from_static(body), 100);
-        let page = parse(br#"{"pager":{"page":1,"pageSize":50,"total":120},"items":[]}"#).unwrap();
-        assert_eq!((page.total, page.page_size), (120, 50));
-        assert!(parse(b"not json").is_err());
-        assert!(parse(br#"{"pager":{"page":1,"pageSize":0,"total":1},"items":[]}"#).is_err());
-        // Items are checked when read; a read reaching the page's end checks
-        // the rest of the body.
-        let two = parse(br#"{"pager":{"page":1,"pageSize":1,"total":2},"items":[{},{}]}"#).unwrap();
-        assert_eq!(
-            two.visits(0, 1).unwrap_err().error.code,
-            ErrorCode::UpstreamBadResponse
-        );
-        let number = parse(br#"{"pager":{"page":1,"pageSize":5,"total":2},"items":[1]}"#).unwrap();
-        assert_eq!(
-            number.visits(0, 1).unwrap_err().error.code,
-            ErrorCode::UpstreamBadResponse
-        );
+        let parse = |body: &str| parse_page(body.as_bytes(), 1, 100);
+        let page = parse(r#"{"pager":{"page":1,"pageSize":50,"total":0},"items":[]}"#).unwrap();
+        assert_eq!((page.total, page.page_size), (0, 50));
+        assert!(parse("not json").is_err());
+        assert!(parse(r#"{"pager":{"page":1,"pageSize":0,"total":1},"items":[]}"#).is_err());
+        let two = parse(r#"{"pager":{"page":1,"pageSize":1,"total":2},"items":[{},{}]}"#);
+        assert_eq!(two.unwrap_err().code, ErrorCode::UpstreamBadResponse);
+        let number = parse(r#"{"pager":{"page":1,"pageSize":5,"total":1},"items":[1]}"#);
+        assert_eq!(number.unwrap_err().code, ErrorCode::UpstreamBadResponse);
+    }
+
+    fn item(user: u32) -> String {
+        format!(
+            r#"{{"userId":{user},"visitAt":"2019-06-21T01:52:12.736Z","lastOnlineAt":"2019-06-21T02:00:00.000Z","nickname":"小明"}}"#
+        )
+    }
+
+    fn body(page_size: u64, total: u64, items: &[String]) -> String {
+        format!(
+            r#"{{"pager":{{"page":1,"pageSize":{page_size},"total":{total}}},"items":[{}]}}"#,
+            items.join(",")
+        )
     }
 
     #[test]
-    fn items_are_read_when_served_and_an_unreadable_one_is_a_bad_response() {
-        let body = r#"{"pager":{"page":1,"pageSize":5,"total":2},"items":[
-            {"userId":7,"visitAt":"2019-06-21T01:52:12.736Z","lastOnlineAt":"2019-06-21T02:00:00.000Z","nickname":"小明"},
-            {"userId":8,"visitAt":"not a time","lastOnlineAt":"2019-06-21T02:00:00.000Z"}]}"#;
-        let page = parse_page(Bytes::from_static(body.as_bytes()), 100).unwrap();
-        assert_eq!(page.visits(0, 1).unwrap()[0].nickname, "小明");
-        let e = page.visits(0, 5).unwrap_err();
-        assert_eq!(e.error.code, ErrorCode::UpstreamBadResponse);
-        assert!(!e.page_broken, "one bad visit; the page itself is sound");
-        assert_eq!(page.visits(2, 3).unwrap().len(), 0, "past the last item");
+    fn one_unreadable_visit_refuses_the_whole_page() {
+        let bad =
+            r#"{"userId":8,"visitAt":"not a time","lastOnlineAt":"2019-06-21T02:00:00.000Z"}"#;
+        let ok = body(5, 2, &[item(7), item(7)]);
+        let page = parse_page(ok.as_bytes(), 1, 100).unwrap();
+        assert_eq!(&*page.visits[0].nickname, "小明");
+        assert!(Arc::ptr_eq(
+            &page.visits[0].nickname,
+            &page.visits[1].nickname
+        ));
+        let broken = body(5, 2, &[item(7), bad.to_owned()]);
+        let e = parse_page(broken.as_bytes(), 1, 100).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UpstreamBadResponse);
     }
 
     #[test]
-    fn a_body_broken_after_its_last_item_is_found_by_the_read_that_reaches_it() {
-        let item = r#"{"userId":7,"visitAt":"2019-06-21T01:52:12.736Z","lastOnlineAt":"2019-06-21T02:00:00.000Z"}"#;
-        let page = |tail: &str| {
-            let body = format!(
-                r#"{{"pager":{{"page":1,"pageSize":100,"total":2}},"items":[{item},{item}{tail}"#
-            );
-            parse_page(Bytes::from(body), 100).unwrap()
-        };
-        // A short page (2 items of 100): reading its last item checks the end.
-        assert_eq!(page("]}").visits(0, 10).unwrap().len(), 2);
-        for broken in ["", "]", "]} trailing", "]}}", r#"],"items":[]}"#] {
-            let p = page(broken);
-            assert_eq!(
-                p.visits(0, 1).unwrap().len(),
-                1,
-                "{broken:?}: the head serves"
-            );
-            let e = p.visits(0, 2).unwrap_err();
-            assert!(e.page_broken, "{broken:?}");
-            assert_eq!(e.error.code, ErrorCode::UpstreamBadResponse);
-            assert!(p.check_whole().is_err(), "{broken:?}");
-        }
-        assert!(page("]}").check_whole().is_ok());
+    fn a_page_shorter_than_its_pager_promises_is_refused() {
+        let items: Vec<String> = (0..3).map(item).collect();
+        // Page 1 of 10 items at 5 a page must hold 5; page 2 of 8 must hold 3.
+        assert!(parse_page(body(5, 10, &items).as_bytes(), 1, 5).is_err());
+        assert!(parse_page(body(5, 8, &items).as_bytes(), 2, 5).is_ok());
+        assert!(parse_page(body(5, 9, &items).as_bytes(), 2, 5).is_err());
+        // The last page may hold an item the pager's count missed (live data).
+        assert!(parse_page(body(5, 7, &items).as_bytes(), 2, 5).is_ok());
+        // Past the end: nothing promised.
+        assert!(parse_page(body(5, 3, &[]).as_bytes(), 4, 5).is_ok());
     }
 
     #[test]
@@ -619,7 +568,7 @@ mod tests {
         let t = |s| crate::time::parse_rfc3339(s).unwrap();
         let req = PageRequest {
             activity: ActivityId::parse("10024069").unwrap(),
-            window: ResolvedRange {
+            window: Window {
                 from: t("2019-06-21T01:52:12.736Z"),
                 to: t("2019-06-28T01:52:12.736Z"),
             },

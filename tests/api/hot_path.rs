@@ -14,15 +14,20 @@ fn hits(metrics: &str) -> u64 {
 }
 
 #[tokio::test]
-async fn a_repeated_query_is_answered_from_the_response_cache_whatever_its_whitespace() {
+async fn a_repeated_request_is_answered_from_the_response_cache_and_only_the_exact_request() {
     let app = spawn_app().await;
     let vars = json!({ "id": SMALL_ACTIVITY.to_string(), "first": 3 });
     let q1 = "query($id: ID!, $first: Int) { userVisits(activityId: $id, first: $first) { totalCount nodes { nickname } } }";
     let q2 = "query($id: ID!, $first: Int) {\n  userVisits(activityId: $id, first: $first) {\n    totalCount\n    nodes { nickname }\n  }\n}";
     let first = app.graphql(q1, vars.clone()).await;
     assert_eq!(hits(&app.metrics().await), 0);
-    let second = app.graphql(q2, vars.clone()).await;
+    let second = app.graphql(q1, vars.clone()).await;
     assert_eq!(first, second);
+    assert_eq!(hits(&app.metrics().await), 1);
+    // The key is the exact text: other whitespace is another entry, with
+    // the same answer.
+    let spaced = app.graphql(q2, vars.clone()).await;
+    assert_eq!(first, spaced);
     assert_eq!(hits(&app.metrics().await), 1);
     let other = app
         .graphql(q1, json!({ "id": SMALL_ACTIVITY.to_string(), "first": 4 }))

@@ -382,6 +382,17 @@ async fn oversized_bodies_and_expensive_queries_are_refused() {
         .map(|i| format!("a{i}: userVisits(activityId: \"{SMALL_ACTIVITY}\") {{ totalCount edges {{ cursor node {{ {fields} }} }} nodes {{ {fields} }} }}\n"))
         .collect();
     let r = app.graphql(&format!("{{ {aliases} }}"), json!({})).await;
+    assert_eq!(error_code(&r), "QUERY_TOO_EXPENSIVE", "{r}");
+    assert_eq!(
+        r["errors"][0]["extensions"]["cost"], 24,
+        "8 x 3 pages at worst"
+    );
+    assert_eq!(r["errors"][0]["extensions"]["limit"], 16);
+    // Complexity is bounded whatever the fields: 60 aliases of a cheap one.
+    let types: String = (0..60)
+        .map(|i| format!("t{i}:__type(name:\"UserVisit\"){{fields{{name type{{name}}}}}} "))
+        .collect();
+    let r = app.graphql(&format!("{{ {types} }}"), json!({})).await;
     assert_eq!(error_code(&r), "BAD_USER_INPUT", "{r}");
     assert!(
         r["errors"][0]["message"]

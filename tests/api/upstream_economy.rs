@@ -88,8 +88,14 @@ async fn concurrent_walks_with_any_page_sizes_cost_one_request_per_distinct_upst
         "an upstream page was fetched twice"
     );
     // The platform serves 50 a page: each window costs ceil(total / 50) pages.
-    let windows =
-        visits_gateway::paging::split_windows(visits_gateway::paging::ResolvedRange { from, to });
+    let range = visits_gateway::paging::ResolvedRange::new(
+        from,
+        to,
+        chrono::Utc::now(),
+        &Default::default(),
+    )
+    .unwrap();
+    let windows = visits_gateway::paging::split_windows(range);
     let pages: usize = windows
         .iter()
         .map(|w| {
