@@ -2,6 +2,7 @@
 //! simulated platform on port 0, driven over HTTP.
 
 mod errors;
+mod guards;
 mod helpers;
 mod hot_path;
 mod ops;
