@@ -393,6 +393,12 @@ mod tests {
         delay: Duration,
     }
 
+    impl Script {
+        fn fail(&self, code: ErrorCode) {
+            self.failures.lock().unwrap().push(code);
+        }
+    }
+
     impl PageSource for Script {
         fn fetch(
             &self,
@@ -469,11 +475,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn errors_are_not_cached() {
         let script = Arc::new(Script::default());
-        script
-            .failures
-            .lock()
-            .unwrap()
-            .push(ErrorCode::UpstreamUnavailable);
+        script.fail(ErrorCode::UpstreamUnavailable);
         let cache = cache(script.clone());
         let req = request(Utc::now());
         assert!(cache.page(req, far()).await.is_err());
@@ -507,19 +509,11 @@ mod tests {
         let req = request(Utc::now());
         let first = cache.page(req, far()).await.unwrap();
         tokio::time::advance(Duration::from_secs(30)).await;
-        script
-            .failures
-            .lock()
-            .unwrap()
-            .push(ErrorCode::UpstreamUnavailable);
+        script.fail(ErrorCode::UpstreamUnavailable);
         let stale = cache.page(req, far()).await.unwrap();
         assert!(Arc::ptr_eq(&first.page, &stale.page));
         // A clear answer from the platform is passed on, not hidden.
-        script
-            .failures
-            .lock()
-            .unwrap()
-            .push(ErrorCode::ActivityNotFound);
+        script.fail(ErrorCode::ActivityNotFound);
         assert_eq!(
             cache.page(req, far()).await.unwrap_err().code,
             ErrorCode::ActivityNotFound
@@ -551,11 +545,7 @@ mod tests {
         let cache = cache(script.clone());
         let req = request(Utc::now());
         let other_window = request(Utc::now() - chrono::Duration::days(7));
-        script
-            .failures
-            .lock()
-            .unwrap()
-            .push(ErrorCode::ActivityNotFound);
+        script.fail(ErrorCode::ActivityNotFound);
         for r in [req, req, other_window] {
             let e = cache.page(r, far()).await.unwrap_err();
             assert_eq!(e.code, ErrorCode::ActivityNotFound);
@@ -578,11 +568,7 @@ mod tests {
         assert_eq!(hit.freshness.fresh_for, Duration::from_secs(6));
         assert_eq!(hit.freshness.stale_age, None);
         tokio::time::advance(Duration::from_secs(20)).await;
-        script
-            .failures
-            .lock()
-            .unwrap()
-            .push(ErrorCode::UpstreamTimeout);
+        script.fail(ErrorCode::UpstreamTimeout);
         let stale = cache.page(req, far()).await.unwrap();
         assert_eq!(stale.freshness.fresh_for, Duration::ZERO);
         assert_eq!(stale.freshness.stale_age, Some(Duration::from_secs(24)));

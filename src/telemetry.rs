@@ -54,145 +54,49 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.5, 14))
 }
 
-/// Every metric of the process. Cheap to update: atomics behind labels.
-pub struct Metrics {
-    registry: Registry,
-    pub http_requests: Family<HttpLabels, Counter>,
-    pub http_duration: Family<RouteLabel, Histogram>,
-    pub http_in_flight: Gauge,
-    pub graphql_errors: Family<CodeLabel, Counter>,
-    pub upstream_requests: Family<StatusLabel, Counter>,
-    pub upstream_duration: Histogram,
-    pub upstream_retries: Counter,
-    pub upstream_budget_wait: Histogram,
-    pub cache_lookups: Family<OutcomeLabel, Counter>,
-    pub cache_stale_served: Counter,
-    pub panics: Counter,
-    pub response_cache_lookups: Family<OutcomeLabel, Counter>,
-    pub cache_entries: Gauge,
-    pub cache_bytes: Gauge,
-    pub response_cache_entries: Gauge,
-    pub response_cache_bytes: Gauge,
+/// Declares [`Metrics`] from a table: field, type, initial value, name and
+/// help, one metric a line.
+macro_rules! metrics {
+    ($($field:ident: $ty:ty = $init:expr, $name:literal, $help:literal;)*) => {
+        /// Every metric of the process. Cheap to update: atomics behind labels.
+        pub struct Metrics {
+            registry: Registry,
+            $(pub $field: $ty,)*
+        }
+
+        impl Metrics {
+            pub fn new() -> Arc<Self> {
+                let mut registry = Registry::with_prefix("visits_gateway");
+                $(
+                    let $field: $ty = $init;
+                    registry.register($name, $help, $field.clone());
+                )*
+                Arc::new(Self { registry, $($field,)* })
+            }
+        }
+    };
+}
+
+metrics! {
+    http_requests: Family<HttpLabels, Counter> = Family::default(), "http_requests", "HTTP requests by route, method and status";
+    http_duration: Family<RouteLabel, Histogram> = Family::new_with_constructor(latency_histogram), "http_request_duration_seconds", "HTTP request latency by route";
+    http_in_flight: Gauge = Gauge::default(), "http_requests_in_flight", "HTTP requests being served";
+    graphql_errors: Family<CodeLabel, Counter> = Family::default(), "graphql_errors", "GraphQL errors by code";
+    upstream_requests: Family<StatusLabel, Counter> = Family::default(), "upstream_requests", "Platform requests by HTTP status (or timeout/error)";
+    upstream_duration: Histogram = latency_histogram(), "upstream_request_duration_seconds", "Platform request latency";
+    upstream_retries: Counter = Counter::default(), "upstream_retries", "Platform requests retried";
+    upstream_budget_wait: Histogram = latency_histogram(), "upstream_budget_wait_seconds", "Time spent waiting for the platform request budget";
+    cache_lookups: Family<OutcomeLabel, Counter> = Family::default(), "cache_lookups", "Page cache lookups by outcome (hit, miss, coalesced, stale-while-revalidate, stale-if-error, refusal)";
+    cache_stale_served: Counter = Counter::default(), "cache_stale_served", "Stale pages served because the platform failed";
+    panics: Counter = Counter::default(), "panics", "Requests whose handling panicked (answered 500 INTERNAL)";
+    response_cache_lookups: Family<OutcomeLabel, Counter> = Family::default(), "response_cache_lookups", "Response cache lookups by outcome";
+    cache_entries: Gauge = Gauge::default(), "cache_entries", "Pages in the cache";
+    cache_bytes: Gauge = Gauge::default(), "cache_bytes", "Approximate bytes of pages in the cache";
+    response_cache_entries: Gauge = Gauge::default(), "response_cache_entries", "Responses in the response cache";
+    response_cache_bytes: Gauge = Gauge::default(), "response_cache_bytes", "Approximate bytes of the response cache";
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("visits_gateway");
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        let http_duration = Family::<RouteLabel, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        let http_in_flight = Gauge::default();
-        let graphql_errors = Family::<CodeLabel, Counter>::default();
-        let upstream_requests = Family::<StatusLabel, Counter>::default();
-        let upstream_duration = latency_histogram();
-        let upstream_retries = Counter::default();
-        let upstream_budget_wait = latency_histogram();
-        let cache_lookups = Family::<OutcomeLabel, Counter>::default();
-        let cache_stale_served = Counter::default();
-        let panics = Counter::default();
-        let response_cache_lookups = Family::<OutcomeLabel, Counter>::default();
-        let cache_entries = Gauge::default();
-        let cache_bytes = Gauge::default();
-        let response_cache_entries = Gauge::default();
-        let response_cache_bytes = Gauge::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by route, method and status",
-            http_requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency by route",
-            http_duration.clone(),
-        );
-        registry.register(
-            "http_requests_in_flight",
-            "HTTP requests being served",
-            http_in_flight.clone(),
-        );
-        registry.register(
-            "graphql_errors",
-            "GraphQL errors by code",
-            graphql_errors.clone(),
-        );
-        registry.register(
-            "upstream_requests",
-            "Platform requests by HTTP status (or timeout/error)",
-            upstream_requests.clone(),
-        );
-        registry.register(
-            "upstream_request_duration_seconds",
-            "Platform request latency",
-            upstream_duration.clone(),
-        );
-        registry.register(
-            "upstream_retries",
-            "Platform requests retried",
-            upstream_retries.clone(),
-        );
-        registry.register(
-            "upstream_budget_wait_seconds",
-            "Time spent waiting for the platform request budget",
-            upstream_budget_wait.clone(),
-        );
-        registry.register(
-            "cache_lookups",
-            "Page cache lookups by outcome (hit, miss, coalesced, stale-while-revalidate, stale-if-error, refusal)",
-            cache_lookups.clone(),
-        );
-        registry.register(
-            "cache_stale_served",
-            "Stale pages served because the platform failed",
-            cache_stale_served.clone(),
-        );
-        registry.register(
-            "panics",
-            "Requests whose handling panicked (answered 500 INTERNAL)",
-            panics.clone(),
-        );
-        registry.register(
-            "response_cache_lookups",
-            "Response cache lookups by outcome",
-            response_cache_lookups.clone(),
-        );
-        registry.register("cache_entries", "Pages in the cache", cache_entries.clone());
-        registry.register(
-            "cache_bytes",
-            "Approximate bytes of pages in the cache",
-            cache_bytes.clone(),
-        );
-        registry.register(
-            "response_cache_entries",
-            "Responses in the response cache",
-            response_cache_entries.clone(),
-        );
-        registry.register(
-            "response_cache_bytes",
-            "Approximate bytes of the response cache",
-            response_cache_bytes.clone(),
-        );
-        Arc::new(Self {
-            registry,
-            http_requests,
-            http_duration,
-            http_in_flight,
-            graphql_errors,
-            upstream_requests,
-            upstream_duration,
-            upstream_retries,
-            upstream_budget_wait,
-            cache_lookups,
-            cache_stale_served,
-            panics,
-            response_cache_lookups,
-            cache_entries,
-            cache_bytes,
-            response_cache_entries,
-            response_cache_bytes,
-        })
-    }
-
     pub fn graphql_error(&self, code: &str) {
         let code = ErrorCode::ALL
             .iter()
