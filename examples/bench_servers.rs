@@ -99,7 +99,7 @@ enum Mode {
         #[arg(long, value_delimiter = ',', default_value = "7,10,20,25,33,50,64,100")]
         firsts: Vec<u64>,
         /// The gateway's UPSTREAM_PAGE_SIZE.
-        #[arg(long, default_value_t = visits_gateway::config::Settings::defaults().upstream_page_size)]
+        #[arg(long, default_value_t = visits_gateway::config::PagingSettings::default().upstream_page_size)]
         upstream_page_size: u64,
     },
     /// Sends each body once; fails on a non-200 answer or a GraphQL error.

@@ -8,7 +8,7 @@ pub mod keys;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::config::Settings;
+use crate::config::ClientSettings;
 use crate::paging::ActivityId;
 
 /// The activities a client may read.
@@ -81,7 +81,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn from_settings(s: &Settings) -> Result<Self, String> {
+    pub fn from_settings(s: &ClientSettings) -> Result<Self, String> {
         let keys = s
             .api_keys_file
             .as_ref()

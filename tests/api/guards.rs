@@ -228,7 +228,7 @@ async fn window_concurrency_bounds_the_platform_requests_of_a_whole_request() {
         )
     };
     for (concurrency, most) in [(1, 1), (4, 4)] {
-        let app = spawn_app_with(|s| s.window_concurrency = concurrency).await;
+        let app = spawn_app_with(|s| s.paging.window_concurrency = concurrency).await;
         for _ in 0..9 {
             app.sim
                 .push_fault(Fault::Delay(std::time::Duration::from_millis(30)));

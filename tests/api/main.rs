@@ -1,6 +1,7 @@
 //! One integration test binary: the real gateway on port 0, in front of the
 //! simulated platform on port 0, driven over HTTP.
 
+mod cli;
 mod errors;
 mod guards;
 mod helpers;
