@@ -93,7 +93,7 @@ impl App {
                 settled: cache.ttl_settled,
                 grace: cache.stale_grace,
                 refresh_deadline: upstream.deadline,
-                negative: Duration::from_secs(30),
+                negative: cache.negative_ttl,
             },
             metrics.clone(),
         );
@@ -137,9 +137,7 @@ impl App {
                 request_timeout: server.request_timeout,
                 secrets_reload: client.secrets_reload,
                 pin_granularity: range_policy.pin_granularity,
-                max_platform_requests: u64::from(paging.max_range_days).div_ceil(7)
-                    + u64::from(paging.max_page_size).div_ceil(paging.upstream_page_size)
-                    + 1,
+                max_platform_requests: u64::from(paging.max_platform_requests_per_query()),
                 window_concurrency: paging.window_concurrency as usize,
             },
         });

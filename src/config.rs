@@ -13,13 +13,14 @@
 //! out beside it. Fields are named for their group and hold parsed types
 //! (durations are [`Duration`]s).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
 use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use reqwest::Url;
 
 use crate::secret::{Secret, TokenSource};
@@ -90,6 +91,24 @@ fn origin(s: &str) -> Result<String, String> {
         ));
     }
     Ok(origin)
+}
+
+/// A network in CIDR notation; a bare address is a network of one (/32 or
+/// /128). IPv4-mapped IPv6 addresses are taken as the IPv4 ones.
+fn proxy_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let net = match s.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip.to_canonical()),
+            Err(_) => {
+                return Err(format!(
+                    "{s:?} is not an IP address or network such as 10.0.0.0/8, 192.0.2.7 or fd00::/8"
+                ));
+            }
+        },
+    };
+    Ok(net)
 }
 
 /// Whole milliseconds in `range`, as a [`Duration`]; clap's range check
@@ -266,6 +285,10 @@ pub struct UpstreamSettings {
     /// The longest pause a platform's Retry-After may impose, in seconds.
     #[arg(id = "UPSTREAM_RETRY_AFTER_CAP_SECONDS", long = "upstream-retry-after-cap-seconds", env, default_value = "30", value_parser = seconds(1..=3600))]
     pub retry_after_cap: Duration,
+
+    /// The largest platform response body read, in bytes (4 MiB by default).
+    #[arg(id = "UPSTREAM_MAX_BODY_BYTES", long = "upstream-max-body-bytes", env, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=268_435_456))]
+    pub max_body_bytes: u64,
 }
 
 /// Ranges and pages: what a client may ask for and how it maps onto the
@@ -297,6 +320,11 @@ pub struct PagingSettings {
     /// Upstream requests one client request may have in flight.
     #[arg(id = "WINDOW_CONCURRENCY", long = "window-concurrency", env, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub window_concurrency: u32,
+
+    /// Platform requests one GraphQL request may need; by default what the
+    /// largest single `userVisits` needs (see `max_platform_requests_per_query`).
+    #[arg(id = "MAX_PLATFORM_REQUESTS_PER_QUERY", long = "max-platform-requests-per-query", env, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_platform_requests: Option<u32>,
 }
 
 /// The page cache (upstream pages) and the response cache (whole answers).
@@ -320,6 +348,11 @@ pub struct CacheSettings {
     /// fails, in seconds.
     #[arg(id = "STALE_GRACE_SECONDS", long = "stale-grace-seconds", env, default_value = "600", value_parser = seconds(0..=604_800))]
     pub stale_grace: Duration,
+
+    /// How long a platform answer that there is nothing (an unknown
+    /// activity) is remembered, in seconds; 0 turns it off.
+    #[arg(id = "NEGATIVE_CACHE_SECONDS", long = "negative-cache-seconds", env, default_value = "30", value_parser = seconds(0..=3600))]
+    pub negative_ttl: Duration,
 
     /// Response cache capacity in bytes; 0 turns the response cache off.
     #[arg(id = "RESPONSE_CACHE_MAX_BYTES", long = "response-cache-max-bytes", env, default_value_t = 32 * 1024 * 1024)]
@@ -375,6 +408,11 @@ pub struct ClientSettings {
     /// Burst above the client rate.
     #[arg(id = "CLIENT_BURST", long = "client-burst", env, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub burst: u32,
+
+    /// Proxies whose `X-Forwarded-For` is believed, comma-separated CIDRs
+    /// or addresses (none by default).
+    #[arg(id = "TRUSTED_PROXIES", long = "trusted-proxies", env, value_delimiter = ',', value_parser = proxy_net)]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Settings {
@@ -435,7 +473,7 @@ impl UpstreamSettings {
         crate::upstream::UpstreamConfig {
             base: self.base_url.clone(),
             connect_timeout: self.connect_timeout,
-            max_body_bytes: 4 * 1024 * 1024,
+            max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
             timeout: self.timeout,
             rate_per_second: self.rate_per_second,
             burst: self.burst,
@@ -445,6 +483,21 @@ impl UpstreamSettings {
             retry_base: self.retry_base,
             retry_after_cap: self.retry_after_cap,
         }
+    }
+}
+
+impl PagingSettings {
+    /// `MAX_PLATFORM_REQUESTS_PER_QUERY`, or when unset what the largest
+    /// legitimate `userVisits` needs: a first page per 7-day window of a
+    /// longest range, plus the platform pages of a largest slice (one more,
+    /// as a slice need not start on a page boundary). 16 with the defaults.
+    pub fn max_platform_requests_per_query(&self) -> u32 {
+        self.max_platform_requests.unwrap_or_else(|| {
+            let windows = self.max_range_days.div_ceil(7);
+            let slice = u64::from(self.max_page_size).div_ceil(self.upstream_page_size) + 1;
+            // At most 523 + 1001: no overflow.
+            windows + slice as u32
+        })
     }
 }
 
@@ -536,6 +589,98 @@ mod tests {
             format!("{:?}", Settings::defaults()),
             "Settings::defaults() is what an empty command line gives"
         );
+    }
+
+    #[test]
+    fn the_new_settings_have_their_defaults_and_bounds() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.paging.max_platform_requests, None);
+        assert_eq!(s.paging.max_platform_requests_per_query(), 14 + 2);
+        assert_eq!(s.cache.negative_ttl, Duration::from_secs(30));
+        assert_eq!(s.upstream.max_body_bytes, 4 * 1024 * 1024);
+        assert!(s.client.trusted_proxies.is_empty());
+
+        for (flag, ok, bad) in [
+            (
+                "--max-platform-requests-per-query",
+                ["1", "10000"],
+                ["0", "10001"],
+            ),
+            ("--negative-cache-seconds", ["0", "3600"], ["-1", "3601"]),
+            (
+                "--upstream-max-body-bytes",
+                ["1024", "268435456"],
+                ["1023", "268435457"],
+            ),
+        ] {
+            for v in ok {
+                parse(&[flag, v]).unwrap_or_else(|e| panic!("{flag} {v}: {e}"));
+            }
+            let name = flag
+                .trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase();
+            for v in bad {
+                let e = parse(&[&format!("{flag}={v}")]).unwrap_err();
+                assert!(e.contains(&name), "{flag} {v}: {e}");
+            }
+        }
+        let s = parse(&["--negative-cache-seconds", "0"]).unwrap();
+        assert_eq!(s.cache.negative_ttl, Duration::ZERO);
+        let s = parse(&["--max-platform-requests-per-query", "40"]).unwrap();
+        assert_eq!(s.paging.max_platform_requests_per_query(), 40);
+        // 1 window of 7 days; 250 items over pages of 100: 3 pages, plus 1.
+        let s = parse(&[
+            "--max-range-days",
+            "7",
+            "--max-page-size",
+            "250",
+            "--upstream-page-size",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(s.paging.max_platform_requests_per_query(), 1 + 3 + 1);
+        // The largest figures still fit.
+        let s = parse(&[
+            "--max-range-days",
+            "3660",
+            "--max-page-size",
+            "1000",
+            "--upstream-page-size",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(s.paging.max_platform_requests_per_query(), 523 + 1001);
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_or_addresses() {
+        let s = parse(&[
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7,fd00::/8,::1,10.1.2.3/16,::ffff:198.51.100.1",
+        ])
+        .unwrap();
+        let nets: Vec<String> = s
+            .client
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            nets,
+            [
+                "10.0.0.0/8",
+                "192.0.2.7/32",
+                "fd00::/8",
+                "::1/128",
+                "10.1.0.0/16",
+                "198.51.100.1/32"
+            ]
+        );
+        for bad in ["10.0.0.0/33", "proxy.internal", "10.0.0.0/8;", "1.2.3"] {
+            let e = parse(&["--trusted-proxies", bad]).unwrap_err();
+            assert!(e.contains("TRUSTED_PROXIES"), "{bad}: {e}");
+        }
     }
 
     #[test]

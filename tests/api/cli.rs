@@ -21,6 +21,7 @@ fn schema_ignores_settings_in_the_environment() {
             ("MAX_PAGE_SIZE", "x"),
             ("INTROSPECTION_ENABLED", "false"),
             ("MAX_QUERY_DEPTH", "2"),
+            ("TRUSTED_PROXIES", "nonsense"),
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -40,6 +41,10 @@ fn serve_and_demo_name_a_bad_environment_variable_and_exit_non_zero() {
         ("demo", "MAX_PAGE_SIZE", "0"),
         ("serve", "UPSTREAM_TIMEOUT_MS", "0"),
         ("demo", "PIN_GRANULARITY_SECONDS", "3601"),
+        ("serve", "NEGATIVE_CACHE_SECONDS", "-1"),
+        ("demo", "UPSTREAM_MAX_BODY_BYTES", "1023"),
+        ("serve", "MAX_PLATFORM_REQUESTS_PER_QUERY", "0"),
+        ("demo", "TRUSTED_PROXIES", "10.0.0.0/8,10.0.0.0/33"),
         ("serve", "CLIENT_BURST", "many"),
         // Checked across settings, after parsing.
         ("demo", "DEFAULT_PAGE_SIZE", "200"),

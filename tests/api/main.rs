@@ -11,5 +11,6 @@ mod paging;
 mod playground;
 mod resilience;
 mod security;
+mod settings;
 mod surface;
 mod upstream_economy;
