@@ -111,7 +111,8 @@ impl Authenticator {
         }
     }
 
-    /// Checks the `Authorization` header value, if any.
+    /// Checks the `Authorization` header value, if any. The scheme is
+    /// case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
         let Some(value) = authorization else {
             return if self.allow_unauthenticated {
@@ -121,8 +122,9 @@ impl Authenticator {
             };
         };
         let Some(credential) = value
-            .strip_prefix("Bearer ")
-            .map(str::trim)
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credential)| credential.trim())
             .filter(|c| !c.is_empty())
         else {
             return Err(AuthError::Invalid(
@@ -139,5 +141,41 @@ impl Authenticator {
             return Ok(p);
         }
         Err(AuthError::Invalid("the credential is not valid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> Authenticator {
+        Authenticator {
+            keys: None,
+            jwt: None,
+            allow_unauthenticated: true,
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_others_are_refused() {
+        let auth = open();
+        for value in ["Bearer k", "bearer k", "BEARER k", "bEaReR   k  "] {
+            // No key matches, but the header's form was accepted.
+            assert_eq!(
+                auth.authenticate(Some(value)),
+                Err(AuthError::Invalid("the credential is not valid")),
+                "{value:?}"
+            );
+        }
+        for value in ["Basic k", "Bearer", "Bearer ", "Bearerk", "Token k", ""] {
+            assert_eq!(
+                auth.authenticate(Some(value)),
+                Err(AuthError::Invalid(
+                    "the Authorization header must be `Bearer <API key or JWT>`"
+                )),
+                "{value:?}"
+            );
+        }
+        assert_eq!(auth.authenticate(None), Ok(Principal::anonymous()));
     }
 }

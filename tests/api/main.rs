@@ -2,6 +2,7 @@
 //! simulated platform on port 0, driven over HTTP.
 
 mod cli;
+mod clients;
 mod errors;
 mod guards;
 mod helpers;

@@ -1,0 +1,60 @@
+//! Clients as real deployments have them (issue 11): the `Bearer` scheme is
+//! case-insensitive.
+
+use serde_json::{Value, json};
+use visits_gateway::demo::SMALL_ACTIVITY;
+
+use crate::helpers::{TestApp, error_code, keys_line, spawn_app_with, temp_dir};
+
+/// The status of a cheap query sent with the given headers.
+async fn status(app: &TestApp, headers: &[(&str, &str)]) -> u16 {
+    let mut req = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ __typename }" }));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    if status == 429 {
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(error_code(&body), "RATE_LIMITED");
+    }
+    status
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let file = temp_dir().join("api-keys");
+    std::fs::write(&file, keys_line("web", "vgk_web", "*")).unwrap();
+    let app = spawn_app_with(move |s| {
+        s.client.allow_unauthenticated = false;
+        s.client.api_keys_file = Some(file);
+    })
+    .await;
+    for value in ["Bearer vgk_web", "bearer vgk_web", "BEARER vgk_web"] {
+        let r = app
+            .http
+            .post(app.url("/graphql"))
+            .header("authorization", value)
+            .json(&json!({
+                "query": "query($id: ID!) { userVisits(activityId: $id, first: 1) { totalCount } }",
+                "variables": { "id": SMALL_ACTIVITY.to_string() }
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{value}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["errors"].is_null(), "{value}: {body}");
+        assert!(body["data"]["userVisits"]["totalCount"].is_number());
+    }
+    for value in ["Basic vgk_web", "Bearervgk_web", "bearer"] {
+        assert_eq!(
+            status(&app, &[("authorization", value)]).await,
+            401,
+            "{value}"
+        );
+    }
+}
