@@ -131,7 +131,7 @@ impl App {
                 cache.response_cache_max_bytes,
                 cache.response_cache_max_ttl,
             ),
-            client_limiter: ClientLimiter::new(client.rate_per_second, client.burst),
+            client_limiter: ClientLimiter::new(client.rate()),
             limits: RequestLimits {
                 max_body_bytes: server.max_body_bytes as usize,
                 request_timeout: server.request_timeout,

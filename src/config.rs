@@ -23,6 +23,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use reqwest::Url;
 
+use crate::limits::Rate;
 use crate::secret::{Secret, TokenSource};
 
 #[derive(Debug, Parser)]
@@ -367,7 +368,8 @@ pub struct CacheSettings {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Clients")]
 pub struct ClientSettings {
-    /// File of API keys: `<name> <sha256-hex> <activity ids or *>` per line.
+    /// File of API keys: `<name> <sha256-hex> <activity ids or *>
+    /// [rate=<per second>[/<burst>]]` per line.
     #[arg(id = "API_KEYS_FILE", long = "api-keys-file", env)]
     pub api_keys_file: Option<PathBuf>,
 
@@ -507,6 +509,11 @@ impl ClientSettings {
         self.api_keys_file.is_some()
             || self.jwt_hs256_secret_file.is_some()
             || self.jwt_public_key_file.is_some()
+    }
+
+    /// The rate of clients without one of their own.
+    pub fn rate(&self) -> Rate {
+        Rate::new(self.rate_per_second, self.burst)
     }
 }
 

@@ -224,7 +224,7 @@ async fn admit(
         .headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let principal = state.auth.authenticate(authorization).map_err(|e| {
+    let client = state.auth.authenticate(authorization).map_err(|e| {
         let message = match e {
             AuthError::Missing => {
                 "authentication required: send `Authorization: Bearer <API key or JWT>`"
@@ -241,7 +241,8 @@ async fn admit(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     })?;
-    let client: Arc<str> = if principal.is_anonymous() {
+    let principal = client.principal;
+    let bucket: Arc<str> = if principal.is_anonymous() {
         parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -252,7 +253,7 @@ async fn admit(
     } else {
         principal.name.clone()
     };
-    if let Err(wait) = state.client_limiter.check(&client) {
+    if let Err(wait) = state.client_limiter.check(&bucket, client.rate) {
         let secs = wait.as_secs().max(1);
         let mut r = refuse(
             &state.metrics,

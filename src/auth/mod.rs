@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::ClientSettings;
+use crate::limits::Rate;
 use crate::paging::ActivityId;
 
 /// The activities a client may read.
@@ -66,6 +67,23 @@ impl Principal {
     }
 }
 
+/// Who was let in, and the request rate they are held to when they have
+/// their own (an API key with a `rate=` column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub principal: Principal,
+    pub rate: Option<Rate>,
+}
+
+impl From<Principal> for Client {
+    fn from(principal: Principal) -> Self {
+        Self {
+            principal,
+            rate: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
     /// No `Authorization` header, and anonymous clients are not allowed.
@@ -113,10 +131,10 @@ impl Authenticator {
 
     /// Checks the `Authorization` header value, if any. The scheme is
     /// case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Client, AuthError> {
         let Some(value) = authorization else {
             return if self.allow_unauthenticated {
-                Ok(Principal::anonymous())
+                Ok(Principal::anonymous().into())
             } else {
                 Err(AuthError::Missing)
             };
@@ -135,10 +153,10 @@ impl Authenticator {
         if credential.matches('.').count() == 2
             && let Some(jwt) = &self.jwt
         {
-            return jwt.verify(credential);
+            return jwt.verify(credential).map(Client::from);
         }
-        if let Some(p) = self.keys.as_ref().and_then(|k| k.lookup(credential)) {
-            return Ok(p);
+        if let Some(client) = self.keys.as_ref().and_then(|k| k.lookup(credential)) {
+            return Ok(client);
         }
         Err(AuthError::Invalid("the credential is not valid"))
     }
@@ -176,6 +194,9 @@ mod tests {
                 "{value:?}"
             );
         }
-        assert_eq!(auth.authenticate(None), Ok(Principal::anonymous()));
+        assert_eq!(
+            auth.authenticate(None),
+            Ok(Client::from(Principal::anonymous()))
+        );
     }
 }

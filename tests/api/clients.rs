@@ -1,5 +1,5 @@
-//! Clients as real deployments have them (issue 11): the `Bearer` scheme is
-//! case-insensitive.
+//! Client limits that fit real deployments (issue 11): an API key may carry
+//! its own rate, and the `Bearer` scheme is case-insensitive.
 
 use serde_json::{Value, json};
 use visits_gateway::demo::SMALL_ACTIVITY;
@@ -22,6 +22,63 @@ async fn status(app: &TestApp, headers: &[(&str, &str)]) -> u16 {
         assert_eq!(error_code(&body), "RATE_LIMITED");
     }
     status
+}
+
+/// Anonymous clients at 1 request a second, burst 2.
+fn strict(s: &mut visits_gateway::config::Settings) {
+    s.client.rate_per_second = 1;
+    s.client.burst = 2;
+}
+
+#[tokio::test]
+async fn a_key_with_its_own_rate_is_held_to_it_and_other_keys_to_theirs() {
+    let file = temp_dir().join("api-keys");
+    let with_rate = |line: String, rate: &str| format!("{} {rate}\n", line.trim_end());
+    std::fs::write(
+        &file,
+        [
+            keys_line("web", "vgk_web", "*"),
+            with_rate(keys_line("tight", "vgk_tight", "*"), "rate=1/1"),
+            with_rate(keys_line("bulk", "vgk_bulk", "*"), "rate=1000/40"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let app = spawn_app_with(move |s| {
+        strict(s);
+        s.client.allow_unauthenticated = false;
+        s.client.api_keys_file = Some(file);
+    })
+    .await;
+    let bearer = |key: &str| format!("Bearer {key}");
+    // `tight`: its own burst of 1.
+    assert_eq!(
+        status(&app, &[("authorization", &bearer("vgk_tight"))]).await,
+        200
+    );
+    assert_eq!(
+        status(&app, &[("authorization", &bearer("vgk_tight"))]).await,
+        429
+    );
+    // `bulk`: well above the default burst of 2.
+    for i in 0..30 {
+        assert_eq!(
+            status(&app, &[("authorization", &bearer("vgk_bulk"))]).await,
+            200,
+            "request {i}"
+        );
+    }
+    // `web`: the default, 2 at once.
+    for _ in 0..2 {
+        assert_eq!(
+            status(&app, &[("authorization", &bearer("vgk_web"))]).await,
+            200
+        );
+    }
+    assert_eq!(
+        status(&app, &[("authorization", &bearer("vgk_web"))]).await,
+        429
+    );
 }
 
 #[tokio::test]
