@@ -15,7 +15,7 @@ use crate::cache::{PageCache, TtlPolicy};
 use crate::config::{ClientSettings, ServerSettings, Settings};
 use crate::graphql::documents::Documents;
 use crate::graphql::{self, GatewaySchema, Resolver};
-use crate::limits::ClientLimiter;
+use crate::limits::{ClientLimiter, TrustedProxies};
 use crate::paging::RangePolicy;
 use crate::playground::{self, Playground};
 use crate::response_cache::ResponseCache;
@@ -39,6 +39,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub responses: ResponseCache,
     pub client_limiter: ClientLimiter,
+    /// Whose `X-Forwarded-For` names an anonymous client (TRUSTED_PROXIES).
+    pub trusted_proxies: TrustedProxies,
     pub limits: RequestLimits,
 }
 
@@ -132,6 +134,7 @@ impl App {
                 cache.response_cache_max_ttl,
             ),
             client_limiter: ClientLimiter::new(client.rate()),
+            trusted_proxies: TrustedProxies::new(client.trusted_proxies.clone()),
             limits: RequestLimits {
                 max_body_bytes: server.max_body_bytes as usize,
                 request_timeout: server.request_timeout,

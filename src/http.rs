@@ -212,6 +212,8 @@ fn refuse(metrics: &Metrics, status: StatusCode, code: ErrorCode, message: &str)
     error_response(status, code, message)
 }
 
+static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+
 /// Who is asking, whether they may ask now, and what: everything checked
 /// before any GraphQL work.
 async fn admit(
@@ -242,13 +244,21 @@ async fn admit(
         r
     })?;
     let principal = client.principal;
+    // Anonymous clients are told apart by address: behind trusted proxies,
+    // the one they forwarded.
     let bucket: Arc<str> = if principal.is_anonymous() {
         parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or_else(
                 || "ip:unknown".into(),
-                |c| format!("ip:{}", c.0.ip()).into(),
+                |c| {
+                    let forwarded = parts.headers.get_all(&X_FORWARDED_FOR).iter();
+                    let ip = state
+                        .trusted_proxies
+                        .client_ip(c.0.ip(), forwarded.map(HeaderValue::as_bytes));
+                    format!("ip:{ip}").into()
+                },
             )
     } else {
         principal.name.clone()

@@ -1,14 +1,17 @@
 //! Per-client request rate limits: one token bucket per client (API key name,
 //! JWT subject, else IP address), answered with `RATE_LIMITED`. A key may
-//! carry its own rate.
+//! carry its own rate; behind trusted proxies, an anonymous client's address
+//! is the one they forwarded.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
 
 /// A sustained rate and the burst above it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,9 +95,68 @@ impl ClientLimiter {
     }
 }
 
+/// The proxies (load balancers, Ingress controllers) whose `X-Forwarded-For`
+/// is believed. Empty by default: then the TCP peer is the client.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+}
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self { nets }
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address. From an untrusted peer, the peer. From a
+    /// trusted one, `X-Forwarded-For` (`forwarded_for`: the header's values
+    /// in order, each a comma-separated list that proxies append to) is
+    /// walked from the right, skipping trusted hops: the first address that
+    /// is not a trusted proxy is the client. An entry that is not an address
+    /// (nor `address:port`) stops the walk at the last trusted hop, as does
+    /// the left end of the list: nothing left of a forged entry is believed.
+    pub fn client_ip<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>,
+    ) -> IpAddr {
+        let mut client = peer.to_canonical();
+        if !self.trusts(client) {
+            return client;
+        }
+        let hops = forwarded_for
+            .rev()
+            .flat_map(|value| value.rsplit(|&b| b == b','));
+        for hop in hops {
+            let Some(ip) = parse_hop(hop) else {
+                break;
+            };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, or `address:port` (some proxies
+/// add the port), surrounding spaces ignored.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?.trim();
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn a_client_over_its_burst_is_told_to_wait_and_others_are_not() {
@@ -136,5 +198,77 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         l.forget_idle();
         assert!(l.own.read().unwrap().is_empty());
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn walk(trusted: &[&str], peer: &str, xff: &[&str]) -> String {
+        let proxies = TrustedProxies::new(trusted.iter().map(|n| n.parse().unwrap()).collect());
+        proxies
+            .client_ip(ip(peer), xff.iter().map(|v| v.as_bytes()))
+            .to_string()
+    }
+
+    #[test]
+    fn the_forwarded_client_is_the_rightmost_untrusted_hop() {
+        let t = &["10.0.0.0/8", "fd00::/8"];
+        // No trusted proxies, or an untrusted peer: the peer, whatever it says.
+        assert_eq!(walk(&[], "10.1.1.1", &["203.0.113.9"]), "10.1.1.1");
+        assert_eq!(walk(t, "198.51.100.4", &["203.0.113.9"]), "198.51.100.4");
+        // A trusted peer: the rightmost address that is not a trusted proxy.
+        assert_eq!(walk(t, "10.1.1.1", &["203.0.113.9"]), "203.0.113.9");
+        assert_eq!(
+            walk(t, "10.1.1.1", &["1.1.1.1, 203.0.113.9, 10.2.2.2"]),
+            "203.0.113.9",
+            "a client-supplied entry left of the real one is ignored"
+        );
+        assert_eq!(
+            walk(t, "10.1.1.1", &["1.1.1.1", "203.0.113.9 ,10.2.2.2"]),
+            "203.0.113.9",
+            "several header lines are one list"
+        );
+        assert_eq!(
+            walk(t, "fd00::1", &["2001:db8::7", "[fd00::2]:8443"]),
+            "2001:db8::7"
+        );
+        assert_eq!(walk(t, "10.1.1.1", &["203.0.113.9:5120"]), "203.0.113.9");
+        assert_eq!(
+            walk(t, "::ffff:10.1.1.1", &["::ffff:203.0.113.9"]),
+            "203.0.113.9",
+            "IPv4-mapped addresses are IPv4"
+        );
+        // Nothing forwarded, or only trusted hops: the last trusted hop.
+        assert_eq!(walk(t, "10.1.1.1", &[]), "10.1.1.1");
+        assert_eq!(walk(t, "10.1.1.1", &["10.3.3.3, 10.2.2.2"]), "10.3.3.3");
+        // A malformed entry stops the walk at the last trusted hop.
+        assert_eq!(walk(t, "10.1.1.1", &["203.0.113.9, unknown"]), "10.1.1.1");
+        assert_eq!(
+            walk(t, "10.1.1.1", &["203.0.113.9, garbage, 10.2.2.2"]),
+            "10.2.2.2"
+        );
+        assert_eq!(walk(t, "10.1.1.1", &["203.0.113.9,"]), "10.1.1.1");
+        assert_eq!(walk(t, "10.1.1.1", &[""]), "10.1.1.1");
+    }
+
+    proptest! {
+        /// Whatever a client writes, the answer is the peer or an address in
+        /// the header; and nothing left of the last untrusted hop changes it.
+        #[test]
+        fn the_walk_never_panics_and_only_believes_trusted_hops(
+            forged in "[0-9a-f.:, \\[\\]]{0,60}",
+            real in (0u8..=255, 0u8..=255).prop_map(|(a, b)| format!("203.0.{a}.{b}")),
+        ) {
+            let t = &["10.0.0.0/8"];
+            let any = walk(t, "10.1.1.1", &[&forged]);
+            let listed = forged
+                .split(',')
+                .filter_map(|hop| parse_hop(hop.as_bytes()))
+                .any(|ip| ip.to_string() == any);
+            prop_assert!(any == "10.1.1.1" || listed, "{any}");
+            let header = format!("{forged}, {real}, 10.9.9.9");
+            prop_assert_eq!(walk(t, "10.1.1.1", &[&header]), real);
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Client limits that fit real deployments (issue 11): an API key may carry
-//! its own rate, and the `Bearer` scheme is case-insensitive.
+//! Client limits that fit real deployments (issue 11): clients behind a
+//! trusted proxy are told apart by the address it forwards, an API key may
+//! carry its own rate, and the `Bearer` scheme is case-insensitive.
 
 use serde_json::{Value, json};
 use visits_gateway::demo::SMALL_ACTIVITY;
@@ -24,10 +25,65 @@ async fn status(app: &TestApp, headers: &[(&str, &str)]) -> u16 {
     status
 }
 
+async fn forwarded_for(app: &TestApp, xff: &str) -> u16 {
+    status(app, &[("x-forwarded-for", xff)]).await
+}
+
 /// Anonymous clients at 1 request a second, burst 2.
 fn strict(s: &mut visits_gateway::config::Settings) {
     s.client.rate_per_second = 1;
     s.client.burst = 2;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
+    // The tests connect from 127.0.0.1: that is the proxy.
+    let app = spawn_app_with(|s| {
+        strict(s);
+        s.client.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(forwarded_for(&app, "203.0.113.7").await, 200);
+    }
+    assert_eq!(forwarded_for(&app, "203.0.113.7").await, 429);
+    assert_eq!(
+        forwarded_for(&app, "203.0.113.8").await,
+        200,
+        "another client behind the same proxy has its own bucket"
+    );
+    assert_eq!(
+        forwarded_for(&app, "198.51.100.1, 203.0.113.7").await,
+        429,
+        "an entry the client wrote left of its real address changes nothing"
+    );
+    assert_eq!(
+        forwarded_for(&app, "203.0.113.7, 127.0.0.1").await,
+        429,
+        "a second trusted hop is skipped"
+    );
+    assert_eq!(
+        forwarded_for(&app, "203.0.113.8, not-an-address").await,
+        200,
+        "a malformed entry falls back to the proxy's own bucket"
+    );
+    assert_eq!(status(&app, &[]).await, 200, "the proxy's own bucket");
+    assert_eq!(status(&app, &[]).await, 429);
+}
+
+#[tokio::test]
+async fn an_untrusted_peer_cannot_pick_a_new_bucket_with_x_forwarded_for() {
+    let app = spawn_app_with(|s| {
+        strict(s);
+        s.client.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    assert_eq!(forwarded_for(&app, "203.0.113.7").await, 200);
+    assert_eq!(forwarded_for(&app, "203.0.113.8").await, 200);
+    for spoof in ["203.0.113.9", "10.1.1.1", "203.0.113.9, 10.1.1.1"] {
+        assert_eq!(forwarded_for(&app, spoof).await, 429, "{spoof}");
+    }
+    assert_eq!(status(&app, &[]).await, 429);
 }
 
 #[tokio::test]
