@@ -1,11 +1,15 @@
 //! Client limits that fit real deployments (issue 11): clients behind a
 //! trusted proxy are told apart by the address it forwards, an API key may
-//! carry its own rate, and the `Bearer` scheme is case-insensitive.
+//! carry its own rate, the `Bearer` scheme is case-insensitive, and the
+//! default rate lets a fast pager through.
+
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use visits_gateway::demo::SMALL_ACTIVITY;
+use visits_gateway::config::ClientSettings;
+use visits_gateway::demo::{EXAMPLE_ACTIVITY, SMALL_ACTIVITY};
 
-use crate::helpers::{TestApp, error_code, keys_line, spawn_app_with, temp_dir};
+use crate::helpers::{TestApp, error_code, identities, keys_line, spawn_app_with, temp_dir, ts};
 
 /// The status of a cheap query sent with the given headers.
 async fn status(app: &TestApp, headers: &[(&str, &str)]) -> u16 {
@@ -170,4 +174,53 @@ async fn the_bearer_scheme_is_case_insensitive() {
             "{value}"
         );
     }
+}
+
+/// The case that was answered RATE_LIMITED under the old 20/s, burst 40: a
+/// client walking a 60-day list at `first: 100` as fast as it can while it
+/// makes a few other requests at the same time.
+#[tokio::test]
+async fn the_default_client_rate_lets_a_fast_pager_with_a_few_other_requests_through() {
+    let defaults = ClientSettings::default();
+    let app = spawn_app_with(|s| {
+        s.client.rate_per_second = defaults.rate_per_second;
+        s.client.burst = defaults.burst;
+    })
+    .await;
+    let (from, to) = (app.now - chrono::Duration::days(60), app.now);
+    let range = json!({ "from": ts(from), "to": ts(to) });
+    let others = async {
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            let (a, b, c) = tokio::join!(
+                status(&app, &[]),
+                status(&app, &[]),
+                app.user_visits(json!({ "id": SMALL_ACTIVITY.to_string(), "first": 5 })),
+            );
+            statuses.extend([a, b]);
+            assert!(c["errors"].is_null(), "{c}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        statuses
+    };
+    let walk = async {
+        let (mut after, mut seen, mut pages) = (None::<String>, 0, 0);
+        loop {
+            let r = app
+                .user_visits(json!({ "id": EXAMPLE_ACTIVITY.to_string(), "range": range, "first": 100, "after": after }))
+                .await;
+            assert!(r["errors"].is_null(), "page {pages}: {r}");
+            let c = &r["data"]["userVisits"];
+            seen += identities(c).len();
+            pages += 1;
+            if c["pageInfo"]["hasNextPage"] != json!(true) {
+                return (pages, seen);
+            }
+            after = c["pageInfo"]["endCursor"].as_str().map(str::to_owned);
+        }
+    };
+    let (statuses, (pages, seen)) = tokio::join!(others, walk);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(seen, app.expected(EXAMPLE_ACTIVITY, from, to).len());
+    assert!(pages > 20, "a long walk: {pages} pages");
 }
