@@ -130,7 +130,7 @@ enum Mode {
         #[arg(long, default_value_t = 170)]
         pages: usize,
         /// Visits per page: the gateway's UPSTREAM_PAGE_SIZE.
-        #[arg(long, default_value_t = visits_gateway::config::Settings::defaults().upstream_page_size)]
+        #[arg(long, default_value_t = visits_gateway::config::Settings::defaults().paging.upstream_page_size)]
         page_size: u64,
     },
 }

@@ -138,9 +138,9 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
     if let Some(body) = key.as_ref().and_then(|k| cached(&state, k, &principal)) {
         return json(body);
     }
-    let mut request = match parse_request(&state, &body) {
+    let mut request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(refusal) => return refusal,
+        Err(e) => return unreadable(&state, &e),
     };
     #[cfg(feature = "test-hooks")]
     if request.query.contains("__testPanic") {
@@ -290,17 +290,15 @@ async fn admit(state: &AppState, request: Request) -> Result<(Principal, Bytes),
     Ok((principal, body))
 }
 
-/// The body as a GraphQL request, or a 400 saying why not.
-fn parse_request(state: &AppState, body: &[u8]) -> Result<async_graphql::Request, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        let message = format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}");
-        refuse(
-            &state.metrics,
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadUserInput,
-            &message,
-        )
-    })
+/// A body that is not a JSON GraphQL request: 400, saying why.
+fn unreadable(state: &AppState, e: &serde_json::Error) -> Response {
+    let message = format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}");
+    refuse(
+        &state.metrics,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadUserInput,
+        &message,
+    )
 }
 
 /// A cached response for `key`, if this client may see all it touched.
