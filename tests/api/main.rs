@@ -3,6 +3,7 @@
 
 mod errors;
 mod helpers;
+mod hostile;
 mod hot_path;
 mod ops;
 mod paging;
