@@ -6,6 +6,7 @@ mod clients;
 mod errors;
 mod guards;
 mod helpers;
+mod hostile;
 mod hot_path;
 mod ops;
 mod paging;
