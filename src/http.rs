@@ -138,16 +138,27 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
     if let Some(body) = key.as_ref().and_then(|k| cached(&state, k, &principal)) {
         return json(body);
     }
-    let mut request: async_graphql::Request = match serde_json::from_slice(&body) {
+    let mut request = match read_request(&body) {
         Ok(request) => request,
-        Err(e) => return unreadable(&state, &e),
+        Err(message) => return unreadable(&state, &message),
     };
     #[cfg(feature = "test-hooks")]
     if request.query.contains("__testPanic") {
         panic!("a panic provoked by a test");
     }
 
-    if let Some(doc) = state.documents.parse(&request.query) {
+    let parsed = match state.documents.parse(&request.query) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            return refuse(
+                &state.metrics,
+                StatusCode::OK,
+                ErrorCode::BadUserInput,
+                &message,
+            );
+        }
+    };
+    if let Some(doc) = parsed {
         let cost = crate::graphql::cost::worst_case(
             &state.resolver,
             &doc,
@@ -290,9 +301,18 @@ async fn admit(state: &AppState, request: Request) -> Result<(Principal, Bytes),
     Ok((principal, body))
 }
 
+/// One GraphQL request: a JSON object (a batch, a JSON array, is not
+/// supported; serde would also take an array as the struct's fields).
+fn read_request(body: &[u8]) -> Result<async_graphql::Request, String> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err("a JSON object is expected (batches are not supported)".into());
+    }
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
 /// A body that is not a JSON GraphQL request: 400, saying why.
-fn unreadable(state: &AppState, e: &serde_json::Error) -> Response {
-    let message = format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}");
+fn unreadable(state: &AppState, reason: &str) -> Response {
+    let message = format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {reason}");
     refuse(
         &state.metrics,
         StatusCode::BAD_REQUEST,

@@ -68,9 +68,9 @@ struct Limits {
 static LIMITS: LazyLock<Limits> = LazyLock::new(|| {
     let s = Settings::defaults();
     Limits {
-        max_range_ms: i64::from(s.max_range_days) * DAY_MS,
-        pin_ms: i64::from(s.pin_granularity_seconds) * 1000,
-        max_body_bytes: s.max_body_bytes as usize,
+        max_range_ms: i64::from(s.paging.max_range_days) * DAY_MS,
+        pin_ms: s.paging.pin_granularity.as_millis() as i64,
+        max_body_bytes: s.server.max_body_bytes as usize,
     }
 });
 
@@ -705,6 +705,9 @@ fn platform_can_name(ms: i64) -> bool {
     (0..=9999).contains(&at_ms(ms).year())
 }
 
+/// The README: ranges start no earlier than 1970-01-01.
+const EARLIEST_MS: i64 = 0;
+
 /// What the SPEC makes of `range: {from, to}` sent at `now` (SPEC §2).
 fn range_verdict(from: &str, to: Option<&str>, now: DateTime<Utc>) -> Expect {
     let Some(from) = parse_time(from) else {
@@ -725,7 +728,7 @@ fn range_verdict(from: &str, to: Option<&str>, now: DateTime<Utc>) -> Expect {
         _ if from_ms >= pin_ms(now) && from_ms < now_ms => now_ms,
         _ => pin_ms(now),
     };
-    if from_ms >= to_ms || to_ms - from_ms > LIMITS.max_range_ms {
+    if from_ms >= to_ms || to_ms - from_ms > LIMITS.max_range_ms || from_ms < EARLIEST_MS {
         return BAD_INPUT;
     }
     if !platform_can_name(from_ms) || !platform_can_name(to_ms) {
@@ -857,7 +860,7 @@ async fn first_page(app: &TestApp) -> List {
 /// whole run, so that refusing an offset past its end needs no platform
 /// request however long the run takes.
 async fn cursor_app() -> (Arc<TestApp>, List) {
-    let app = spawn_app_with(|s| s.cache_ttl_recent_seconds = s.cache_ttl_settled_seconds).await;
+    let app = spawn_app_with(|s| s.cache.ttl_recent = s.cache.ttl_settled).await;
     let list = first_page(&app).await;
     (Arc::new(app), list)
 }
@@ -980,6 +983,7 @@ fn cursor_verdict(
     let now_ms = now.timestamp_millis();
     let span = i128::from(c.to_ms) - i128::from(c.from_ms);
     if c.activity != EXAMPLE_ACTIVITY
+        || c.from_ms < EARLIEST_MS
         || span <= 0
         || span > i128::from(LIMITS.max_range_ms)
         || c.to_ms > now_ms
