@@ -20,6 +20,7 @@ use crate::paging::RangePolicy;
 use crate::playground::{self, Playground};
 use crate::response_cache::ResponseCache;
 use crate::secret::TokenSource;
+use crate::stats::load::StatsLoader;
 use crate::telemetry::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::visits::FetchPolicy;
@@ -104,6 +105,10 @@ impl App {
             },
             default_page_size: settings.default_page_size,
             max_page_size: settings.max_page_size,
+            stats: StatsLoader::new(
+                settings.stats_cache_max_bytes,
+                settings.stats_max_platform_requests,
+            ),
         };
         let resolver = Arc::new(resolver);
         let state = Arc::new(AppState {

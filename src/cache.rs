@@ -282,6 +282,20 @@ impl PageCache {
         })
     }
 
+    /// Whether `req` would be served without a platform request on the
+    /// caller's path: a fresh page, or a settled window's page (served while
+    /// it is refreshed in the background). A recent window's page past its
+    /// TTL is not: it is refreshed first.
+    pub async fn contains(&self, req: &PageRequest) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        self.pages
+            .get(req)
+            .await
+            .is_some_and(|page| page.is_fresh() || !TtlPolicy::is_recent(req.window.to, Utc::now()))
+    }
+
     async fn remembered_refusal(&self, activity: ActivityId) -> Option<GatewayError> {
         let (refusal, learnt) = self.refusals.as_ref()?.get(&activity).await?;
         if learnt.elapsed() >= self.ttl.negative {

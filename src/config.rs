@@ -200,6 +200,14 @@ pub struct Settings {
     #[arg(long, env = "WINDOW_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub window_concurrency: u32,
 
+    /// Platform requests (pages not cached) one request's statistics may need.
+    #[arg(long, env = "STATS_MAX_PLATFORM_REQUESTS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100000))]
+    pub stats_max_platform_requests: u64,
+
+    /// Capacity in bytes of the settled windows' statistics; 0 turns it off.
+    #[arg(long, env = "STATS_CACHE_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub stats_cache_max_bytes: u64,
+
     /// File of API keys: `<name> <sha256-hex> <activity ids or *>` per line.
     #[arg(long, env = "API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
