@@ -10,5 +10,6 @@ mod paging;
 mod playground;
 mod resilience;
 mod security;
+mod stats;
 mod surface;
 mod upstream_economy;
