@@ -216,7 +216,8 @@ impl App {
         }
     }
 }
-/// The playground's opening example: a query for an activity that exists.
+/// The playground's opening examples: a query for an activity that exists,
+/// and its statistics in a second tab.
 fn playground_defaults(settings: &Settings) -> playground::Defaults {
     playground::Defaults {
         query: format!(
@@ -230,6 +231,7 @@ fn playground_defaults(settings: &Settings) -> playground::Defaults {
         } else {
             "{}".to_owned()
         },
+        stats_query: crate::graphql::stats::example_query(settings.playground_activity_id),
     }
 }
 

@@ -177,6 +177,26 @@ try {
     () => document.querySelector('.graphiql-editor-tool .CodeMirror')?.CodeMirror?.getValue() ?? ''
   );
   if (!kept.includes('"last": 3')) problem(`the reload lost the edited variables: ${kept}`);
+
+  // The statistics example waits in the second tab.
+  step('running the statistics tab');
+  await page.locator('.graphiql-tab-button').nth(1).click();
+  await page.waitForFunction(() =>
+    document.querySelector('.graphiql-query-editor .CodeMirror')?.CodeMirror?.getValue().includes('userVisitStats')
+  );
+  await page.waitForTimeout(500); // GraphiQL reads the tab's operation name after a debounce
+  await page.locator('button.graphiql-execute-button').click();
+  const statsText = await (
+    await page.waitForFunction(() => {
+      const value = document.querySelector('.result-window .CodeMirror')?.CodeMirror?.getValue() ?? '';
+      return value.includes('"userVisitStats"') || value.includes('"errors"') ? value : false;
+    })
+  ).jsonValue();
+  const stats = JSON.parse(statsText).data?.userVisitStats;
+  if (!(stats?.visits > 0 && stats?.timeline?.length > 0)) {
+    problem(`the statistics tab showed no statistics: ${statsText.slice(0, 500)}`);
+  }
+  console.log(`   statistics: ${stats?.visits} visits, ${stats?.uniqueVisitors} visitors`);
 } catch (e) {
   problem(`${e.stack ?? e}`);
 } finally {
