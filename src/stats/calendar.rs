@@ -171,6 +171,44 @@ impl Calendar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const ZONES: [&str; 7] = [
+        "UTC",
+        "America/New_York",
+        "Asia/Kathmandu",
+        "Australia/Lord_Howe",
+        "America/Santiago",
+        "Europe/London",
+        "Pacific/Chatham",
+    ];
+    const INTERVALS: [Interval; 5] = [
+        Interval::Minute,
+        Interval::FiveMinutes,
+        Interval::FifteenMinutes,
+        Interval::Hour,
+        Interval::Day,
+    ];
+
+    proptest! {
+        #[test]
+        fn a_bucket_is_a_run_of_one_local_interval(
+            // 2020 to 2030, and often near a clock change.
+            t in 1_577_836_800_000i64..1_893_456_000_000,
+            zone_index in 0..ZONES.len(),
+            interval_index in 0..INTERVALS.len(),
+        ) {
+            let c = Calendar::new(INTERVALS[interval_index], zone(ZONES[zone_index]).unwrap());
+            let start = c.start_of(t);
+            let next = c.next_start(start);
+            prop_assert!(start <= t && t < next, "{start} {t} {next}");
+            prop_assert_eq!(c.label(start), c.label(t));
+            prop_assert_eq!(c.label(next - 1), c.label(t));
+            prop_assert_ne!(c.label(start - 1), c.label(start));
+            prop_assert_ne!(c.label(next), c.label(t));
+            prop_assert!(next - start <= Duration::hours(26).num_milliseconds());
+        }
+    }
 
     fn ms(s: &str) -> i64 {
         crate::time::parse_rfc3339(s).unwrap().timestamp_millis()

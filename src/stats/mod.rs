@@ -20,6 +20,7 @@ pub mod calendar;
 pub mod load;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
 use crate::upstream::Visit;
@@ -78,8 +79,6 @@ const NO_VISITOR: u32 = u32::MAX;
 struct Record {
     /// `visitAt`, ms.
     at: i64,
-    /// The last instant it is online: `max(lastOnlineAt, visitAt)`, ms.
-    until: i64,
     /// Index into [`WindowStats::visitors`], or [`NO_VISITOR`].
     visitor: u32,
     /// Index into [`WindowStats::keys`], per [`Dimension`].
@@ -92,6 +91,9 @@ struct Record {
 pub struct WindowStats {
     /// By `at`.
     records: Vec<Record>,
+    /// The last instant each visit is online, `max(lastOnlineAt, visitAt)`
+    /// (ms), ascending.
+    ends: Vec<i64>,
     /// Distinct.
     visitors: Vec<Visitor>,
     /// Distinct keys, per [`Dimension`]; `None` where the platform gave none.
@@ -107,20 +109,26 @@ struct Table<K> {
 
 impl<K: Hash + Eq + Clone> Table<K> {
     fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    fn with_capacity(n: usize) -> Self {
         Self {
-            ids: HashMap::new(),
-            list: Vec::new(),
+            ids: HashMap::with_capacity(n),
+            list: Vec::with_capacity(n),
         }
     }
 
     fn id(&mut self, key: &K) -> u32 {
-        if let Some(&id) = self.ids.get(key) {
-            return id;
+        let next = u32::try_from(self.list.len()).expect("fewer than 2^32 distinct values");
+        match self.ids.entry(key.clone()) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => {
+                self.list.push(e.key().clone());
+                e.insert(next);
+                next
+            }
         }
-        let id = u32::try_from(self.list.len()).expect("fewer than 2^32 distinct values");
-        self.list.push(key.clone());
-        self.ids.insert(key.clone(), id);
-        id
     }
 }
 
@@ -158,6 +166,7 @@ impl WindowStats {
         // Each distinct referer is parsed once.
         let mut hosts: HashMap<Text, Option<Text>> = HashMap::new();
         let mut records = Vec::new();
+        let mut ends = Vec::new();
         let mut duration_minutes = 0u64;
         for v in visits {
             let at = v.visit_at.timestamp_millis();
@@ -168,17 +177,19 @@ impl WindowStats {
                     .clone()
             });
             let key = [&v.province, &v.city, &v.device, &host];
+            ends.push(v.last_online_at.timestamp_millis().max(at));
             records.push(Record {
                 at,
-                until: v.last_online_at.timestamp_millis().max(at),
                 visitor: Visitor::of(v).map_or(NO_VISITOR, |who| visitors.id(&who)),
                 keys: std::array::from_fn(|d| keys[d].id(key[d])),
             });
             duration_minutes += u64::try_from(v.duration_minutes).unwrap_or(0);
         }
         records.sort_by_key(|r| r.at);
+        ends.sort_unstable();
         Self {
             records,
+            ends,
             visitors: visitors.list,
             keys: keys.map(|t| t.list),
             duration_minutes,
@@ -188,11 +199,14 @@ impl WindowStats {
     /// The statistics of all these windows' visits together. Windows given
     /// oldest first (as a range splits) merge fastest; any order is exact.
     pub fn merge(parts: &[&WindowStats]) -> Self {
-        let mut visitors = Table::new();
+        let mut visitors = Table::with_capacity(parts.iter().map(|p| p.visitors.len()).sum());
         let mut keys: [Table<Option<Text>>; 4] = std::array::from_fn(|_| Table::new());
-        let mut records = Vec::with_capacity(parts.iter().map(|p| p.records.len()).sum());
+        let visits = parts.iter().map(|p| p.records.len()).sum();
+        let mut records = Vec::with_capacity(visits);
+        let mut ends = Vec::with_capacity(visits);
         let mut duration_minutes = 0u64;
         for part in parts {
+            ends.extend_from_slice(&part.ends);
             let visitor_ids: Vec<u32> = part.visitors.iter().map(|v| visitors.id(v)).collect();
             let key_ids: [Vec<u32>; 4] =
                 std::array::from_fn(|d| part.keys[d].iter().map(|k| keys[d].id(k)).collect());
@@ -206,10 +220,13 @@ impl WindowStats {
             }));
             duration_minutes += part.duration_minutes;
         }
-        // Stable and run-adaptive: windows in order are already sorted.
+        // Stable sorts are run-adaptive: windows in order are already sorted,
+        // and each window's ends are one sorted run.
         records.sort_by_key(|r| r.at);
+        ends.sort();
         Self {
             records,
+            ends,
             visitors: visitors.list,
             keys: keys.map(|t| t.list),
             duration_minutes,
@@ -247,8 +264,7 @@ impl WindowStats {
     /// reached; none without visits. The count only rises when a visit
     /// starts, so the instants worth looking at are the starts.
     pub fn peak(&self) -> Option<Peak> {
-        let ends = self.sorted_ends();
-        let mut online = Online::new(&self.records, &ends);
+        let mut online = Online::new(&self.records, &self.ends);
         let mut best: Option<Peak> = None;
         for r in &self.records {
             let viewers = online.at(r.at);
@@ -265,18 +281,28 @@ impl WindowStats {
         let d = dimension.index();
         let keys = &self.keys[d];
         let mut visits = vec![0u64; keys.len()];
-        let mut pairs = Vec::with_capacity(self.records.len());
+        let mut unique = vec![0u64; keys.len()];
+        // Most visitors keep one key: each visitor's first key is counted at
+        // once, and only (key, visitor) pairs with another key are sorted.
+        let mut first_key = vec![u32::MAX; self.visitors.len()];
+        let mut other_pairs = Vec::new();
         for r in &self.records {
             let key = r.keys[d];
             visits[key as usize] += 1;
-            if r.visitor != NO_VISITOR {
-                pairs.push((u64::from(key) << 32) | u64::from(r.visitor));
+            if r.visitor == NO_VISITOR {
+                continue;
+            }
+            let first = &mut first_key[r.visitor as usize];
+            if *first == u32::MAX {
+                *first = key;
+                unique[key as usize] += 1;
+            } else if *first != key {
+                other_pairs.push((u64::from(key) << 32) | u64::from(r.visitor));
             }
         }
-        pairs.sort_unstable();
-        pairs.dedup();
-        let mut unique = vec![0u64; keys.len()];
-        for pair in pairs {
+        other_pairs.sort_unstable();
+        other_pairs.dedup();
+        for pair in other_pairs {
             unique[(pair >> 32) as usize] += 1;
         }
         let mut buckets: Vec<KeyCount> = keys
@@ -305,10 +331,9 @@ impl WindowStats {
     /// `visitAt`, and a bucket's peak counts visits that started before it
     /// and are still online.
     pub fn timeline(&self, bounds: &[i64]) -> Vec<TimelineRow> {
-        let ends = self.sorted_ends();
-        let mut online = Online::new(&self.records, &ends);
+        let mut online = Online::new(&self.records, &self.ends);
         // The bucket each visitor was last counted in, plus one.
-        let mut counted_in = vec![0usize; self.visitors.len()];
+        let mut counted_in = vec![0u32; self.visitors.len()];
         let first = bounds.first().copied().unwrap_or(i64::MAX);
         let mut next = self.records.partition_point(|r| r.at < first);
         bounds
@@ -324,8 +349,9 @@ impl WindowStats {
                 };
                 while let Some(r) = self.records.get(next).filter(|r| r.at < end) {
                     row.visits += 1;
-                    if r.visitor != NO_VISITOR && counted_in[r.visitor as usize] != i + 1 {
-                        counted_in[r.visitor as usize] = i + 1;
+                    let bucket = i as u32 + 1;
+                    if r.visitor != NO_VISITOR && counted_in[r.visitor as usize] != bucket {
+                        counted_in[r.visitor as usize] = bucket;
                         row.unique_visitors += 1;
                     }
                     row.peak_concurrent_viewers = row.peak_concurrent_viewers.max(online.at(r.at));
@@ -334,12 +360,6 @@ impl WindowStats {
                 row
             })
             .collect()
-    }
-
-    fn sorted_ends(&self) -> Vec<i64> {
-        let mut ends: Vec<i64> = self.records.iter().map(|r| r.until).collect();
-        ends.sort_unstable();
-        ends
     }
 
     /// Approximate bytes held, for the statistics cache's byte bound. Text
@@ -356,6 +376,7 @@ impl WindowStats {
         let keys: usize = self.keys.iter().flatten().flatten().map(text).sum();
         std::mem::size_of::<Self>()
             + self.records.capacity() * std::mem::size_of::<Record>()
+            + self.ends.capacity() * std::mem::size_of::<i64>()
             + self.visitors.capacity() * std::mem::size_of::<Visitor>()
             + self
                 .keys
