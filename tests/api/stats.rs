@@ -827,3 +827,26 @@ async fn a_client_outside_the_activity_is_forbidden_before_any_platform_request(
     assert_eq!(error_code(&r), "FORBIDDEN", "{r}");
     assert_eq!(app.sim.request_count(), 0);
 }
+
+#[test]
+fn the_statistics_settings_default_to_the_spec_and_name_themselves_when_bad() {
+    use clap::Parser;
+    use visits_gateway::config::{Cli, Settings};
+    let s = Settings::defaults();
+    assert_eq!(s.stats_max_platform_requests, 200);
+    assert_eq!(s.stats_cache_max_bytes, 32 * 1024 * 1024);
+    for bad in ["0", "100001", "many"] {
+        let e = Cli::try_parse_from([
+            "visits-gateway",
+            "serve",
+            "--stats-max-platform-requests",
+            bad,
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("STATS_MAX_PLATFORM_REQUESTS") || e.contains("stats-max-platform-requests"),
+            "{e}"
+        );
+    }
+}
