@@ -4,32 +4,28 @@
 #   docker run --rm -p 8080:8080 visits-gateway:0.1.0 demo
 #
 # Stages:
-#   node     official Node.js image; only its node + npm are copied out (build.rs
-#            runs `npm ci` in graphiql/ to fetch the GraphiQL assets it embeds).
-#   chef     Rust 1.95 on Debian bookworm + Node.js + npm + cargo-chef.
+#   graphiql official Node.js image: `npm ci` from graphiql/'s lockfile fetches
+#            the GraphiQL and React builds that build.rs embeds (changes only
+#            when graphiql/package*.json do).
+#   chef     Rust 1.95 on Debian bookworm + cargo-chef.
 #   planner  computes the dependency recipe (changes only when Cargo.toml/Cargo.lock do).
-#   builder  builds the dependencies from the recipe (cached layer), then the binary.
+#   builder  builds the dependencies from the recipe (cached layer), then the binary,
+#            with VISITS_GATEWAY_GRAPHIQL_NODE_MODULES naming the graphiql stage's
+#            node_modules, so it needs no Node.js.
 #   runtime  distroless cc (glibc, libgcc, CA certificates, tzdata; no shell, no
 #            package manager), numeric non-root user 65532.
 
-FROM node:22-bookworm-slim AS node
+FROM node:22-bookworm-slim AS graphiql
+ENV npm_config_update_notifier=false
+WORKDIR /graphiql
+COPY graphiql/package.json graphiql/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
 
 FROM rust:1.95.0-bookworm AS chef
-# Node.js and npm for build.rs. npm's launchers are symlinks into its package
-# directory, so they are re-created rather than copied.
-COPY --from=node /usr/local/bin/node /usr/local/bin/node
-COPY --from=node /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
-RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
-    && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
-    && node --version \
-    && npm --version \
-    && cargo install cargo-chef --locked --version 0.1.77 \
+RUN cargo install cargo-chef --locked --version 0.1.77 \
     && rm -rf /usr/local/cargo/registry
 ENV CARGO_TERM_COLOR=never \
-    CARGO_INCREMENTAL=0 \
-    npm_config_update_notifier=false \
-    npm_config_fund=false \
-    npm_config_audit=false
+    CARGO_INCREMENTAL=0
 WORKDIR /app
 
 FROM chef AS planner
@@ -40,6 +36,8 @@ FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 # Dependencies only: this layer is reused until Cargo.toml or Cargo.lock change.
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin visits-gateway
+COPY --from=graphiql /graphiql/node_modules /graphiql/node_modules
+ENV VISITS_GATEWAY_GRAPHIQL_NODE_MODULES=/graphiql/node_modules
 COPY . .
 # `cargo clean -p` drops the placeholder artifacts cargo-chef compiled for this
 # package, so the real sources are always rebuilt whatever their timestamps.

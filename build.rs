@@ -2,13 +2,21 @@
 //!
 //! GraphiQL and React come from the npm registry as build inputs: the exact
 //! versions are pinned in `graphiql/package.json` and `graphiql/package-lock.json`
-//! (committed), and this script runs `npm ci` in `graphiql/` when
-//! `graphiql/node_modules` is missing or older than those files. It then copies
-//! the UMD builds, plus the playground's own `graphiql/init.js` and
-//! `graphiql/playground.css`, into `OUT_DIR/playground/` and writes
-//! `OUT_DIR/playground_assets.rs`, which `src/playground.rs` includes: one
-//! `Asset` per file, named with a content hash (FNV-1a 64) so that browsers can
-//! cache them forever.
+//! (committed). This script takes their UMD builds from a `node_modules`
+//! directory:
+//!
+//! - the one the environment variable `VISITS_GATEWAY_GRAPHIQL_NODE_MODULES`
+//!   names, fetched beforehand (offline and distribution builds: `npm ci` in
+//!   `graphiql/`, or in any directory holding copies of its two package files);
+//! - otherwise its own, under `OUT_DIR`: it copies the package files to
+//!   `OUT_DIR/npm/` and runs `npm ci` there, again only when they change.
+//!
+//! Either way the packages must have the versions the lockfile pins, and the
+//! script writes nothing outside `OUT_DIR`. It copies the UMD builds, plus the
+//! playground's own `graphiql/init.js` and `graphiql/playground.css`, into
+//! `OUT_DIR/playground/` and writes `OUT_DIR/playground_assets.rs`, which
+//! `src/playground.rs` includes: one `Asset` per file, named with a content
+//! hash (FNV-1a 64) so that browsers can cache them forever.
 //!
 //! The page must work with no network, so the build fails if a stylesheet
 //! refers to anything but `data:` URLs.
@@ -18,52 +26,68 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
 
 // The same hash the crate uses (and its asset-name test checks).
 #[path = "src/fnv.rs"]
 mod fnv;
 use fnv::fnv1a64;
 
-/// (source path under `graphiql/`, name stem, name suffix, content type, the
-/// generated constant that holds the hashed file name)
-const ASSETS: &[(&str, &str, &str, &str, &str)] = &[
+/// Names a `node_modules` directory fetched beforehand; the build then runs
+/// no npm.
+const NODE_MODULES_VAR: &str = "VISITS_GATEWAY_GRAPHIQL_NODE_MODULES";
+
+/// Where a file comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// A path inside `node_modules`.
+    Npm(&'static str),
+    /// A path inside `graphiql/`: the playground's own files.
+    Own(&'static str),
+}
+
+/// The npm packages the assets come from: the lockfile must pin each of them,
+/// and `node_modules` must hold that version.
+const PACKAGES: &[&str] = &["react", "react-dom", "graphiql"];
+
+/// (source, name stem, name suffix, content type, the generated constant that
+/// holds the hashed file name)
+const ASSETS: &[(Source, &str, &str, &str, &str)] = &[
     (
-        "node_modules/react/umd/react.production.min.js",
+        Source::Npm("react/umd/react.production.min.js"),
         "react",
         ".production.min.js",
         JS,
         "REACT_JS",
     ),
     (
-        "node_modules/react-dom/umd/react-dom.production.min.js",
+        Source::Npm("react-dom/umd/react-dom.production.min.js"),
         "react-dom",
         ".production.min.js",
         JS,
         "REACT_DOM_JS",
     ),
     (
-        "node_modules/graphiql/graphiql.min.js",
+        Source::Npm("graphiql/graphiql.min.js"),
         "graphiql",
         ".min.js",
         JS,
         "GRAPHIQL_JS",
     ),
     (
-        "node_modules/graphiql/graphiql.min.css",
+        Source::Npm("graphiql/graphiql.min.css"),
         "graphiql",
         ".min.css",
         CSS,
         "GRAPHIQL_CSS",
     ),
     (
-        "playground.css",
+        Source::Own("playground.css"),
         "playground",
         ".css",
         CSS,
         "PLAYGROUND_CSS",
     ),
-    ("init.js", "init", ".js", JS, "INIT_JS"),
+    (Source::Own("init.js"), "init", ".js", JS, "INIT_JS"),
 ];
 
 const JS: &str = "text/javascript; charset=utf-8";
@@ -72,20 +96,23 @@ const CSS: &str = "text/css; charset=utf-8";
 /// The npm command line, also shown in error messages.
 const NPM_CI: &[&str] = &["ci", "--ignore-scripts", "--no-audit", "--no-fund"];
 
+/// The files `npm ci` installs from.
+const PACKAGE_FILES: [&str; 2] = ["package.json", "package-lock.json"];
+
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env("OUT_DIR"));
     let graphiql = manifest_dir.join("graphiql");
-    for input in [
-        "package.json",
-        "package-lock.json",
-        "init.js",
-        "playground.css",
-    ] {
+    for input in PACKAGE_FILES.iter().chain(&["init.js", "playground.css"]) {
         println!("cargo:rerun-if-changed=graphiql/{input}");
     }
+    println!("cargo:rerun-if-env-changed={NODE_MODULES_VAR}");
 
-    ensure_node_modules(&graphiql);
+    let node_modules = match std::env::var_os(NODE_MODULES_VAR).filter(|v| !v.is_empty()) {
+        Some(dir) => given_node_modules(&manifest_dir.join(dir)),
+        None => install_node_modules(&graphiql, &out_dir.join("npm")),
+    };
+    check_versions(&graphiql, &node_modules);
 
     let assets_dir = out_dir.join("playground");
     // Start empty, so that the files of older versions do not pile up.
@@ -99,17 +126,22 @@ fn main() {
     );
     let mut names = String::new();
     for &(source, stem, suffix, content_type, constant) in ASSETS {
-        let path = graphiql.join(source);
-        let bytes = fs::read(&path).unwrap_or_else(|e| {
-            panic!(
+        let (path, shown) = match source {
+            Source::Npm(file) => (node_modules.join(file), format!("node_modules/{file}")),
+            Source::Own(file) => (graphiql.join(file), format!("graphiql/{file}")),
+        };
+        let bytes = fs::read(&path).unwrap_or_else(|e| match source {
+            Source::Npm(_) => panic!(
                 "cannot read {}: {e}\n\
-                 `npm ci` in graphiql/ should have installed it; delete graphiql/node_modules \
-                 and build again, or check the versions in graphiql/package.json",
+                 Its package has the version graphiql/package-lock.json pins, but not this \
+                 file: the directory is incomplete, or build.rs does not know this version's \
+                 layout yet",
                 path.display()
-            )
+            ),
+            Source::Own(_) => panic!("cannot read {}: {e}", path.display()),
         });
         let bytes = if content_type == CSS {
-            check_css_urls(source, &bytes);
+            check_css_urls(&shown, &bytes);
             bytes
         } else {
             strip_source_map_comment(bytes)
@@ -125,7 +157,7 @@ fn main() {
         .unwrap();
         writeln!(
             names,
-            "/// The file name of `graphiql/{source}` under `/playground/assets/`.\n\
+            "/// The file name of `{shown}` under `/playground/assets/`.\n\
              pub(crate) const {constant}: &str = {name:?};"
         )
         .unwrap();
@@ -140,31 +172,70 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name} for build scripts"))
 }
 
-/// Runs `npm ci` in `graphiql/` unless `node_modules` is newer than the
-/// package files. npm writes `node_modules/.package-lock.json` last, so its
-/// time says when an install completed.
-fn ensure_node_modules(graphiql: &Path) {
-    let installed = mtime(&graphiql.join("node_modules/.package-lock.json"));
-    let wanted = [
-        mtime(&graphiql.join("package.json")),
-        mtime(&graphiql.join("package-lock.json")),
-    ]
-    .into_iter()
-    .flatten()
-    .max();
-    if let (Some(installed), Some(wanted)) = (installed, wanted)
-        && installed >= wanted
+/// The `node_modules` directory that `VISITS_GATEWAY_GRAPHIQL_NODE_MODULES`
+/// names (a relative path is taken from the crate's root). The build reruns
+/// when one of the files it takes from there changes.
+fn given_node_modules(dir: &Path) -> PathBuf {
+    if !dir.is_dir() {
+        panic!(
+            "{NODE_MODULES_VAR} is {}, which is not a directory. It should name the \
+             node_modules directory that `npm {}` in graphiql/ installs; unset it to have \
+             the build run npm itself",
+            dir.display(),
+            NPM_CI.join(" ")
+        );
+    }
+    for package in PACKAGES {
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join(package).join("package.json").display()
+        );
+    }
+    for (source, ..) in ASSETS {
+        if let Source::Npm(file) = source {
+            println!("cargo:rerun-if-changed={}", dir.join(file).display());
+        }
+    }
+    dir.to_owned()
+}
+
+/// Runs `npm ci` in `dir` (under `OUT_DIR`) with copies of `graphiql/`'s
+/// package files, unless an earlier run installed these very files, and
+/// returns `dir/node_modules`. A stamp written after a successful install
+/// records which files it installed, so a failed or interrupted one is
+/// never taken for complete.
+fn install_node_modules(graphiql: &Path, dir: &Path) -> PathBuf {
+    let node_modules = dir.join("node_modules");
+    let stamp = dir.join("installed.stamp");
+    let mut packages = Vec::new();
+    for file in PACKAGE_FILES {
+        let path = graphiql.join(file);
+        packages.push(fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())));
+    }
+    let wanted = format!("{:016x}\n", fnv1a64(&packages.join(&b"\0"[..])));
+    if node_modules.is_dir() && fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return node_modules;
+    }
+    if let Err(e) = fs::remove_file(&stamp)
+        && e.kind() != ErrorKind::NotFound
     {
-        return;
+        panic!("remove {}: {e}", stamp.display());
+    }
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    for (file, bytes) in PACKAGE_FILES.iter().zip(&packages) {
+        let path = dir.join(file);
+        fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
     let command = format!("npm {}", NPM_CI.join(" "));
     println!(
-        "cargo:warning=graphiql/node_modules is missing or older than graphiql/package-lock.json: \
-         running `{command}` in graphiql/"
+        "cargo:warning=installing GraphiQL and React from the npm registry, as \
+         graphiql/package-lock.json pins them: `{command}` in {} \
+         (set {NODE_MODULES_VAR} to build offline)",
+        dir.display()
     );
     let status = Command::new("npm")
         .args(NPM_CI)
-        .current_dir(graphiql)
+        .current_dir(dir)
         // npm's progress and notices would only clutter cargo's output.
         .env("npm_config_update_notifier", "false")
         .env("npm_config_progress", "false")
@@ -174,20 +245,58 @@ fn ensure_node_modules(graphiql: &Path) {
         Ok(status) => panic!(
             "`{command}` in {} failed ({status}). The playground embeds GraphiQL and React \
              from the npm registry at build time: check that the registry is reachable \
-             (npm's own output is above), then build again.",
-            graphiql.display()
+             (npm's own output is above), then build again; or fetch them beforehand and \
+             name them with {NODE_MODULES_VAR} (see the README, \"Building offline\").",
+            dir.display()
         ),
         Err(e) if e.kind() == ErrorKind::NotFound => panic!(
             "npm is not installed. The GraphiQL playground's assets (graphiql, react, react-dom) \
-             are fetched with `{command}` in graphiql/ at build time: install Node.js and npm \
-             (apt install nodejs npm), then build again."
+             are fetched with `{command}` at build time: install Node.js and npm \
+             (apt install nodejs npm), then build again; or fetch them beforehand and \
+             name them with {NODE_MODULES_VAR} (see the README, \"Building offline\")."
         ),
-        Err(e) => panic!("cannot run `{command}` in {}: {e}", graphiql.display()),
+        Err(e) => panic!("cannot run `{command}` in {}: {e}", dir.display()),
+    }
+    fs::write(&stamp, wanted).unwrap_or_else(|e| panic!("write {}: {e}", stamp.display()));
+    node_modules
+}
+
+/// Each package in `node_modules` must have the version the lockfile pins: a
+/// directory fetched for another version of the lockfile is refused rather
+/// than embedded.
+fn check_versions(graphiql: &Path, node_modules: &Path) {
+    let lock = read_json(&graphiql.join("package-lock.json"));
+    for package in PACKAGES {
+        let pinned = lock["packages"][format!("node_modules/{package}")]["version"]
+            .as_str()
+            .unwrap_or_else(|| panic!("graphiql/package-lock.json does not pin {package}"));
+        let path = node_modules.join(package).join("package.json");
+        if !path.is_file() {
+            panic!(
+                "{} has no {package}: it is not the node_modules directory that `npm {}` in \
+                 graphiql/ installs",
+                node_modules.display(),
+                NPM_CI.join(" ")
+            );
+        }
+        let installed = read_json(&path)["version"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_default();
+        if installed != pinned {
+            panic!(
+                "{} holds {package} {installed}, but graphiql/package-lock.json pins {pinned}: \
+                 run `npm {}` again where it was fetched, with the current package files",
+                node_modules.display(),
+                NPM_CI.join(" ")
+            );
+        }
     }
 }
 
-fn mtime(path: &Path) -> Option<SystemTime> {
-    fs::metadata(path).and_then(|m| m.modified()).ok()
+fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
 /// Drops a trailing `//# sourceMappingURL=...` line: the maps are not served,
@@ -204,17 +313,17 @@ fn strip_source_map_comment(mut bytes: Vec<u8>) -> Vec<u8> {
 
 /// The page must not need any other host, nor any file we do not serve: every
 /// `url(...)` in a stylesheet must be a `data:` URL, and none may `@import`.
-fn check_css_urls(source: &str, css: &[u8]) {
+fn check_css_urls(shown: &str, css: &[u8]) {
     let css = String::from_utf8_lossy(css);
     if css.contains("@import") {
-        panic!("graphiql/{source} has an @import; the playground serves single stylesheets only");
+        panic!("{shown} has an @import; the playground serves single stylesheets only");
     }
     for (at, _) in css.match_indices("url(") {
         let target = css[at + 4..].trim_start().trim_start_matches(['"', '\'']);
         if !target.starts_with("data:") {
-            let shown: String = target.chars().take(80).collect();
+            let url: String = target.chars().take(80).collect();
             panic!(
-                "graphiql/{source} refers to `{shown}`, which is not a data: URL. The playground \
+                "{shown} refers to `{url}`, which is not a data: URL. The playground \
                  must work offline from the gateway alone: teach build.rs to embed that file \
                  (and rewrite the URL) before upgrading to this version."
             );

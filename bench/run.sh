@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# The gateway's benchmark (issue 7). Builds release binaries, starts a
-# stand-in platform that answers at once, the gateway in front of it and a
-# reference axum endpoint answering the gateway's own response bytes (the
-# HTTP floor), and drives each with the same load generator. Prints one
-# markdown table, also written to bench/out/results.md.
+# The gateway's benchmark (issues 7 and 12). Builds release binaries, starts
+# a stand-in platform that answers at once, the gateway in front of it and a
+# reference axum endpoint answering the gateway's own response bytes (the HTTP
+# floor), and drives each with the same load generator. Measures the page
+# cache's memory per visit, then prints one markdown table, also written to
+# bench/out/results.md.
 #
 #   bench/run.sh                 # 3 alternating rounds of 10 s per workload
 #   bench/run.sh --short         # 1 round of 2 s: proves the bench still works
 #   bench/run.sh --rounds 5 --duration 20 --rate 2000
-#   bench/run.sh --only memory,cold   # some workloads only (hot,mixed,walk,memory,cold)
+#   bench/run.sh --only hot,hotkey    # some workloads only (see below)
+#
+# Workloads (--only names):
+#   hot     the hot query, no credential (ALLOW_UNAUTHENTICATED=true)
+#   hotkey  the hot query with an API key (API_KEYS_FILE, no unauthenticated
+#           access; wrk and the pacer send Authorization: Bearer <key>)
+#   mixed   64 different queries
+#   walk    the paging walk (a new cursor on every request)
+#   walknc  the paging walk with the response cache off: every request parsed,
+#           validated and executed over the page cache
+#   memory  the hot query with the response cache off (page cache warm)
 #
 # Pinning: the server under test on core 0; wrk, the pacer and the stand-in
 # platform on core 1. Needs wrk (installed when missing), taskset, curl.
@@ -22,7 +33,8 @@ RATE=2000
 CONNECTIONS=64
 PACE_CONNECTIONS=16
 PORT_BASE=${BENCH_PORT_BASE:-19180}
-ONLY=hot,mixed,walk,memory,cold
+WORKLOADS=hot,hotkey,mixed,walk,walknc,memory
+ONLY=$WORKLOADS
 
 usage() {
   # The comment block at the top of this file.
@@ -35,7 +47,7 @@ Options:
   --pace-seconds S   seconds per fixed-rate latency run (default: --duration)
   --rate R           the fixed rate of the p50/p99 runs, req/s (default $RATE)
   --connections C    wrk connections (default $CONNECTIONS)
-  --only LIST        comma-separated workloads: hot,mixed,walk,memory,cold (default: all)
+  --only LIST        comma-separated workloads: $WORKLOADS (default: all)
 Environment: CARGO_TARGET_DIR (honoured), BENCH_PORT_BASE (default 19180).
 EOF
 }
@@ -58,7 +70,7 @@ PACE_SECONDS=${PACE_SECONDS:-$DURATION}
 IFS=, read -ra ONLY_LIST <<<"$ONLY"
 [ "${#ONLY_LIST[@]}" -gt 0 ] || { echo "--only needs at least one workload" >&2; exit 2; }
 for w in "${ONLY_LIST[@]}"; do
-  case $w in hot|mixed|walk|memory|cold) ;; *) echo "unknown workload in --only: '$w'" >&2; exit 2 ;; esac
+  [[ ",$WORKLOADS," == *",$w,"* ]] || { echo "unknown workload in --only: '$w' (known: $WORKLOADS)" >&2; exit 2; }
 done
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -79,7 +91,10 @@ else SERVER_CPU=0; LOAD_CPU=0; say "WARNING: one core only: server and load shar
 
 # ------------------------------------------------------------------ build
 say "building release binaries"
-cargo build --release --locked --bin visits-gateway --example bench_servers
+# Two builds: built together, the example's dev-dependency on this crate with
+# `test-hooks` would switch the hooks on in the gateway under test too.
+cargo build --release --locked --bin visits-gateway
+cargo build --release --locked --example bench_servers
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 GATEWAY_BIN=$TARGET_DIR/release/visits-gateway
 TOOLS_BIN=$TARGET_DIR/release/examples/bench_servers
@@ -136,8 +151,16 @@ wait_http "http://127.0.0.1:$PLATFORM_PORT/count" "$PLATFORM_PID" || { cat "$WOR
 "$TOOLS_BIN" bodies --out-dir "$WORK" >/dev/null
 HOT=$WORK/hot.json
 MIXED=$WORK/mixed.txt
-COLD=$WORK/cold.txt
-head -n 5 "$COLD" >"$WORK/cold-check.txt"
+
+# The API key of the "hot, API key" workload: the keys file holds its sha256
+# only, scoped to the bench's activities, as in production (README, Security).
+BENCH_KEY=vgk_bench_0123456789abcdef0123456789abcdef
+BENCH_AUTHORIZATION="Bearer $BENCH_KEY"
+printf 'bench %s 10024069,10024070,10024072,20000001\n' "$(printf %s "$BENCH_KEY" | sha256sum | cut -d' ' -f1)" >"$WORK/api-keys"
+
+say "measuring the page cache's memory per visit"
+MEMORY_LINE=$("$TOOLS_BIN" memory) || die "the memory measurement failed"
+say "  $MEMORY_LINE"
 
 GATEWAY_PID=
 GATEWAY_URL=
@@ -177,10 +200,10 @@ add_row() { # key
   : "${RPS[$k]:=}" "${REQS[$k]:=0}" "${TICKS[$k]:=0}" "${ERRS[$k]:=0}"
 }
 
-run_wrk() { # key url bodies pid
-  local k=$1 url=$2 bodies=$3 pid=$4 out t0 t1 reqs rps errs
+run_wrk() { # key url bodies pid authorization
+  local k=$1 url=$2 bodies=$3 pid=$4 auth=$5 out t0 t1 reqs rps errs
   t0=$(cpu_ticks "$pid")
-  out=$(BODIES="$bodies" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s bench/requests.lua "$url" 2>&1) \
+  out=$(BODIES="$bodies" AUTHORIZATION="$auth" taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 5s -s bench/requests.lua "$url" 2>&1) \
     || { echo "$out" >&2; die "wrk failed against $url"; }
   t1=$(cpu_ticks "$pid")
   reqs=$(awk '/ requests in / { print $1 }' <<<"$out")
@@ -196,10 +219,12 @@ run_wrk() { # key url bodies pid
   say "  $k: $rps req/s ($reqs requests, $errs errors)"
 }
 
-run_pace() { # key url bodies
-  local k=$1 url=$2 bodies=$3 out
+run_pace() { # key url bodies authorization
+  local k=$1 url=$2 bodies=$3 auth=$4 out
+  local extra=()
+  if [ -n "$auth" ]; then extra=(--authorization "$auth"); fi
   out=$(taskset -c "$LOAD_CPU" "$TOOLS_BIN" pace --url "$url" --rate "$RATE" --seconds "$PACE_SECONDS" \
-    --bodies "$bodies" --connections "$PACE_CONNECTIONS") || die "pace failed against $url"
+    --bodies "$bodies" --connections "$PACE_CONNECTIONS" "${extra[@]}") || die "pace failed against $url"
   add_row "$k"
   P50[$k]=$(grep -o 'p50_us=[0-9]*' <<<"$out" | cut -d= -f2)
   P99[$k]=$(grep -o 'p99_us=[0-9]*' <<<"$out" | cut -d= -f2)
@@ -215,33 +240,36 @@ run_pace() { # key url bodies
 }
 
 # One run of a workload's gateway (wrk or the pacer), then the same on the
-# reference. Platform requests are counted from before the gateway's run to
-# after the reference's: requests still in flight when the load stops are
-# counted, and the reference and the other gateways make none meanwhile.
+# reference, with the same requests (the reference ignores the credential).
+# Platform requests are counted from before the gateway's run to after the
+# reference's: requests still in flight when the load stops are counted, and
+# the reference and the other gateways make none meanwhile.
 #   gateway_run wrk|pace SPEC URL PID
 gateway_run() {
-  local kind=$1 spec=$2 url=$3 pid=$4 label bodies p0 client
-  IFS='|' read -r label bodies _ <<<"$spec"
+  local kind=$1 spec=$2 url=$3 pid=$4 label bodies auth p0 client
+  IFS='|' read -r label bodies _ auth _ <<<"$spec"
   p0=$(platform_count)
-  if [ "$kind" = wrk ]; then run_wrk "$label|gateway" "$url" "$bodies" "$pid"
-  else run_pace "$label|gateway" "$url" "$bodies"; fi
+  if [ "$kind" = wrk ]; then run_wrk "$label|gateway" "$url" "$bodies" "$pid" "$auth"
+  else run_pace "$label|gateway" "$url" "$bodies" "$auth"; fi
   client=$LAST_REQS
-  if [ "$kind" = wrk ]; then run_wrk "$label|reference" "$REFERENCE_URL" "$bodies" "$REFERENCE_PID"
-  else run_pace "$label|reference" "$REFERENCE_URL" "$bodies"; fi
+  if [ "$kind" = wrk ]; then run_wrk "$label|reference" "$REFERENCE_URL" "$bodies" "$REFERENCE_PID" "$auth"
+  else run_pace "$label|reference" "$REFERENCE_URL" "$bodies" "$auth"; fi
   PLAT[$label|gateway]=$((PLAT[$label|gateway] + $(platform_count) - p0))
   CLIENT[$label|gateway]=$((CLIENT[$label|gateway] + client))
 }
 
 # One or more workloads, each on a fresh gateway of its own, their rounds
-# interleaved: a ratio between two of them (cold vs. from memory) is then not
-# skewed by the machine's speed drifting between them. Each SPEC is
-#   "LABEL|BODIES|WARM|VAR=value VAR=value"
-# WARM is a bodies file to check (and warm up) the gateway with, or "-".
+# interleaved: a comparison between two of them (the hot query with and
+# without an API key) is then not skewed by the machine's speed drifting
+# between them. Each SPEC is
+#   "LABEL|BODIES|WARM|AUTHORIZATION|VAR=value VAR=value"
+# WARM is a bodies file to check (and warm up) the gateway with, or "-";
+# AUTHORIZATION the header value every request carries, or empty.
 workloads() {
-  local specs=("$@") n=$# i label bodies warm settings gk p0 _
-  local pids=() urls=()
+  local specs=("$@") n=$# i label bodies warm auth settings gk p0 code _
+  local pids=() urls=() check_auth=()
   for ((i = 0; i < n; i++)); do
-    IFS='|' read -r label bodies warm settings <<<"${specs[i]}"
+    IFS='|' read -r label bodies warm auth settings <<<"${specs[i]}"
     say "workload: $label"
     # shellcheck disable=SC2086 # settings are VAR=value words
     start_gateway "$(tr -cs 'a-z0-9' '-' <<<"$label" | sed 's/-$//')" $settings
@@ -249,9 +277,16 @@ workloads() {
     gk="$label|gateway"
     add_row "$gk"; add_row "$label|reference"
     PLAT[$gk]=0; CLIENT[$gk]=0
+    if [ -n "$auth" ]; then
+      # The production setting: without the credential, a refusal.
+      code=$(curl -s -o /dev/null -w '%{http_code}' "$GATEWAY_URL" -H 'content-type: application/json' --data-binary "@$bodies")
+      [ "$code" = 401 ] || die "$label: a request without the credential got HTTP $code, not 401"
+    fi
     if [ "$warm" != - ]; then
       p0=$(platform_count)
-      "$TOOLS_BIN" check --url "$GATEWAY_URL" --bodies "$warm" >/dev/null || die "$label: a request failed (above)"
+      check_auth=()
+      if [ -n "$auth" ]; then check_auth=(--authorization "$auth"); fi
+      "$TOOLS_BIN" check --url "$GATEWAY_URL" --bodies "$warm" "${check_auth[@]}" >/dev/null || die "$label: a request failed (above)"
       PLAT[$gk]=$((PLAT[$gk] + $(platform_count) - p0))
       CLIENT[$gk]=$((CLIENT[$gk] + $(grep -c . "$warm")))
     fi
@@ -287,15 +322,25 @@ done
 
 # ------------------------------------------------------------------ workloads
 W_HOT="hot"
+W_HOTKEY="hot, API key"
 W_MIXED="mixed (64 queries)"
 W_WALK="paging walk"
+W_WALKNC="paging walk, response cache off"
 W_MEMORY="hot, response cache off"
-W_COLD="cold (caches off, distinct ranges)"
 
-if wanted hot; then workloads "$W_HOT|$HOT|$HOT|"; fi
-if wanted mixed; then workloads "$W_MIXED|$MIXED|$MIXED|"; fi
+# The hot query without and with a credential: their rounds are interleaved.
+# With a key, the gateway runs as in production: API_KEYS_FILE and no
+# unauthenticated access.
+SPEC_HOT="$W_HOT|$HOT|$HOT||"
+SPEC_HOTKEY="$W_HOTKEY|$HOT|$HOT|$BENCH_AUTHORIZATION|API_KEYS_FILE=$WORK/api-keys ALLOW_UNAUTHENTICATED=false"
+HOT_SPECS=()
+if wanted hot; then HOT_SPECS+=("$SPEC_HOT"); fi
+if wanted hotkey; then HOT_SPECS+=("$SPEC_HOTKEY"); fi
+if [ "${#HOT_SPECS[@]}" -gt 0 ]; then workloads "${HOT_SPECS[@]}"; fi
 
-if wanted walk; then
+if wanted mixed; then workloads "$W_MIXED|$MIXED|$MIXED||"; fi
+
+if wanted walk || wanted walknc; then
   say "building the paging walk through a scout gateway"
   start_gateway scout
   WALK_INFO=$("$TOOLS_BIN" walk --url "$GATEWAY_URL" --out "$WORK/walk.txt") || die "the paging walk failed (above)"
@@ -304,20 +349,15 @@ if wanted walk; then
   WALK_BODIES=$(grep -o 'bodies=[0-9]*' <<<"$WALK_INFO" | cut -d= -f2)
   # No warm-up: the first round meets a cold gateway with every connection
   # asking for pages of the same range at once.
-  workloads "$W_WALK|$WORK/walk.txt|-|"
+  if wanted walk; then workloads "$W_WALK|$WORK/walk.txt|-||"; fi
+  # Every request of the walk carries a cursor (or range) of its own, and
+  # with the response cache off each is parsed, validated and executed over
+  # the page cache (which stays on): the no-cache path of issue 12.
+  if wanted walknc; then workloads "$W_WALKNC|$WORK/walk.txt|-||RESPONSE_CACHE_MAX_BYTES=0"; fi
 fi
 
 # "From memory": the hot query, page cache warm, response cache off.
-SPEC_MEMORY="$W_MEMORY|$HOT|$HOT|RESPONSE_CACHE_MAX_BYTES=0"
-# Cold: the same query over 30000 different ranges, so every request needs an
-# upstream page of its own (a repeated query would coalesce in the page cache
-# even at its minimum size).
-SPEC_COLD="$W_COLD|$COLD|$WORK/cold-check.txt|RESPONSE_CACHE_MAX_BYTES=0 CACHE_MAX_BYTES=0"
-# Their ratio is a target: their rounds are interleaved.
-if wanted memory && wanted cold; then workloads "$SPEC_MEMORY" "$SPEC_COLD"
-elif wanted memory; then workloads "$SPEC_MEMORY"
-elif wanted cold; then workloads "$SPEC_COLD"
-fi
+if wanted memory; then workloads "$W_MEMORY|$HOT|$HOT||RESPONSE_CACHE_MAX_BYTES=0"; fi
 
 # ------------------------------------------------------------------ the table
 us_per_req() { # key
@@ -325,6 +365,10 @@ us_per_req() { # key
   if [ "${REQS[$k]}" -gt 0 ]; then calc "%.1f" "${TICKS[$k]} * 1000000 / $CLK_TCK / ${REQS[$k]}"; else echo "-"; fi
 }
 mib() { if [ -n "${1:-}" ]; then calc "%.1f MiB" "$1 / 1024"; else echo "-"; fi; }
+ratio_of() { # label: the gateway's median req/s over the reference's
+  # shellcheck disable=SC2086
+  calc "%.2f" "$(median ${RPS[$1|gateway]}) / $(median ${RPS[$1|reference]})"
+}
 
 {
   echo "## visits-gateway bench, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -351,25 +395,26 @@ mib() { if [ -n "${1:-}" ]; then calc "%.1f MiB" "$1 / 1024"; else echo "-"; fi;
     echo "| $label | $tgt | $(calc "%.0f" "$rps") | $p50 | $p99${PACE_NOTE[$k]} | $(us_per_req "$k") | $(mib "${HWM[$k]:-}") | $plat | $ratio |"
   done
   echo
+  if wanted hotkey; then
+    echo "- **Hot query with an API key vs. issue 12's target:** $(ratio_of "$W_HOTKEY") of the reference's req/s (target ≥ 0.75)$(if wanted hot; then echo "; $(ratio_of "$W_HOT") without a key, their rounds interleaved"; fi). The gateway has API_KEYS_FILE and no unauthenticated access; every request carries \`Authorization: Bearer <key>\` (to the reference too, which ignores it); p99 ${P99[$W_HOTKEY|gateway]} µs at $RATE req/s."
+  fi
+  if wanted walknc; then
+    echo "- **Paging walk, response cache off, vs. issue 12's target:** $(ratio_of "$W_WALKNC") of the reference's req/s (target ≥ 0.10): the walk's requests (each with a cursor of its own) on a gateway with RESPONSE_CACHE_MAX_BYTES=0, so every one is parsed, validated and executed over the page cache; ${PLAT[$W_WALKNC|gateway]} platform requests for $DISTINCT_PAGES distinct upstream pages."
+  fi
   if wanted walk; then
     echo "- **Paging walk:** ${PLAT[$W_WALK|gateway]} platform requests for $DISTINCT_PAGES distinct upstream pages ($WALK_BODIES page requests of 8 clients' walks over one 30-day range, \`first\` 7 to 100, rotated over $CONNECTIONS connections; the first round hits a cold gateway)."
   fi
-  if wanted memory && wanted cold; then
-    mem_us=$(us_per_req "$W_MEMORY|gateway"); cold_us=$(us_per_req "$W_COLD|gateway")
-    echo "- **Cold vs. from memory:** cold $cold_us CPU µs/req vs. $mem_us from memory: $(calc "%.2f" "$cold_us / $mem_us")x. \"From memory\" = the hot query on a gateway whose page cache is warm and whose response cache is off (RESPONSE_CACHE_MAX_BYTES=0): async-graphql parsing, validating and resolving from cached pages. Cold = CACHE_MAX_BYTES=0 and RESPONSE_CACHE_MAX_BYTES=0 (both caches off), the same query over 30000 different 7-day ranges: every request needs its own upstream page (see its platform req / client req)."
-  fi
   if wanted hot; then
-    # shellcheck disable=SC2086
-    hot_ratio=$(calc "%.2f" "$(median ${RPS[$W_HOT|gateway]}) / $(median ${RPS[$W_HOT|reference]})")
-    echo "- **Hot query vs. issue 7's targets:** $hot_ratio of the reference's req/s (target ≥ 0.35); p99 ${P99[$W_HOT|gateway]} µs at $RATE req/s (target < 1000); peak RSS $(mib "${HWM[$W_HOT|gateway]}") (target < 40 MiB)."
+    echo "- **Hot query vs. issue 7's targets:** $(ratio_of "$W_HOT") of the reference's req/s (target ≥ 0.35); p99 ${P99[$W_HOT|gateway]} µs at $RATE req/s (target < 1000); peak RSS $(mib "${HWM[$W_HOT|gateway]}") (target < 40 MiB)."
   fi
+  echo "- **Page cache memory per visit** (\`bench_servers memory\`; issue 12's target: no larger than the JSON): ${MEMORY_LINE#page cache memory per visit: }."
   total_errs=0
   for k in "${ROWS[@]}"; do total_errs=$((total_errs + ERRS[$k])); done
   if [ "$total_errs" -gt 0 ]; then
     echo "- **Errors:** $(for k in "${ROWS[@]}"; do [ "${ERRS[$k]}" -gt 0 ] && printf '%s: %s; ' "$k" "${ERRS[$k]}"; done) (non-2xx answers, socket errors or timeouts)."
   fi
   echo
-  echo "How to read it: req/s is wrk's, the median of the rounds (closed loop, $CONNECTIONS connections); p50/p99 come from \`bench_servers pace\`, which sends at a fixed rate and measures each request from its scheduled send time (a stall counts against every request it delays); CPU µs/req is the server process's utime+stime over the wrk runs divided by the requests wrk completed; peak RSS is the server's VmHWM at the end of the workload (the reference's covers its whole life); platform req / client req counts every request the gateway sent the stand-in platform while serving the workload, over the requests answered (warm-up included; the up to $CONNECTIONS requests in flight when a wrk run stops reach the platform but are not counted as answered, hence a cold figure slightly above 1); vs reference is the gateway's req/s over the reference's in the same workload's alternating rounds. The reference endpoint always answers the hot query's response bytes ($(wc -c <"$WORK/hot-response.json") bytes)."
+  echo "How to read it: req/s is wrk's, the median of the rounds (closed loop, $CONNECTIONS connections); p50/p99 come from \`bench_servers pace\`, which sends at a fixed rate and measures each request from its scheduled send time (a stall counts against every request it delays); CPU µs/req is the server process's utime+stime over the wrk runs divided by the requests wrk completed; peak RSS is the server's VmHWM at the end of the workload (the reference's covers its whole life); platform req / client req counts every request the gateway sent the stand-in platform while serving the workload, over the requests answered (warm-up included; requests in flight when a wrk run stops may reach the platform but are not counted as answered); vs reference is the gateway's req/s over the reference's in the same workload's alternating rounds. The reference endpoint always answers the hot query's response bytes ($(wc -c <"$WORK/hot-response.json") bytes)."
   echo
   echo "Per-round req/s:"
   echo

@@ -9,25 +9,34 @@
 //!   requests it served.
 //! - `reference --listen ADDR --body FILE`: `POST /graphql` answering the
 //!   bytes of FILE: the HTTP floor.
-//! - `pace --url U --rate R --seconds S --bodies FILE`: sends
-//!   requests at a fixed rate over a few keep-alive connections and prints
-//!   p50/p99 latency, measured from each request's scheduled send time (so a
-//!   stall counts against every request it delays, like wrk2).
+//! - `pace --url U --rate R --seconds S --bodies FILE [--authorization A]`:
+//!   sends requests at a fixed rate over a few keep-alive connections and
+//!   prints p50/p99 latency, measured from each request's scheduled send time
+//!   (so a stall counts against every request it delays, like wrk2).
 //! - `bodies --out-dir DIR`: writes the bench's request bodies: `hot.json`
-//!   (one query), `mixed.txt` (64 different queries, one per line) and
-//!   `cold.txt` (the hot query over 30000 different ranges, for the cold run).
+//!   (one query) and `mixed.txt` (64 different queries, one per line).
 //! - `walk --url U --out FILE`: pages through one 30-day range with several
 //!   `first` values via a gateway, checks each walk (no gap, no repeat, all of
 //!   `totalCount`), writes every page's request body (interleaved across the
 //!   walks), and prints the number of distinct upstream pages the range has.
-//! - `check --url U --bodies FILE`: sends each body once; fails on any
-//!   non-200 answer or GraphQL error (also warms the gateway's caches).
+//! - `check --url U --bodies FILE [--authorization A]`: sends each body once;
+//!   fails on any non-200 answer or GraphQL error (also warms the gateway's
+//!   caches).
+//! - `memory [--pages N] [--page-size S]`: the page cache's memory per visit.
+//!   Renders N pages of the stand-in platform's visits as it serves them,
+//!   parses them with the gateway's own `parse_page` into cache entries, and
+//!   prints the JSON's bytes per visit against the heap the parsed pages hold
+//!   (counted by this binary's allocator) and the cache weigher's estimate.
+//!
+//! `--authorization` is the whole `Authorization` header value, e.g.
+//! `Bearer <key>`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -78,6 +87,9 @@ enum Mode {
         bodies: PathBuf,
         #[arg(long, default_value_t = 16)]
         connections: usize,
+        /// The `Authorization` header to send, e.g. `Bearer <key>`.
+        #[arg(long)]
+        authorization: Option<String>,
     },
     /// Writes hot.json and mixed.txt into DIR.
     Bodies {
@@ -99,7 +111,7 @@ enum Mode {
         #[arg(long, value_delimiter = ',', default_value = "7,10,20,25,33,50,64,100")]
         firsts: Vec<u64>,
         /// The gateway's UPSTREAM_PAGE_SIZE.
-        #[arg(long, default_value_t = visits_gateway::config::Settings::defaults().upstream_page_size)]
+        #[arg(long, default_value_t = visits_gateway::config::PagingSettings::default().upstream_page_size)]
         upstream_page_size: u64,
     },
     /// Sends each body once; fails on a non-200 answer or a GraphQL error.
@@ -108,11 +120,27 @@ enum Mode {
         url: String,
         #[arg(long)]
         bodies: PathBuf,
+        /// The `Authorization` header to send, e.g. `Bearer <key>`.
+        #[arg(long)]
+        authorization: Option<String>,
+    },
+    /// The page cache's memory per visit: parsed pages vs. their JSON.
+    Memory {
+        /// Pages to parse (the stand-in platform holds about 171 of 100).
+        #[arg(long, default_value_t = 170)]
+        pages: usize,
+        /// Visits per page: the gateway's UPSTREAM_PAGE_SIZE.
+        #[arg(long, default_value_t = visits_gateway::config::Settings::defaults().paging.upstream_page_size)]
+        page_size: u64,
     },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Mode::Memory { pages, page_size } = cli.mode {
+        // No runtime: nothing else allocates while the pages are counted.
+        return exit(memory(pages, page_size));
+    }
     let runtime = match cli.mode {
         // The pacer spins on its own core: one thread is enough and the most
         // precise.
@@ -132,7 +160,8 @@ fn main() -> std::process::ExitCode {
                 seconds,
                 bodies,
                 connections,
-            } => pace(url, rate, seconds, bodies, connections).await,
+                authorization,
+            } => pace(url, rate, seconds, bodies, connections, authorization).await,
             Mode::Bodies { out_dir } => write_bodies(out_dir),
             Mode::Walk {
                 url,
@@ -143,9 +172,18 @@ fn main() -> std::process::ExitCode {
                 firsts,
                 upstream_page_size,
             } => walk(url, out, activity, from, to, firsts, upstream_page_size).await,
-            Mode::Check { url, bodies } => check(url, bodies).await,
+            Mode::Check {
+                url,
+                bodies,
+                authorization,
+            } => check(url, bodies, authorization).await,
+            Mode::Memory { .. } => unreachable!("handled above"),
         }
     });
+    exit(result)
+}
+
+fn exit(result: Res) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -261,18 +299,24 @@ async fn user_visits(
     let total = hi - lo;
     let start = (lo as u64 + (page.max(1) - 1).saturating_mul(page_size)).min(hi as u64) as usize;
     let end = (start + page_size as usize).min(hi);
-    let mut body = String::with_capacity(64 + (end - start) * 520);
+    let body = page_body(&p.items[start..end], page, page_size, total as u64);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// One page as the platform answers it: its pager, then the visits' JSON.
+fn page_body(items: &[String], page: u64, page_size: u64, total: u64) -> String {
+    let mut body = String::with_capacity(64 + items.iter().map(|i| i.len() + 1).sum::<usize>());
     body.push_str(&format!(
         r#"{{"pager":{{"page":{page},"pageSize":{page_size},"total":{total}}},"items":["#
     ));
-    for (i, item) in p.items[start..end].iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
         body.push_str(item);
     }
     body.push_str("]}");
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    body
 }
 
 // ---------------------------------------------------------------- reference
@@ -308,27 +352,6 @@ fn hot_body() -> String {
     })
     .to_string()
 }
-
-/// The hot query over `count` different 7-day ranges (starts 3 minutes
-/// apart), so that no two requests share an upstream page: with the caches
-/// off, every request reads the platform (a repeated query would coalesce).
-fn cold_bodies(count: usize) -> Vec<String> {
-    (0..count)
-        .map(|i| {
-            let from = epoch() + chrono::Duration::days(1) + chrono::Duration::minutes(3 * i as i64);
-            let to = from + chrono::Duration::days(7);
-            json!({
-                "query": HOT_QUERY,
-                "variables": {
-                    "id": "10024069",
-                    "range": { "from": visits_gateway::time::format(from), "to": visits_gateway::time::format(to) },
-                },
-            })
-            .to_string()
-        })
-        .collect()
-}
-const COLD_BODIES: usize = 30_000;
 
 /// 64 different queries: 4 activities, ranges of 1 to 30 days at different
 /// places, page sizes 5 to 100 from either end, small and large selections.
@@ -386,9 +409,7 @@ fn write_bodies(dir: PathBuf) -> Res {
     write("hot.json", hot_body() + "\n")?;
     let mixed = mixed_bodies();
     write("mixed.txt", mixed.join("\n") + "\n")?;
-    let cold = cold_bodies(COLD_BODIES);
-    write("cold.txt", cold.join("\n") + "\n")?;
-    println!("hot=1 mixed={} cold={}", mixed.len(), cold.len());
+    println!("hot=1 mixed={}", mixed.len());
     Ok(())
 }
 
@@ -407,11 +428,20 @@ fn read_bodies(path: &PathBuf) -> Result<Vec<String>, String> {
 
 // ---------------------------------------------------------------- check, walk
 
-async fn post_json(http: &reqwest::Client, url: &str, body: String) -> Result<Value, String> {
-    let response = http
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: String,
+    authorization: Option<&str>,
+) -> Result<Value, String> {
+    let mut request = http
         .post(url)
         .header(header::CONTENT_TYPE.as_str(), "application/json")
-        .body(body.clone())
+        .body(body.clone());
+    if let Some(a) = authorization {
+        request = request.header(header::AUTHORIZATION.as_str(), a);
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| format!("POST {url}: {e}"))?;
@@ -425,11 +455,11 @@ async fn post_json(http: &reqwest::Client, url: &str, body: String) -> Result<Va
     Ok(value)
 }
 
-async fn check(url: String, bodies: PathBuf) -> Res {
+async fn check(url: String, bodies: PathBuf, authorization: Option<String>) -> Res {
     let bodies = read_bodies(&bodies)?;
     let http = reqwest::Client::new();
     for body in &bodies {
-        post_json(&http, &url, body.clone()).await?;
+        post_json(&http, &url, body.clone(), authorization.as_deref()).await?;
     }
     println!("checked={}", bodies.len());
     Ok(())
@@ -465,7 +495,7 @@ async fn walk(
                 Some(c) => json!({ "id": activity, "first": first, "after": c }),
             };
             let body = json!({ "query": WALK_QUERY, "variables": variables }).to_string();
-            let value = post_json(&http, &url, body.clone()).await?;
+            let value = post_json(&http, &url, body.clone(), None).await?;
             bodies.push(body);
             let conn = &value["data"]["userVisits"];
             let edges = conn["edges"].as_array().cloned().unwrap_or_default();
@@ -529,6 +559,170 @@ async fn walk(
         lines.len(),
         walks.len()
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- memory
+
+/// The system allocator, counting the heap held while [`COUNTING`] is on
+/// (the `memory` subcommand only; otherwise one relaxed load per call).
+struct Counting;
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Bytes asked for, less bytes given back, while counting.
+static HELD: AtomicIsize = AtomicIsize::new(0);
+/// The same in the allocator's own chunks (glibc's rounding and headers).
+static FOOTPRINT: AtomicIsize = AtomicIsize::new(0);
+/// Allocations made, less those freed, while counting.
+static BLOCKS: AtomicIsize = AtomicIsize::new(0);
+
+/// The bytes glibc's malloc takes for the block at `ptr`: its usable size
+/// and the chunk's 8-byte size field.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn footprint(ptr: *mut u8, _layout: Layout) -> isize {
+    unsafe extern "C" {
+        fn malloc_usable_size(ptr: *mut std::ffi::c_void) -> usize;
+    }
+    // SAFETY: `ptr` is a live block from the system allocator (glibc).
+    (unsafe { malloc_usable_size(ptr.cast()) } + 8) as isize
+}
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn footprint(_ptr: *mut u8, layout: Layout) -> isize {
+    layout.size() as isize
+}
+const FOOTPRINT_KNOWN: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
+
+fn count(ptr: *mut u8, layout: Layout, sign: isize) {
+    HELD.fetch_add(sign * layout.size() as isize, Ordering::Relaxed);
+    FOOTPRINT.fetch_add(sign * footprint(ptr, layout), Ordering::Relaxed);
+    BLOCKS.fetch_add(sign, Ordering::Relaxed);
+}
+
+// SAFETY: every call is passed on to `System` unchanged; counting only reads
+// the blocks' sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is `System`'s.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() && COUNTING.load(Ordering::Relaxed) {
+            count(ptr, layout, 1);
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as above.
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() && COUNTING.load(Ordering::Relaxed) {
+            count(ptr, layout, 1);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Ordering::Relaxed) {
+            count(ptr, layout, -1);
+        }
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let counting = COUNTING.load(Ordering::Relaxed);
+        if counting {
+            count(ptr, layout, -1);
+        }
+        // SAFETY: as above.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if counting {
+            if new.is_null() {
+                count(ptr, layout, 1);
+            } else {
+                // SAFETY: `realloc`'s contract: `new_size` with `layout`'s
+                // alignment is a valid layout.
+                count(
+                    new,
+                    unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) },
+                    1,
+                );
+            }
+        }
+        new
+    }
+}
+
+/// The page cache's memory per visit. Renders `pages` pages of the stand-in
+/// platform's visits (its generator, its JSON, its page envelope), then,
+/// counting the heap, parses each with the gateway's `parse_page` and keeps
+/// it as the page cache does (`Arc<CachedPage>`). Not counted: moka's own
+/// entry and key (per page, not per visit).
+fn memory(pages: usize, page_size: u64) -> Res {
+    use visits_gateway::cache::CachedPage;
+    if pages == 0 || !(1..=1000).contains(&page_size) {
+        return Err("--pages must be above 0 and --page-size within 1..=1000".into());
+    }
+    let per_page = page_size as usize;
+    // Each page full: page 1 to 10 of a window of 10 pages.
+    let bodies: Vec<(u64, String)> = (0..pages)
+        .map(|j| {
+            let items: Vec<String> = (j * per_page..(j + 1) * per_page)
+                .map(|k| visit(k).to_json().to_string())
+                .collect();
+            let page = (j % 10) as u64 + 1;
+            (page, page_body(&items, page, page_size, 10 * page_size))
+        })
+        .collect();
+    let json_bytes: usize = bodies.iter().map(|(_, b)| b.len()).sum();
+    let mut cached: Vec<Arc<CachedPage>> = Vec::with_capacity(pages);
+
+    for counter in [&HELD, &FOOTPRINT, &BLOCKS] {
+        counter.store(0, Ordering::SeqCst);
+    }
+    COUNTING.store(true, Ordering::SeqCst);
+    let parsed: Result<(), String> = bodies.iter().try_for_each(|(page, body)| {
+        let page = visits_gateway::upstream::parse_page(body.as_bytes(), *page, page_size)
+            .map_err(|e| e.to_string())?;
+        cached.push(Arc::new(CachedPage {
+            page,
+            fetched_at: tokio::time::Instant::now(),
+            ttl: Duration::from_secs(60),
+        }));
+        Ok(())
+    });
+    COUNTING.store(false, Ordering::SeqCst);
+    parsed?;
+    let (held, footprint, blocks) = (
+        HELD.load(Ordering::SeqCst),
+        FOOTPRINT.load(Ordering::SeqCst),
+        BLOCKS.load(Ordering::SeqCst),
+    );
+
+    let visits: usize = cached.iter().map(|c| c.page.visits.len()).sum();
+    if visits != pages * per_page {
+        return Err(format!(
+            "{visits} visits parsed, {} expected",
+            pages * per_page
+        ));
+    }
+    let weight: usize = cached.iter().map(|c| c.page.weight).sum();
+    let per = |bytes: f64| bytes / visits as f64;
+    let (json, held_pv, weight_pv) = (per(json_bytes as f64), per(held as f64), per(weight as f64));
+    let footprint_text = if FOOTPRINT_KNOWN {
+        format!(", {:.0} B with malloc's rounding", per(footprint as f64))
+    } else {
+        String::new()
+    };
+    println!(
+        "page cache memory per visit: JSON {json:.0} B; parsed and cached {held_pv:.0} B ({:.2} of the JSON{footprint_text}; a {} B Visit and {:.1} allocations); the cache's weight estimate {weight_pv:.0} B ({:.2} of the parsed) ({visits} visits in {pages} pages of {page_size})",
+        held_pv / json,
+        std::mem::size_of::<visits_gateway::upstream::Visit>(),
+        per(blocks as f64),
+        weight_pv / held_pv,
+    );
+    drop(cached);
     Ok(())
 }
 
@@ -642,18 +836,32 @@ async fn wait_until(t: Instant) {
     }
 }
 
-async fn pace(url: String, rate: f64, seconds: f64, bodies: PathBuf, connections: usize) -> Res {
+async fn pace(
+    url: String,
+    rate: f64,
+    seconds: f64,
+    bodies: PathBuf,
+    connections: usize,
+    authorization: Option<String>,
+) -> Res {
     if !(rate > 0.0 && seconds > 0.0) {
         return Err("--rate and --seconds must be above 0".into());
     }
     let bodies = read_bodies(&bodies)?;
     let t = target(&url)?;
+    let authorization = match authorization {
+        Some(a) if a.contains(['\r', '\n']) => {
+            return Err("--authorization must be one line".into());
+        }
+        Some(a) => format!("Authorization: {a}\r\n"),
+        None => String::new(),
+    };
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(
         bodies
             .iter()
             .map(|b| {
                 format!(
-                    "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                    "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{authorization}Content-Length: {}\r\n\r\n{b}",
                     t.path,
                     t.addr,
                     b.len()

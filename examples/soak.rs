@@ -587,21 +587,21 @@ async fn run(args: Args) -> bool {
     sim.spawn_live_visits(Duration::from_secs(5));
 
     let mut settings = Settings::defaults();
-    settings.upstream_base_url = sim.base_url().parse().expect("sim URL");
-    settings.allow_unauthenticated = true;
+    settings.upstream.base_url = sim.base_url().parse().expect("sim URL");
+    settings.client.allow_unauthenticated = true;
     // All the load comes from one address.
-    settings.client_rate_per_second = 100_000;
-    settings.client_burst = 100_000;
+    settings.client.rate_per_second = 100_000;
+    settings.client.burst = 100_000;
     // A budget that bites under faults but does not throttle the clean phase.
-    settings.upstream_rate_per_second = args.upstream_rate;
-    settings.upstream_burst = (args.upstream_rate * 2.0).ceil() as u32;
-    settings.upstream_max_concurrency = 16;
+    settings.upstream.rate_per_second = args.upstream_rate;
+    settings.upstream.burst = (args.upstream_rate * 2.0).ceil() as u32;
+    settings.upstream.max_concurrency = 16;
     // Hangs must end within a phase.
-    settings.upstream_connect_timeout_ms = 500;
-    settings.upstream_timeout_ms = 2000;
-    settings.upstream_deadline_ms = 5000;
-    settings.request_timeout_ms = 8000;
-    settings.shutdown_drain_seconds = 0;
+    settings.upstream.connect_timeout = Duration::from_millis(500);
+    settings.upstream.timeout = Duration::from_millis(2000);
+    settings.upstream.deadline = Duration::from_millis(5000);
+    settings.server.request_timeout = Duration::from_millis(8000);
+    settings.server.shutdown_drain = Duration::ZERO;
     if let Err(e) = settings.validate() {
         eprintln!("soak: bad settings: {e}");
         return true;
@@ -642,10 +642,10 @@ async fn run(args: Args) -> bool {
         args.clients,
         args.think_ms,
         sim.base_url(),
-        settings.upstream_rate_per_second,
-        settings.upstream_burst,
-        settings.upstream_timeout_ms,
-        settings.upstream_deadline_ms
+        settings.upstream.rate_per_second,
+        settings.upstream.burst,
+        settings.upstream.timeout.as_millis(),
+        settings.upstream.deadline.as_millis()
     );
     println!(
         "fault cycle (60 s): {}",

@@ -79,6 +79,35 @@
     };
   }
 
+  // GraphiQL re-reads the operations in the editor only after a pause, so a
+  // query pasted over the example and run at once goes out with the example's
+  // operation name (NewestVisits), which the server refuses as unknown. Drop
+  // an operation name that the document being sent does not define. The
+  // document is parsed with graphql-js, which GraphiQL's bundle exposes as
+  // GraphiQL.GraphQL; one that does not parse is sent as it is, for the
+  // server to report its syntax error.
+  function withDefinedOperationName(params) {
+    var graphql = GraphiQL.GraphQL;
+    if (!params.operationName || !graphql || typeof params.query !== 'string') return params;
+    var ast;
+    try {
+      ast = graphql.parse(params.query);
+    } catch (e) {
+      return params;
+    }
+    var defined = ast.definitions.some(function (definition) {
+      return (
+        definition.kind === graphql.Kind.OPERATION_DEFINITION &&
+        definition.name != null &&
+        definition.name.value === params.operationName
+      );
+    });
+    if (defined) return params;
+    var sent = Object.assign({}, params);
+    delete sent.operationName;
+    return sent;
+  }
+
   // POSTs the operation as JSON, with the headers from the headers editor.
   // A body that is not JSON (a proxy's error page, say) becomes a GraphQL
   // error, so that the result pane shows what happened.
@@ -91,7 +120,7 @@
     return fetch(endpoint, {
       method: 'POST',
       headers: headers,
-      body: JSON.stringify(params),
+      body: JSON.stringify(withDefinedOperationName(params)),
       credentials: 'same-origin',
     }).then(function (response) {
       return response.text().then(function (text) {

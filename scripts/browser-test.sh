@@ -2,7 +2,8 @@
 # The playground's browser test: starts `visits-gateway demo` on a free
 # loopback port, opens GET /graphql in Debian's chromium (driven by
 # playwright-core from tests/browser), runs the default query with GraphiQL's
-# run button, checks that visits appear, and saves a screenshot.
+# run button, checks that visits appear, saves a screenshot, then runs an
+# anonymous query pasted over the example at once.
 #
 #   scripts/browser-test.sh            # screenshot: target/playground.png
 #

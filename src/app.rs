@@ -12,10 +12,10 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::cache::{PageCache, TtlPolicy};
-use crate::config::Settings;
+use crate::config::{ClientSettings, ServerSettings, Settings};
 use crate::graphql::documents::Documents;
 use crate::graphql::{self, GatewaySchema, Resolver};
-use crate::limits::ClientLimiter;
+use crate::limits::{ClientLimiter, TrustedProxies};
 use crate::paging::RangePolicy;
 use crate::playground::{self, Playground};
 use crate::response_cache::ResponseCache;
@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub responses: ResponseCache,
     pub client_limiter: ClientLimiter,
+    /// Whose `X-Forwarded-For` names an anonymous client (TRUSTED_PROXIES).
+    pub trusted_proxies: TrustedProxies,
     pub limits: RequestLimits,
 }
 
@@ -72,83 +74,89 @@ struct ShutdownPolicy {
 }
 
 impl App {
+    /// Wires each part to its own group of settings.
     pub fn build(settings: &Settings, token: TokenSource) -> Result<Self, String> {
-        let auth = Authenticator::from_settings(settings)?;
+        let Settings {
+            server,
+            upstream,
+            paging,
+            cache,
+            client,
+        } = settings;
+        let auth = Authenticator::from_settings(client)?;
         let metrics = Metrics::new();
-        let upstream =
-            UpstreamClient::new(settings.upstream_config(), token.clone(), metrics.clone())
+        let upstream_client =
+            UpstreamClient::new(upstream.config(), token.clone(), metrics.clone())
                 .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
-        let cache = PageCache::new(
-            Arc::new(upstream),
-            settings.cache_max_bytes,
+        let page_cache = PageCache::new(
+            Arc::new(upstream_client),
+            cache.page_cache_max_bytes,
             TtlPolicy {
-                recent: Duration::from_secs(settings.cache_ttl_recent_seconds),
-                settled: Duration::from_secs(settings.cache_ttl_settled_seconds),
-                grace: Duration::from_secs(settings.stale_grace_seconds),
-                refresh_deadline: Duration::from_millis(settings.upstream_deadline_ms),
-                negative: Duration::from_secs(30),
+                recent: cache.ttl_recent,
+                settled: cache.ttl_settled,
+                grace: cache.stale_grace,
+                refresh_deadline: upstream.deadline,
+                negative: cache.negative_ttl,
             },
             metrics.clone(),
         );
+        let pin_granularity = ChronoDuration::from_std(paging.pin_granularity)
+            .map_err(|e| format!("PIN_GRANULARITY_SECONDS: {e}"))?;
         let range_policy = RangePolicy {
-            max_range: ChronoDuration::days(i64::from(settings.max_range_days)),
-            pin_granularity: ChronoDuration::seconds(i64::from(settings.pin_granularity_seconds)),
+            max_range: ChronoDuration::days(i64::from(paging.max_range_days)),
+            pin_granularity,
             default_range: ChronoDuration::days(7),
         };
         let resolver = Resolver {
-            cache: cache.clone(),
+            cache: page_cache.clone(),
             range_policy,
             fetch_policy: FetchPolicy {
-                upstream_page_size: settings.upstream_page_size,
-                window_concurrency: settings.window_concurrency as usize,
-                deadline: Duration::from_millis(settings.upstream_deadline_ms),
+                upstream_page_size: paging.upstream_page_size,
+                window_concurrency: paging.window_concurrency as usize,
+                deadline: upstream.deadline,
             },
-            default_page_size: settings.default_page_size,
-            max_page_size: settings.max_page_size,
+            default_page_size: paging.default_page_size,
+            max_page_size: paging.max_page_size,
             stats: StatsLoader::new(
-                settings.stats_cache_max_bytes,
-                settings.stats_max_platform_requests,
+                cache.stats_cache_max_bytes,
+                paging.stats_max_platform_requests,
             ),
         };
         let resolver = Arc::new(resolver);
         let state = Arc::new(AppState {
-            schema: graphql::build_schema(Some(resolver.clone()), settings),
+            schema: graphql::build_schema(Some(resolver.clone()), server),
             resolver,
             documents: Documents::new(8 * 1024 * 1024),
-            cache,
+            cache: page_cache,
             ready: AtomicBool::new(false),
-            playground: settings
+            playground: server
                 .playground_enabled
-                .then(|| Playground::new(&playground_defaults(settings))),
+                .then(|| Playground::new(&playground_defaults(server, client))),
             auth,
             metrics,
             responses: ResponseCache::new(
-                settings.response_cache_max_bytes,
-                Duration::from_secs(settings.response_cache_max_ttl_seconds),
+                cache.response_cache_max_bytes,
+                cache.response_cache_max_ttl,
             ),
-            client_limiter: ClientLimiter::new(
-                settings.client_rate_per_second,
-                settings.client_burst,
-            ),
+            client_limiter: ClientLimiter::new(client.rate()),
+            trusted_proxies: TrustedProxies::new(client.trusted_proxies.clone()),
             limits: RequestLimits {
-                max_body_bytes: settings.max_body_bytes as usize,
-                request_timeout: Duration::from_millis(settings.request_timeout_ms),
-                secrets_reload: Duration::from_secs(settings.secrets_reload_seconds),
+                max_body_bytes: server.max_body_bytes as usize,
+                request_timeout: server.request_timeout,
+                secrets_reload: client.secrets_reload,
                 pin_granularity: range_policy.pin_granularity,
-                max_platform_requests: u64::from(settings.max_range_days).div_ceil(7)
-                    + u64::from(settings.max_page_size).div_ceil(settings.upstream_page_size)
-                    + 1,
-                window_concurrency: settings.window_concurrency as usize,
+                max_platform_requests: u64::from(paging.max_platform_requests_per_query()),
+                window_concurrency: paging.window_concurrency as usize,
             },
         });
-        let router = crate::http::router(state.clone(), settings.metrics_listen_addr.is_none())
-            .layer(cors(&settings.cors_allowed_origins)?);
-        let metrics_router = settings
+        let router = crate::http::router(state.clone(), server.metrics_listen_addr.is_none())
+            .layer(cors(&server.cors_allowed_origins)?);
+        let metrics_router = server
             .metrics_listen_addr
             .map(|_| crate::http::metrics_router(state.clone()));
         let shutdown = ShutdownPolicy {
-            drain: Duration::from_secs(settings.shutdown_drain_seconds),
-            timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
+            drain: server.shutdown_drain,
+            timeout: server.shutdown_timeout,
         };
         Ok(Self {
             state,
@@ -216,22 +224,23 @@ impl App {
         }
     }
 }
+
 /// The playground's opening examples: a query for an activity that exists,
 /// and its statistics in a second tab.
-fn playground_defaults(settings: &Settings) -> playground::Defaults {
+fn playground_defaults(server: &ServerSettings, client: &ClientSettings) -> playground::Defaults {
     playground::Defaults {
         query: format!(
             "# The newest visits: press the run button.\n{}",
             crate::graphql::EXAMPLE_QUERY
         ),
-        variables: serde_json::json!({ "activityId": settings.playground_activity_id.to_string(), "last": 10 })
+        variables: serde_json::json!({ "activityId": server.playground_activity_id.to_string(), "last": 10 })
             .to_string(),
-        headers: if settings.client_auth_configured() {
+        headers: if client.auth_configured() {
             r#"{"Authorization": "Bearer <your API key or JWT>"}"#.to_owned()
         } else {
             "{}".to_owned()
         },
-        stats_query: crate::graphql::stats::example_query(settings.playground_activity_id),
+        stats_query: crate::graphql::stats::example_query(server.playground_activity_id),
     }
 }
 

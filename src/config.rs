@@ -1,13 +1,29 @@
 //! Settings: every one a flag with an environment fallback (SPEC §5a),
 //! checked at start so a bad value stops the process with its name.
+//!
+//! They come in groups by concern, each handed to the part that needs it
+//! (`App::build` wires them): [`ServerSettings`] (the HTTP surface),
+//! [`UpstreamSettings`] (the platform client), [`PagingSettings`] (ranges
+//! and pages), [`CacheSettings`] (page and response caches) and
+//! [`ClientSettings`] (client authentication and rate limits).
+//!
+//! Each argument's `id` is its environment variable, which clap also shows
+//! as the value's placeholder, so an error names the variable (`invalid
+//! value '0' for '--max-page-size <MAX_PAGE_SIZE>'`); the flag is spelled
+//! out beside it. Fields are named for their group and hold parsed types
+//! (durations are [`Duration`]s).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::TypedValueParser;
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use reqwest::Url;
 
+use crate::limits::Rate;
 use crate::secret::{Secret, TokenSource};
 
 #[derive(Debug, Parser)]
@@ -78,247 +94,381 @@ fn origin(s: &str) -> Result<String, String> {
     Ok(origin)
 }
 
+/// A network in CIDR notation; a bare address is a network of one (/32 or
+/// /128). IPv4-mapped IPv6 addresses are taken as the IPv4 ones.
+fn proxy_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let net = match s.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(ip) => IpNet::from(ip.to_canonical()),
+            Err(_) => {
+                return Err(format!(
+                    "{s:?} is not an IP address or network such as 10.0.0.0/8, 192.0.2.7 or fd00::/8"
+                ));
+            }
+        },
+    };
+    Ok(net)
+}
+
+/// Whole milliseconds in `range`, as a [`Duration`]; clap's range check
+/// and message are kept.
+fn millis(range: RangeInclusive<u64>) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64)
+        .range(range)
+        .map(Duration::from_millis)
+}
+
+/// Whole seconds in `range`, as a [`Duration`].
+fn seconds(range: RangeInclusive<u64>) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64)
+        .range(range)
+        .map(Duration::from_secs)
+}
+
+/// A group's defaults: its arguments parsed from an empty command line with
+/// the environment switched off, so defaults are written once (in the
+/// attributes) and never depend on the caller's shell.
+fn defaults_of<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults").no_binary_name(true))
+        .mut_args(|arg| arg.env(None));
+    let matches = command
+        .try_get_matches_from(std::iter::empty::<String>())
+        .unwrap_or_else(|e| panic!("the built-in defaults parse: {e}"));
+    T::from_arg_matches(&matches).unwrap_or_else(|e| panic!("the built-in defaults parse: {e}"))
+}
+
+/// Every setting, by group.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
+    #[command(flatten)]
+    pub server: ServerSettings,
+    #[command(flatten)]
+    pub upstream: UpstreamSettings,
+    #[command(flatten)]
+    pub paging: PagingSettings,
+    #[command(flatten)]
+    pub cache: CacheSettings,
+    #[command(flatten)]
+    pub client: ClientSettings,
+}
+
+/// The HTTP surface: listeners, shutdown, request limits, CORS, GraphQL
+/// limits, the playground and logs.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Server")]
+pub struct ServerSettings {
     /// Address the gateway listens on.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        id = "LISTEN_ADDR",
+        long = "listen-addr",
+        env,
+        default_value = "0.0.0.0:8080"
+    )]
     pub listen_addr: SocketAddr,
 
     /// Serve `/metrics` on this address instead of the main one.
-    #[arg(long, env = "METRICS_LISTEN_ADDR")]
+    #[arg(id = "METRICS_LISTEN_ADDR", long = "metrics-listen-addr", env)]
     pub metrics_listen_addr: Option<SocketAddr>,
 
     /// After SIGTERM, seconds to keep serving while readiness is false, so
     /// load balancers stop sending new requests first.
-    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
-    pub shutdown_drain_seconds: u64,
+    #[arg(id = "SHUTDOWN_DRAIN_SECONDS", long = "shutdown-drain-seconds", env, default_value = "5", value_parser = seconds(0..=300))]
+    pub shutdown_drain: Duration,
 
     /// Then, seconds in-flight requests get to finish before the process exits.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub shutdown_timeout_seconds: u64,
+    #[arg(id = "SHUTDOWN_TIMEOUT_SECONDS", long = "shutdown-timeout-seconds", env, default_value = "20", value_parser = seconds(1..=600))]
+    pub shutdown_timeout: Duration,
 
-    /// The platform's base URL.
-    #[arg(long, env = "UPSTREAM_BASE_URL", default_value = "https://shangzhibo.tv", value_parser = base_url)]
-    pub upstream_base_url: Url,
+    /// Largest request body, in bytes.
+    #[arg(id = "MAX_BODY_BYTES", long = "max-body-bytes", env, default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
+    pub max_body_bytes: u32,
 
-    /// The platform token (prefer UPSTREAM_TOKEN_FILE: a flag shows in `ps`).
-    #[arg(long, env = "UPSTREAM_TOKEN", hide_env_values = true, value_parser = secret)]
-    pub upstream_token: Option<Secret>,
+    /// Deadline of one whole GraphQL request, in milliseconds.
+    #[arg(id = "REQUEST_TIMEOUT_MS", long = "request-timeout-ms", env, default_value = "15000", value_parser = millis(100..=300_000))]
+    pub request_timeout: Duration,
 
-    /// A file holding the platform token; re-read when it changes.
-    #[arg(long, env = "UPSTREAM_TOKEN_FILE", conflicts_with = "upstream_token")]
-    pub upstream_token_file: Option<PathBuf>,
-
-    /// `first`/`last` when the client gives neither.
-    #[arg(long, env = "DEFAULT_PAGE_SIZE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub default_page_size: u32,
-
-    /// The largest `first`/`last` a client may ask for.
-    #[arg(long, env = "MAX_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub max_page_size: u32,
-
-    /// The page size the gateway asks the platform for.
-    #[arg(long, env = "UPSTREAM_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
-    pub upstream_page_size: u64,
-
-    /// The longest range a client may ask for, in days.
-    #[arg(long, env = "MAX_RANGE_DAYS", default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
-    pub max_range_days: u32,
-
-    /// Open ranges end at now truncated to this many seconds.
-    #[arg(long, env = "PIN_GRANULARITY_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
-    pub pin_granularity_seconds: u32,
-
-    /// Page cache capacity in bytes; 0 turns the page cache off (every
-    /// request goes to the platform: for benchmarks and debugging only).
-    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
-    pub cache_max_bytes: u64,
-
-    /// Response cache capacity in bytes; 0 turns the response cache off.
-    #[arg(long, env = "RESPONSE_CACHE_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
-    pub response_cache_max_bytes: u64,
-
-    /// The longest a whole response is reused, in seconds.
-    #[arg(long, env = "RESPONSE_CACHE_MAX_TTL_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub response_cache_max_ttl_seconds: u64,
-
-    /// TTL of pages of windows that end within the last hour.
-    #[arg(long, env = "CACHE_TTL_RECENT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub cache_ttl_recent_seconds: u64,
-
-    /// TTL of pages of settled windows.
-    #[arg(long, env = "CACHE_TTL_SETTLED_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604800))]
-    pub cache_ttl_settled_seconds: u64,
-
-    /// Upstream connect timeout, in milliseconds.
-    #[arg(long, env = "UPSTREAM_CONNECT_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60000))]
-    pub upstream_connect_timeout_ms: u64,
-
-    /// Upstream total timeout per request, in milliseconds.
-    #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 10000, value_parser = clap::value_parser!(u64).range(1..=120000))]
-    pub upstream_timeout_ms: u64,
-
-    /// The platform request budget: sustained requests per second (may be
-    /// fractional, e.g. 0.2 for 12 a minute), shared by the whole process.
-    #[arg(long, env = "UPSTREAM_RATE_PER_SECOND", default_value_t = 2.0, value_parser = positive_rate)]
-    pub upstream_rate_per_second: f64,
-
-    /// Requests the budget lets through at once after a quiet spell.
-    #[arg(long, env = "UPSTREAM_BURST", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
-    pub upstream_burst: u32,
-
-    /// How long an upstream call may queue for the budget, in milliseconds.
-    #[arg(long, env = "UPSTREAM_MAX_BUDGET_WAIT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(0..=600000))]
-    pub upstream_max_budget_wait_ms: u64,
-
-    /// Upstream requests in flight at once, for the whole process.
-    #[arg(long, env = "UPSTREAM_MAX_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub upstream_max_concurrency: u32,
-
-    /// Retries of a failed upstream request (connection errors, 429, 5xx).
-    #[arg(long, env = "UPSTREAM_MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
-    pub upstream_max_retries: u32,
-
-    /// First retry backoff in milliseconds; doubled each retry, jittered.
-    #[arg(long, env = "UPSTREAM_RETRY_BASE_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60000))]
-    pub upstream_retry_base_ms: u64,
-
-    /// The longest pause a platform's Retry-After may impose, in seconds.
-    #[arg(long, env = "UPSTREAM_RETRY_AFTER_CAP_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub upstream_retry_after_cap_seconds: u64,
-
-    /// Time one GraphQL request may spend on the platform, retries and
-    /// budget waits included, in milliseconds.
-    #[arg(long, env = "UPSTREAM_DEADLINE_MS", default_value_t = 8000, value_parser = clap::value_parser!(u64).range(10..=300000))]
-    pub upstream_deadline_ms: u64,
-
-    /// How long a page is kept past its TTL, to serve when the platform fails.
-    #[arg(long, env = "STALE_GRACE_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=604800))]
-    pub stale_grace_seconds: u64,
-
-    /// Upstream requests one client request may have in flight.
-    #[arg(long, env = "WINDOW_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub window_concurrency: u32,
-
-    /// Platform requests (pages not cached) one request's statistics may need.
-    #[arg(long, env = "STATS_MAX_PLATFORM_REQUESTS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100000))]
-    pub stats_max_platform_requests: u64,
-
-    /// Capacity in bytes of the settled windows' statistics; 0 turns it off.
-    #[arg(long, env = "STATS_CACHE_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
-    pub stats_cache_max_bytes: u64,
-
-    /// File of API keys: `<name> <sha256-hex> <activity ids or *>` per line.
-    #[arg(long, env = "API_KEYS_FILE")]
-    pub api_keys_file: Option<PathBuf>,
-
-    /// File holding the HS256 secret of client JWTs (at least 32 bytes).
-    #[arg(
-        long,
-        env = "JWT_HS256_SECRET_FILE",
-        conflicts_with = "jwt_public_key_file"
-    )]
-    pub jwt_hs256_secret_file: Option<PathBuf>,
-
-    /// PEM public key (RSA for RS256, P-256 for ES256) of client JWTs.
-    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
-    pub jwt_public_key_file: Option<PathBuf>,
-
-    /// Required `iss` of client JWTs.
-    #[arg(long, env = "JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-
-    /// Required `aud` of client JWTs.
-    #[arg(long, env = "JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-
-    /// How often mounted secret files (token, API keys) are re-read, in seconds.
-    #[arg(long, env = "SECRETS_RELOAD_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub secrets_reload_seconds: u64,
-
-    /// Let clients without credentials in, with access to every activity.
-    #[arg(long, env = "ALLOW_UNAUTHENTICATED", default_value_t = false, action = clap::ArgAction::Set)]
-    pub allow_unauthenticated: bool,
-
-    /// Requests per second one client (key, JWT subject, else IP) may make.
-    #[arg(long, env = "CLIENT_RATE_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100000))]
-    pub client_rate_per_second: u32,
-
-    /// Burst above the client rate.
-    #[arg(long, env = "CLIENT_BURST", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100000))]
-    pub client_burst: u32,
+    /// Browser origins allowed by CORS, comma separated (none by default).
+    #[arg(id = "CORS_ALLOWED_ORIGINS", long = "cors-allowed-origins", env, value_delimiter = ',', value_parser = origin)]
+    pub cors_allowed_origins: Vec<String>,
 
     /// Deepest GraphQL selection accepted (GraphiQL's schema query needs 15).
-    #[arg(long, env = "MAX_QUERY_DEPTH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=100))]
+    #[arg(id = "MAX_QUERY_DEPTH", long = "max-query-depth", env, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=100))]
     pub max_query_depth: u32,
 
     /// Largest GraphQL complexity (fields selected) accepted (GraphiQL's
     /// schema query needs about 250; one full userVisits selection is 36).
-    #[arg(long, env = "MAX_QUERY_COMPLEXITY", default_value_t = 260, value_parser = clap::value_parser!(u32).range(10..=100000))]
+    #[arg(id = "MAX_QUERY_COMPLEXITY", long = "max-query-complexity", env, default_value_t = 260, value_parser = clap::value_parser!(u32).range(10..=100_000))]
     pub max_query_complexity: u32,
 
-    /// Largest request body, in bytes.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
-    pub max_body_bytes: u32,
-
-    /// Deadline of one whole GraphQL request, in milliseconds.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 15000, value_parser = clap::value_parser!(u64).range(100..=300000))]
-    pub request_timeout_ms: u64,
-
-    /// Browser origins allowed by CORS, comma separated (none by default).
-    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = origin)]
-    pub cors_allowed_origins: Vec<String>,
+    /// Answer GraphQL introspection queries (tools and the playground need it).
+    #[arg(id = "INTROSPECTION_ENABLED", long = "introspection-enabled", env, default_value_t = true, action = clap::ArgAction::Set)]
+    pub introspection_enabled: bool,
 
     /// Serve the GraphiQL playground on `GET /graphql`.
-    #[arg(long, env = "PLAYGROUND_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(id = "PLAYGROUND_ENABLED", long = "playground-enabled", env, default_value_t = true, action = clap::ArgAction::Set)]
     pub playground_enabled: bool,
 
     /// The activity the playground's example query asks for.
-    #[arg(long, env = "PLAYGROUND_ACTIVITY_ID", default_value_t = 10024069)]
+    #[arg(
+        id = "PLAYGROUND_ACTIVITY_ID",
+        long = "playground-activity-id",
+        env,
+        default_value_t = 10024069
+    )]
     pub playground_activity_id: u64,
 
-    /// Answer GraphQL introspection queries (tools and the playground need it).
-    #[arg(long, env = "INTROSPECTION_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
-    pub introspection_enabled: bool,
-
     /// Log format: json (default) or text.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    #[arg(id = "LOG_FORMAT", long = "log-format", env, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 }
 
+/// The platform client: where, with which token, how patiently, how often.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Platform")]
+pub struct UpstreamSettings {
+    /// The platform's base URL.
+    #[arg(id = "UPSTREAM_BASE_URL", long = "upstream-base-url", env, default_value = "https://shangzhibo.tv", value_parser = base_url)]
+    pub base_url: Url,
+
+    /// The platform token (prefer UPSTREAM_TOKEN_FILE: a flag shows in `ps`).
+    #[arg(id = "UPSTREAM_TOKEN", long = "upstream-token", env, hide_env_values = true, value_parser = secret)]
+    pub token: Option<Secret>,
+
+    /// A file holding the platform token; re-read when it changes.
+    #[arg(
+        id = "UPSTREAM_TOKEN_FILE",
+        long = "upstream-token-file",
+        env,
+        conflicts_with = "UPSTREAM_TOKEN"
+    )]
+    pub token_file: Option<PathBuf>,
+
+    /// Upstream connect timeout, in milliseconds.
+    #[arg(id = "UPSTREAM_CONNECT_TIMEOUT_MS", long = "upstream-connect-timeout-ms", env, default_value = "2000", value_parser = millis(1..=60_000))]
+    pub connect_timeout: Duration,
+
+    /// Upstream total timeout per request, in milliseconds.
+    #[arg(id = "UPSTREAM_TIMEOUT_MS", long = "upstream-timeout-ms", env, default_value = "10000", value_parser = millis(1..=120_000))]
+    pub timeout: Duration,
+
+    /// Time one GraphQL request may spend on the platform, retries and
+    /// budget waits included, in milliseconds.
+    #[arg(id = "UPSTREAM_DEADLINE_MS", long = "upstream-deadline-ms", env, default_value = "8000", value_parser = millis(10..=300_000))]
+    pub deadline: Duration,
+
+    /// The platform request budget: sustained requests per second (may be
+    /// fractional, e.g. 0.2 for 12 a minute), shared by the whole process.
+    #[arg(id = "UPSTREAM_RATE_PER_SECOND", long = "upstream-rate-per-second", env, default_value_t = 2.0, value_parser = positive_rate)]
+    pub rate_per_second: f64,
+
+    /// Requests the budget lets through at once after a quiet spell.
+    #[arg(id = "UPSTREAM_BURST", long = "upstream-burst", env, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub burst: u32,
+
+    /// How long an upstream call may queue for the budget, in milliseconds.
+    #[arg(id = "UPSTREAM_MAX_BUDGET_WAIT_MS", long = "upstream-max-budget-wait-ms", env, default_value = "3000", value_parser = millis(0..=600_000))]
+    pub max_budget_wait: Duration,
+
+    /// Upstream requests in flight at once, for the whole process.
+    #[arg(id = "UPSTREAM_MAX_CONCURRENCY", long = "upstream-max-concurrency", env, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_concurrency: u32,
+
+    /// Retries of a failed upstream request (connection errors, 429, 5xx).
+    #[arg(id = "UPSTREAM_MAX_RETRIES", long = "upstream-max-retries", env, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub max_retries: u32,
+
+    /// First retry backoff in milliseconds; doubled each retry, jittered.
+    #[arg(id = "UPSTREAM_RETRY_BASE_MS", long = "upstream-retry-base-ms", env, default_value = "200", value_parser = millis(1..=60_000))]
+    pub retry_base: Duration,
+
+    /// The longest pause a platform's Retry-After may impose, in seconds.
+    #[arg(id = "UPSTREAM_RETRY_AFTER_CAP_SECONDS", long = "upstream-retry-after-cap-seconds", env, default_value = "30", value_parser = seconds(1..=3600))]
+    pub retry_after_cap: Duration,
+
+    /// The largest platform response body read, in bytes (4 MiB by default).
+    #[arg(id = "UPSTREAM_MAX_BODY_BYTES", long = "upstream-max-body-bytes", env, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=268_435_456))]
+    pub max_body_bytes: u64,
+}
+
+/// Ranges and pages: what a client may ask for and how it maps onto the
+/// platform's pages (the platform page size is here because paging plans
+/// are made of it).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Paging")]
+pub struct PagingSettings {
+    /// `first`/`last` when the client gives neither.
+    #[arg(id = "DEFAULT_PAGE_SIZE", long = "default-page-size", env, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub default_page_size: u32,
+
+    /// The largest `first`/`last` a client may ask for.
+    #[arg(id = "MAX_PAGE_SIZE", long = "max-page-size", env, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_page_size: u32,
+
+    /// The page size the gateway asks the platform for.
+    #[arg(id = "UPSTREAM_PAGE_SIZE", long = "upstream-page-size", env, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub upstream_page_size: u64,
+
+    /// The longest range a client may ask for, in days.
+    #[arg(id = "MAX_RANGE_DAYS", long = "max-range-days", env, default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    pub max_range_days: u32,
+
+    /// Open ranges end at now truncated to this many seconds.
+    #[arg(id = "PIN_GRANULARITY_SECONDS", long = "pin-granularity-seconds", env, default_value = "60", value_parser = seconds(1..=3600))]
+    pub pin_granularity: Duration,
+
+    /// Upstream requests one client request may have in flight.
+    #[arg(id = "WINDOW_CONCURRENCY", long = "window-concurrency", env, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub window_concurrency: u32,
+
+    /// Platform requests one GraphQL request may need; by default what the
+    /// largest single `userVisits` needs (see `max_platform_requests_per_query`).
+    #[arg(id = "MAX_PLATFORM_REQUESTS_PER_QUERY", long = "max-platform-requests-per-query", env, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_platform_requests: Option<u32>,
+
+    /// Platform requests (pages not cached) one request's statistics may need.
+    #[arg(id = "STATS_MAX_PLATFORM_REQUESTS", long = "stats-max-platform-requests", env, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub stats_max_platform_requests: u64,
+}
+
+/// The page cache (upstream pages) and the response cache (whole answers).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Caches")]
+pub struct CacheSettings {
+    /// Page cache capacity in bytes; 0 turns the page cache off (every
+    /// request goes to the platform: for benchmarks and debugging only).
+    #[arg(id = "CACHE_MAX_BYTES", long = "cache-max-bytes", env, default_value_t = 64 * 1024 * 1024)]
+    pub page_cache_max_bytes: u64,
+
+    /// TTL of pages of windows that end within the last hour, in seconds.
+    #[arg(id = "CACHE_TTL_RECENT_SECONDS", long = "cache-ttl-recent-seconds", env, default_value = "30", value_parser = seconds(1..=86_400))]
+    pub ttl_recent: Duration,
+
+    /// TTL of pages of settled windows, in seconds.
+    #[arg(id = "CACHE_TTL_SETTLED_SECONDS", long = "cache-ttl-settled-seconds", env, default_value = "3600", value_parser = seconds(1..=604_800))]
+    pub ttl_settled: Duration,
+
+    /// How long a page is kept past its TTL, to serve when the platform
+    /// fails, in seconds.
+    #[arg(id = "STALE_GRACE_SECONDS", long = "stale-grace-seconds", env, default_value = "600", value_parser = seconds(0..=604_800))]
+    pub stale_grace: Duration,
+
+    /// How long a platform answer that there is nothing (an unknown
+    /// activity) is remembered, in seconds; 0 turns it off.
+    #[arg(id = "NEGATIVE_CACHE_SECONDS", long = "negative-cache-seconds", env, default_value = "30", value_parser = seconds(0..=3600))]
+    pub negative_ttl: Duration,
+
+    /// Response cache capacity in bytes; 0 turns the response cache off.
+    #[arg(id = "RESPONSE_CACHE_MAX_BYTES", long = "response-cache-max-bytes", env, default_value_t = 32 * 1024 * 1024)]
+    pub response_cache_max_bytes: u64,
+
+    /// The longest a whole response is reused, in seconds.
+    #[arg(id = "RESPONSE_CACHE_MAX_TTL_SECONDS", long = "response-cache-max-ttl-seconds", env, default_value = "30", value_parser = seconds(1..=3600))]
+    pub response_cache_max_ttl: Duration,
+
+    /// Capacity in bytes of the settled windows' statistics; 0 turns it off.
+    #[arg(id = "STATS_CACHE_MAX_BYTES", long = "stats-cache-max-bytes", env, default_value_t = 32 * 1024 * 1024)]
+    pub stats_cache_max_bytes: u64,
+}
+
+/// Clients: who may ask (API keys, JWT) and how often.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Clients")]
+pub struct ClientSettings {
+    /// File of API keys: `<name> <sha256-hex> <activity ids or *>
+    /// [rate=<per second>[/<burst>]]` per line.
+    #[arg(id = "API_KEYS_FILE", long = "api-keys-file", env)]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// File holding the HS256 secret of client JWTs (at least 32 bytes).
+    #[arg(
+        id = "JWT_HS256_SECRET_FILE",
+        long = "jwt-hs256-secret-file",
+        env,
+        conflicts_with = "JWT_PUBLIC_KEY_FILE"
+    )]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA for RS256, P-256 for ES256) of client JWTs.
+    #[arg(id = "JWT_PUBLIC_KEY_FILE", long = "jwt-public-key-file", env)]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `iss` of client JWTs.
+    #[arg(id = "JWT_ISSUER", long = "jwt-issuer", env)]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of client JWTs.
+    #[arg(id = "JWT_AUDIENCE", long = "jwt-audience", env)]
+    pub jwt_audience: Option<String>,
+
+    /// How often mounted secret files (token, API keys, JWT key) are
+    /// re-read, in seconds.
+    #[arg(id = "SECRETS_RELOAD_SECONDS", long = "secrets-reload-seconds", env, default_value = "10", value_parser = seconds(1..=3600))]
+    pub secrets_reload: Duration,
+
+    /// Let clients without credentials in, with access to every activity.
+    #[arg(id = "ALLOW_UNAUTHENTICATED", long = "allow-unauthenticated", env, default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_unauthenticated: bool,
+
+    /// Requests per second one client (key, JWT subject, else IP) may make.
+    #[arg(id = "CLIENT_RATE_PER_SECOND", long = "client-rate-per-second", env, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate_per_second: u32,
+
+    /// Burst above the client rate.
+    #[arg(id = "CLIENT_BURST", long = "client-burst", env, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub burst: u32,
+
+    /// Proxies whose `X-Forwarded-For` is believed, comma-separated CIDRs
+    /// or addresses (none by default).
+    #[arg(id = "TRUSTED_PROXIES", long = "trusted-proxies", env, value_delimiter = ',', value_parser = proxy_net)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
 impl Settings {
+    /// The defaults, without reading the environment (for tests and tools;
+    /// the same as `Settings::default()`).
+    pub fn defaults() -> Self {
+        Self::default()
+    }
+
     /// Checks that need more than one setting. The message names them.
     pub fn validate(&self) -> Result<(), String> {
-        if self.default_page_size > self.max_page_size {
+        let (paging, cache, upstream, client) =
+            (&self.paging, &self.cache, &self.upstream, &self.client);
+        if paging.default_page_size > paging.max_page_size {
             return Err(format!(
                 "DEFAULT_PAGE_SIZE ({}) must not exceed MAX_PAGE_SIZE ({})",
-                self.default_page_size, self.max_page_size
+                paging.default_page_size, paging.max_page_size
             ));
         }
-        if self.cache_ttl_recent_seconds > self.cache_ttl_settled_seconds {
+        if cache.ttl_recent > cache.ttl_settled {
             return Err(
                 "CACHE_TTL_RECENT_SECONDS must not exceed CACHE_TTL_SETTLED_SECONDS".into(),
             );
         }
-        let jwt_key = self.jwt_hs256_secret_file.is_some() || self.jwt_public_key_file.is_some();
-        if (self.jwt_issuer.is_some() || self.jwt_audience.is_some()) && !jwt_key {
+        let jwt_key =
+            client.jwt_hs256_secret_file.is_some() || client.jwt_public_key_file.is_some();
+        if (client.jwt_issuer.is_some() || client.jwt_audience.is_some()) && !jwt_key {
             return Err(
                 "JWT_ISSUER / JWT_AUDIENCE need JWT_HS256_SECRET_FILE or JWT_PUBLIC_KEY_FILE"
                     .into(),
             );
         }
-        if self.upstream_deadline_ms >= self.request_timeout_ms {
+        if upstream.deadline >= self.server.request_timeout {
             return Err("UPSTREAM_DEADLINE_MS must be below REQUEST_TIMEOUT_MS".into());
         }
-        if self.upstream_connect_timeout_ms > self.upstream_timeout_ms {
+        if upstream.connect_timeout > upstream.timeout {
             return Err("UPSTREAM_CONNECT_TIMEOUT_MS must not exceed UPSTREAM_TIMEOUT_MS".into());
         }
         Ok(())
     }
+}
 
+impl UpstreamSettings {
     /// The platform token from UPSTREAM_TOKEN or UPSTREAM_TOKEN_FILE.
     pub fn token_source(&self) -> Result<TokenSource, String> {
-        match (&self.upstream_token, &self.upstream_token_file) {
+        match (&self.token, &self.token_file) {
             (Some(t), _) => Ok(TokenSource::fixed(t.clone())),
             (None, Some(path)) => TokenSource::from_file(path.clone())
                 .map_err(|e| format!("UPSTREAM_TOKEN_FILE: {e}")),
@@ -328,48 +478,87 @@ impl Settings {
         }
     }
 
+    /// The upstream client's configuration.
+    pub fn config(&self) -> crate::upstream::UpstreamConfig {
+        crate::upstream::UpstreamConfig {
+            base: self.base_url.clone(),
+            connect_timeout: self.connect_timeout,
+            max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+            timeout: self.timeout,
+            rate_per_second: self.rate_per_second,
+            burst: self.burst,
+            max_budget_wait: self.max_budget_wait,
+            max_concurrency: self.max_concurrency as usize,
+            max_retries: self.max_retries,
+            retry_base: self.retry_base,
+            retry_after_cap: self.retry_after_cap,
+        }
+    }
+}
+
+impl PagingSettings {
+    /// `MAX_PLATFORM_REQUESTS_PER_QUERY`, or when unset what the largest
+    /// legitimate `userVisits` needs: a first page per 7-day window of a
+    /// longest range, plus the platform pages of a largest slice (one more,
+    /// as a slice need not start on a page boundary). 16 with the defaults.
+    pub fn max_platform_requests_per_query(&self) -> u32 {
+        self.max_platform_requests.unwrap_or_else(|| {
+            let windows = self.max_range_days.div_ceil(7);
+            let slice = u64::from(self.max_page_size).div_ceil(self.upstream_page_size) + 1;
+            // At most 523 + 1001: no overflow.
+            windows + slice as u32
+        })
+    }
+}
+
+impl ClientSettings {
     /// Whether any client authentication is configured.
-    pub fn client_auth_configured(&self) -> bool {
+    pub fn auth_configured(&self) -> bool {
         self.api_keys_file.is_some()
             || self.jwt_hs256_secret_file.is_some()
             || self.jwt_public_key_file.is_some()
     }
 
-    pub fn upstream_config(&self) -> crate::upstream::UpstreamConfig {
-        crate::upstream::UpstreamConfig {
-            base: self.upstream_base_url.clone(),
-            connect_timeout: Duration::from_millis(self.upstream_connect_timeout_ms),
-            max_body_bytes: 4 * 1024 * 1024,
-            timeout: Duration::from_millis(self.upstream_timeout_ms),
-            rate_per_second: self.upstream_rate_per_second,
-            burst: self.upstream_burst,
-            max_budget_wait: Duration::from_millis(self.upstream_max_budget_wait_ms),
-            max_concurrency: self.upstream_max_concurrency as usize,
-            max_retries: self.upstream_max_retries,
-            retry_base: Duration::from_millis(self.upstream_retry_base_ms),
-            retry_after_cap: Duration::from_secs(self.upstream_retry_after_cap_seconds),
-        }
-    }
-
-    /// Defaults, for tests and the demo.
-    pub fn defaults() -> Self {
-        Cli::try_parse_from(["visits-gateway", "demo"])
-            .ok()
-            .and_then(|cli| match cli.command {
-                Command::Demo(s) => Some(s),
-                _ => None,
-            })
-            .expect("defaults parse")
+    /// The rate of clients without one of their own.
+    pub fn rate(&self) -> Rate {
+        Rate::new(self.rate_per_second, self.burst)
     }
 }
+
+/// `Default` for each group (and the whole): the built-in defaults, never
+/// the environment.
+macro_rules! defaults_from_clap {
+    ($($group:ty),*) => {$(
+        impl Default for $group {
+            fn default() -> Self {
+                defaults_of()
+            }
+        }
+    )*};
+}
+defaults_from_clap!(
+    Settings,
+    ServerSettings,
+    UpstreamSettings,
+    PagingSettings,
+    CacheSettings,
+    ClientSettings
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
+    /// `serve` with these flags and no environment (so the developer's shell
+    /// cannot change the outcome), validated.
     fn parse(args: &[&str]) -> Result<Settings, String> {
-        let cli = Cli::try_parse_from([&["visits-gateway", "serve"], args].concat())
+        let command =
+            Cli::command().mut_subcommand("serve", |serve| serve.mut_args(|a| a.env(None)));
+        let matches = command
+            .try_get_matches_from([&["visits-gateway", "serve"], args].concat())
             .map_err(|e| e.to_string())?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
         let Command::Serve(s) = cli.command else {
             unreachable!()
         };
@@ -378,16 +567,168 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn defaults_follow_the_spec() {
         let s = parse(&[]).unwrap();
-        assert_eq!(s.listen_addr.to_string(), "0.0.0.0:8080");
-        assert_eq!(s.upstream_base_url.as_str(), "https://shangzhibo.tv/");
+        assert_eq!(s.server.listen_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.upstream.base_url.as_str(), "https://shangzhibo.tv/");
+        let p = &s.paging;
         assert_eq!(
-            (s.default_page_size, s.max_page_size, s.upstream_page_size),
+            (p.default_page_size, p.max_page_size, p.upstream_page_size),
             (20, 100, 100)
         );
-        assert_eq!((s.max_range_days, s.pin_granularity_seconds), (92, 60));
-        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(
+            (p.max_range_days, p.pin_granularity),
+            (92, Duration::from_secs(60))
+        );
+        assert_eq!(s.server.log_format, LogFormat::Json);
+        assert_eq!(
+            (
+                s.upstream.timeout,
+                s.upstream.deadline,
+                s.server.request_timeout
+            ),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(8),
+                Duration::from_secs(15)
+            )
+        );
+        assert_eq!((s.client.rate_per_second, s.client.burst), (100, 200));
+        assert_eq!(
+            format!("{s:?}"),
+            format!("{:?}", Settings::defaults()),
+            "Settings::defaults() is what an empty command line gives"
+        );
+    }
+
+    #[test]
+    fn the_new_settings_have_their_defaults_and_bounds() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.paging.max_platform_requests, None);
+        assert_eq!(s.paging.max_platform_requests_per_query(), 14 + 2);
+        assert_eq!(s.cache.negative_ttl, Duration::from_secs(30));
+        assert_eq!(s.upstream.max_body_bytes, 4 * 1024 * 1024);
+        assert!(s.client.trusted_proxies.is_empty());
+
+        for (flag, ok, bad) in [
+            (
+                "--max-platform-requests-per-query",
+                ["1", "10000"],
+                ["0", "10001"],
+            ),
+            ("--negative-cache-seconds", ["0", "3600"], ["-1", "3601"]),
+            (
+                "--upstream-max-body-bytes",
+                ["1024", "268435456"],
+                ["1023", "268435457"],
+            ),
+        ] {
+            for v in ok {
+                parse(&[flag, v]).unwrap_or_else(|e| panic!("{flag} {v}: {e}"));
+            }
+            let name = flag
+                .trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase();
+            for v in bad {
+                let e = parse(&[&format!("{flag}={v}")]).unwrap_err();
+                assert!(e.contains(&name), "{flag} {v}: {e}");
+            }
+        }
+        let s = parse(&["--negative-cache-seconds", "0"]).unwrap();
+        assert_eq!(s.cache.negative_ttl, Duration::ZERO);
+        let s = parse(&["--max-platform-requests-per-query", "40"]).unwrap();
+        assert_eq!(s.paging.max_platform_requests_per_query(), 40);
+        // 1 window of 7 days; 250 items over pages of 100: 3 pages, plus 1.
+        let s = parse(&[
+            "--max-range-days",
+            "7",
+            "--max-page-size",
+            "250",
+            "--upstream-page-size",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(s.paging.max_platform_requests_per_query(), 1 + 3 + 1);
+        // The largest figures still fit.
+        let s = parse(&[
+            "--max-range-days",
+            "3660",
+            "--max-page-size",
+            "1000",
+            "--upstream-page-size",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(s.paging.max_platform_requests_per_query(), 523 + 1001);
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_or_addresses() {
+        let s = parse(&[
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7,fd00::/8,::1,10.1.2.3/16,::ffff:198.51.100.1",
+        ])
+        .unwrap();
+        let nets: Vec<String> = s
+            .client
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            nets,
+            [
+                "10.0.0.0/8",
+                "192.0.2.7/32",
+                "fd00::/8",
+                "::1/128",
+                "10.1.0.0/16",
+                "198.51.100.1/32"
+            ]
+        );
+        for bad in ["10.0.0.0/33", "proxy.internal", "10.0.0.0/8;", "1.2.3"] {
+            let e = parse(&["--trusted-proxies", bad]).unwrap_err();
+            assert!(e.contains("TRUSTED_PROXIES"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations_are_parsed_with_their_ranges() {
+        let s = parse(&[
+            "--upstream-timeout-ms",
+            "250",
+            "--upstream-connect-timeout-ms",
+            "100",
+            "--shutdown-drain-seconds",
+            "0",
+            "--secrets-reload-seconds",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(s.upstream.timeout, Duration::from_millis(250));
+        assert_eq!(s.upstream.connect_timeout, Duration::from_millis(100));
+        assert_eq!(s.server.shutdown_drain, Duration::ZERO);
+        assert_eq!(s.client.secrets_reload, Duration::from_secs(2));
+        for (flag, bad) in [
+            ("--upstream-timeout-ms", "0"),
+            ("--request-timeout-ms", "99"),
+            ("--shutdown-timeout-seconds", "601"),
+            ("--pin-granularity-seconds", "x"),
+            ("--stale-grace-seconds", "-1"),
+        ] {
+            let name = flag
+                .trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase();
+            let e = parse(&[&format!("{flag}={bad}")]).unwrap_err();
+            assert!(e.contains(&name), "{flag} {bad}: {e}");
+        }
     }
 
     #[test]
@@ -408,27 +749,36 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            ok.cors_allowed_origins,
+            ok.server.cors_allowed_origins,
             ["https://a.example.com", "http://localhost:3000"]
         );
         let e = parse(&["--default-page-size", "200", "--max-page-size", "100"]).unwrap_err();
         assert!(e.contains("DEFAULT_PAGE_SIZE"), "{e}");
+        let e = parse(&["--upstream-deadline-ms", "15000"]).unwrap_err();
+        assert!(e.contains("UPSTREAM_DEADLINE_MS"), "{e}");
+        let e = parse(&["--cache-ttl-recent-seconds", "7200"]).unwrap_err();
+        assert!(e.contains("CACHE_TTL_RECENT_SECONDS"), "{e}");
     }
 
     #[test]
     fn the_token_is_required_and_redacted() {
         let s = parse(&[]).unwrap();
         assert!(
-            s.token_source()
+            s.upstream
+                .token_source()
                 .unwrap_err()
                 .contains("UPSTREAM_TOKEN_FILE")
         );
         let s = parse(&["--upstream-token", "hunter2-token"]).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
-        assert_eq!(s.token_source().unwrap().get().expose(), "hunter2-token");
+        assert_eq!(
+            s.upstream.token_source().unwrap().get().expose(),
+            "hunter2-token"
+        );
         let s = parse(&["--upstream-token-file", "/nonexistent/token"]).unwrap();
         assert!(
-            s.token_source()
+            s.upstream
+                .token_source()
                 .unwrap_err()
                 .contains("UPSTREAM_TOKEN_FILE")
         );

@@ -121,25 +121,30 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Res
 /// the platform, else execute with a deadline. Each refusal before execution
 /// has its HTTP status and a GraphQL error body (SPEC §4).
 async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let (principal, mut request) = match admit(&state, request).await {
+    let (principal, body) = match admit(&state, request).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
-    #[cfg(feature = "test-hooks")]
-    if request.query.contains("__testPanic") {
-        panic!("a panic provoked by a test");
-    }
     // One clock for the whole request: the pin bucket of the response cache
     // is the pinned `now` the resolver plans with.
     let now = Utc::now();
     let bucket = crate::paging::pinned_now(now, state.limits.pin_granularity);
-    // The hot path: a response built moments ago for the same request.
+    // The hot path: a response built moments ago for the same request, found
+    // before the body is even parsed.
     let key = state
         .responses
         .is_enabled()
-        .then(|| ResponseKey::new(&request, bucket.timestamp_millis()));
+        .then(|| ResponseKey::new(body.clone(), bucket.timestamp_millis()));
     if let Some(body) = key.as_ref().and_then(|k| cached(&state, k, &principal)) {
         return json(body);
+    }
+    let mut request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return unreadable(&state, &e),
+    };
+    #[cfg(feature = "test-hooks")]
+    if request.query.contains("__testPanic") {
+        panic!("a panic provoked by a test");
     }
 
     if let Some(doc) = state.documents.parse(&request.query) {
@@ -212,19 +217,18 @@ fn refuse(metrics: &Metrics, status: StatusCode, code: ErrorCode, message: &str)
     error_response(status, code, message)
 }
 
+static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
+
 /// Who is asking, whether they may ask now, and what: everything checked
 /// before any GraphQL work.
-async fn admit(
-    state: &AppState,
-    request: Request,
-) -> Result<(Principal, async_graphql::Request), Response> {
+async fn admit(state: &AppState, request: Request) -> Result<(Principal, Bytes), Response> {
     let (parts, body) = request.into_parts();
     // A header that is not visible ASCII cannot be a valid credential.
     let authorization = parts
         .headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let principal = state.auth.authenticate(authorization).map_err(|e| {
+    let client = state.auth.authenticate(authorization).map_err(|e| {
         let message = match e {
             AuthError::Missing => {
                 "authentication required: send `Authorization: Bearer <API key or JWT>`"
@@ -241,18 +245,27 @@ async fn admit(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     })?;
-    let client: Arc<str> = if principal.is_anonymous() {
+    let principal = client.principal;
+    // Anonymous clients are told apart by address: behind trusted proxies,
+    // the one they forwarded.
+    let bucket: Arc<str> = if principal.is_anonymous() {
         parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or_else(
                 || "ip:unknown".into(),
-                |c| format!("ip:{}", c.0.ip()).into(),
+                |c| {
+                    let forwarded = parts.headers.get_all(&X_FORWARDED_FOR).iter();
+                    let ip = state
+                        .trusted_proxies
+                        .client_ip(c.0.ip(), forwarded.map(HeaderValue::as_bytes));
+                    format!("ip:{ip}").into()
+                },
             )
     } else {
         principal.name.clone()
     };
-    if let Err(wait) = state.client_limiter.check(&client) {
+    if let Err(wait) = state.client_limiter.check(&bucket, client.rate) {
         let secs = wait.as_secs().max(1);
         let mut r = refuse(
             &state.metrics,
@@ -274,16 +287,18 @@ async fn admit(
             &message,
         ));
     };
-    let request = serde_json::from_slice(&body).map_err(|e| {
-        let message = format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}");
-        refuse(
-            &state.metrics,
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadUserInput,
-            &message,
-        )
-    })?;
-    Ok((principal, request))
+    Ok((principal, body))
+}
+
+/// A body that is not a JSON GraphQL request: 400, saying why.
+fn unreadable(state: &AppState, e: &serde_json::Error) -> Response {
+    let message = format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}");
+    refuse(
+        &state.metrics,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadUserInput,
+        &message,
+    )
 }
 
 /// A cached response for `key`, if this client may see all it touched.

@@ -21,8 +21,8 @@ fn main() -> ExitCode {
         Command::Serve(s) => (s, false),
         Command::Demo(mut s) => {
             // The demo is for trying things out: open unless auth is configured.
-            if !s.client_auth_configured() {
-                s.allow_unauthenticated = true;
+            if !s.client.auth_configured() {
+                s.client.allow_unauthenticated = true;
             }
             (s, true)
         }
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    init_tracing(settings.log_format);
+    init_tracing(settings.server.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -73,20 +73,22 @@ async fn run(mut settings: Settings, demo: bool) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot start the simulated platform: {e}"))?;
         sim.spawn_live_visits(std::time::Duration::from_secs(5));
-        settings.upstream_base_url = sim.base_url().parse().map_err(|e| format!("{e}"))?;
+        settings.upstream.base_url = sim.base_url().parse().map_err(|e| format!("{e}"))?;
         TokenSource::fixed(token)
     } else {
-        settings.token_source()?
+        settings.upstream.token_source()?
     };
     let app = App::build(&settings, token)?;
-    let listener = TcpListener::bind(settings.listen_addr)
+    let listen_addr = settings.server.listen_addr;
+    let listener = TcpListener::bind(listen_addr)
         .await
-        .map_err(|e| format!("cannot listen on LISTEN_ADDR {}: {e}", settings.listen_addr))?;
+        .map_err(|e| format!("cannot listen on LISTEN_ADDR {listen_addr}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%addr, demo, "visits-gateway listening");
-    if let (Some(metrics_addr), Some(router)) =
-        (settings.metrics_listen_addr, app.metrics_router.clone())
-    {
+    if let (Some(metrics_addr), Some(router)) = (
+        settings.server.metrics_listen_addr,
+        app.metrics_router.clone(),
+    ) {
         let metrics_listener = TcpListener::bind(metrics_addr)
             .await
             .map_err(|e| format!("cannot listen on METRICS_LISTEN_ADDR {metrics_addr}: {e}"))?;

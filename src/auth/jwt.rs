@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{AuthError, Principal, Scope};
-use crate::config::Settings;
+use crate::config::ClientSettings;
 use crate::secret::Watched;
 
 pub struct JwtVerifier {
@@ -77,7 +77,7 @@ struct Claims {
 }
 
 impl JwtVerifier {
-    pub fn from_settings(s: &Settings) -> Result<Option<Self>, String> {
+    pub fn from_settings(s: &ClientSettings) -> Result<Option<Self>, String> {
         let key = match (&s.jwt_hs256_secret_file, &s.jwt_public_key_file) {
             (Some(path), _) => Watched::load(path.clone(), read_hs256_secret)?,
             (None, Some(path)) => Watched::load(path.clone(), read_public_key)?,

@@ -1,5 +1,5 @@
-//! API keys: a file of `<name> <sha256-hex of the key> <ids or *>` lines, so
-//! no plaintext key is stored. Lookups compare hashes in constant time and the
+//! API keys: a file of `<name> <sha256-hex of the key> <ids or *>
+//! [rate=<per second>[/<burst>]]` lines, so no plaintext key is stored. Lookups compare hashes in constant time and the
 //! file is re-read when it changes (a mounted Secret rotates in place).
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Principal, Scope};
+use super::{Client, Principal, Scope};
+use crate::limits::Rate;
 use crate::secret::Watched;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,35 @@ pub struct KeyEntry {
     pub client: Arc<str>,
     pub hash: [u8; 32],
     pub scope: Scope,
+    /// The key's own request rate; `None`: CLIENT_RATE_PER_SECOND and
+    /// CLIENT_BURST.
+    pub rate: Option<Rate>,
+}
+
+/// The bounds of CLIENT_RATE_PER_SECOND and CLIENT_BURST.
+const RATE_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
+
+const LINE_FORM: &str =
+    "expected `<name> <sha256-hex> <activity ids or *> [rate=<per second>[/<burst>]]`";
+
+/// The optional 4th column: `rate=<per second>` (burst: the same number) or
+/// `rate=<per second>/<burst>`, whole numbers from 1 to 100000.
+fn parse_rate(column: &str) -> Result<Rate, String> {
+    let form = || {
+        format!(
+            "{column:?}: the 4th column is `rate=<per second>[/<burst>]`, whole numbers from 1 to 100000"
+        )
+    };
+    let spec = column.strip_prefix("rate=").ok_or_else(form)?;
+    let (rate, burst) = spec.split_once('/').unwrap_or((spec, spec));
+    let number = |digits: &str| {
+        Some(digits)
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u32>().ok())
+            .filter(|n| RATE_RANGE.contains(n))
+            .ok_or_else(form)
+    };
+    Ok(Rate::new(number(rate)?, number(burst)?))
 }
 
 /// Parses the keys file; errors name the line.
@@ -31,15 +61,19 @@ pub fn parse(text: &str) -> Result<Vec<KeyEntry>, String> {
         }
         let n = i + 1;
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [name, hash, scope] = fields[..] else {
-            return Err(format!(
-                "line {n}: expected `<name> <sha256-hex> <activity ids or *>`"
-            ));
+        let (name, hash, scope, rate) = match fields[..] {
+            [name, hash, scope] => (name, hash, scope, None),
+            [name, hash, scope, rate] => (name, hash, scope, Some(rate)),
+            _ => return Err(format!("line {n}: {LINE_FORM}")),
         };
         let mut digest = [0u8; 32];
         hex::decode_to_slice(hash, &mut digest)
             .map_err(|_| format!("line {n}: the hash must be 64 hex digits (sha256 of the key)"))?;
         let scope = Scope::parse(scope).map_err(|e| format!("line {n}: {e}"))?;
+        let rate = rate
+            .map(parse_rate)
+            .transpose()
+            .map_err(|e| format!("line {n}: {e}"))?;
         if entries.iter().any(|e| e.name == name) {
             return Err(format!("line {n}: the name {name:?} is used twice"));
         }
@@ -48,6 +82,7 @@ pub fn parse(text: &str) -> Result<Vec<KeyEntry>, String> {
             client: format!("key:{name}").into(),
             hash: digest,
             scope,
+            rate,
         });
     }
     Ok(entries)
@@ -77,9 +112,9 @@ impl ApiKeys {
         Ok(Self { entries })
     }
 
-    /// The principal of a key. Every entry is compared, in constant time, so
+    /// The client of a key. Every entry is compared, in constant time, so
     /// the time taken says nothing about which hashes are near.
-    pub fn lookup(&self, key: &str) -> Option<Principal> {
+    pub fn lookup(&self, key: &str) -> Option<Client> {
         let presented = hash_key(key);
         let entries = self.entries.get();
         let mut found = None;
@@ -88,9 +123,12 @@ impl ApiKeys {
                 found = Some(e);
             }
         }
-        found.map(|e| Principal {
-            name: e.client.clone(),
-            scope: e.scope.clone(),
+        found.map(|e| Client {
+            principal: Principal {
+                name: e.client.clone(),
+                scope: e.scope.clone(),
+            },
+            rate: e.rate,
         })
     }
 
@@ -125,12 +163,42 @@ mod tests {
     }
 
     #[test]
+    fn a_key_may_carry_its_own_rate() {
+        let text = format!(
+            "web {} * rate=5/10\nbatch {} 7 rate=2 # burst: the rate\nops {} *\n",
+            hex_of("k1"),
+            hex_of("k2"),
+            hex_of("k3")
+        );
+        let rates: Vec<_> = parse(&text).unwrap().into_iter().map(|e| e.rate).collect();
+        assert_eq!(rates, [Some(Rate::new(5, 10)), Some(Rate::new(2, 2)), None]);
+    }
+
+    #[test]
     fn malformed_lines_are_refused_with_their_number() {
         for (text, hint) in [
             ("web abc *", "line 1: the hash"),
             (&format!("\nweb {} ../1", hex_of("k")) as &str, "line 2"),
             (&format!("web {}", hex_of("k")), "line 1: expected"),
             (&format!("a {h} *\na {h} *", h = hex_of("k")), "twice"),
+            (
+                &format!("a {} * rate=5 extra", hex_of("k")),
+                "line 1: expected",
+            ),
+            (
+                &format!("a {} * 5", hex_of("k")),
+                "line 1: \"5\": the 4th column",
+            ),
+            (&format!("a {} * rate=0", hex_of("k")), "line 1: \"rate=0\""),
+            (
+                &format!("a {} * rate=100001", hex_of("k")),
+                "the 4th column",
+            ),
+            (&format!("a {} * rate=5/0", hex_of("k")), "the 4th column"),
+            (&format!("a {} * rate=+5", hex_of("k")), "the 4th column"),
+            (&format!("a {} * rate=2.5", hex_of("k")), "the 4th column"),
+            (&format!("a {} * rate=5/", hex_of("k")), "the 4th column"),
+            (&format!("a {} * RATE=5", hex_of("k")), "the 4th column"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(hint), "{text:?}: {e}");
@@ -144,8 +212,9 @@ mod tests {
         let f = dir.join("keys");
         std::fs::write(&f, format!("web {} 7\n", hex_of("secret-key"))).unwrap();
         let keys = ApiKeys::load(f).unwrap();
-        let p = keys.lookup("secret-key").unwrap();
-        assert_eq!(&*p.name, "key:web");
+        let c = keys.lookup("secret-key").unwrap();
+        assert_eq!(&*c.principal.name, "key:web");
+        assert_eq!(c.rate, None);
         assert!(keys.lookup("secret-key ").is_none());
         assert!(
             keys.lookup(&hex_of("secret-key")).is_none(),
@@ -160,8 +229,25 @@ mod tests {
         }
 
         #[test]
-        fn parsing_near_valid_lines_never_panics(name in "[a-z]{1,8}", hash in "[0-9a-f]{0,70}", scope in "[0-9,* ]{0,30}") {
+        fn parsing_near_valid_lines_never_panics(name in "[a-z]{1,8}", hash in "[0-9a-f]{0,70}", scope in "[0-9,* ]{0,30}", rate in "(rate=)?[0-9/+-]{0,14}") {
             let _ = parse(&format!("{name} {hash} {scope}"));
+            let _ = parse(&format!("{name} {hash} {scope} {rate}"));
+        }
+
+        #[test]
+        fn a_rate_in_bounds_is_read_back(per_second in 1u32..=100_000, burst in proptest::option::of(1u32..=100_000)) {
+            let column = match burst {
+                Some(b) => format!("rate={per_second}/{b}"),
+                None => format!("rate={per_second}"),
+            };
+            let entries = parse(&format!("k {} * {column}", hex_of("k"))).unwrap();
+            prop_assert_eq!(entries[0].rate, Some(Rate::new(per_second, burst.unwrap_or(per_second))));
+        }
+
+        #[test]
+        fn a_rate_out_of_bounds_is_refused(per_second in prop_oneof![Just(0u64), 100_001u64..=u64::MAX]) {
+            let e = parse(&format!("k {} * rate={per_second}", hex_of("k"))).unwrap_err();
+            prop_assert!(e.contains("line 1"), "{}", e);
         }
     }
 }

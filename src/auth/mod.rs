@@ -8,7 +8,8 @@ pub mod keys;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::config::Settings;
+use crate::config::ClientSettings;
+use crate::limits::Rate;
 use crate::paging::ActivityId;
 
 /// The activities a client may read.
@@ -66,6 +67,23 @@ impl Principal {
     }
 }
 
+/// Who was let in, and the request rate they are held to when they have
+/// their own (an API key with a `rate=` column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub principal: Principal,
+    pub rate: Option<Rate>,
+}
+
+impl From<Principal> for Client {
+    fn from(principal: Principal) -> Self {
+        Self {
+            principal,
+            rate: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
     /// No `Authorization` header, and anonymous clients are not allowed.
@@ -81,7 +99,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn from_settings(s: &Settings) -> Result<Self, String> {
+    pub fn from_settings(s: &ClientSettings) -> Result<Self, String> {
         let keys = s
             .api_keys_file
             .as_ref()
@@ -111,18 +129,20 @@ impl Authenticator {
         }
     }
 
-    /// Checks the `Authorization` header value, if any.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+    /// Checks the `Authorization` header value, if any. The scheme is
+    /// case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Client, AuthError> {
         let Some(value) = authorization else {
             return if self.allow_unauthenticated {
-                Ok(Principal::anonymous())
+                Ok(Principal::anonymous().into())
             } else {
                 Err(AuthError::Missing)
             };
         };
         let Some(credential) = value
-            .strip_prefix("Bearer ")
-            .map(str::trim)
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, credential)| credential.trim())
             .filter(|c| !c.is_empty())
         else {
             return Err(AuthError::Invalid(
@@ -133,11 +153,50 @@ impl Authenticator {
         if credential.matches('.').count() == 2
             && let Some(jwt) = &self.jwt
         {
-            return jwt.verify(credential);
+            return jwt.verify(credential).map(Client::from);
         }
-        if let Some(p) = self.keys.as_ref().and_then(|k| k.lookup(credential)) {
-            return Ok(p);
+        if let Some(client) = self.keys.as_ref().and_then(|k| k.lookup(credential)) {
+            return Ok(client);
         }
         Err(AuthError::Invalid("the credential is not valid"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> Authenticator {
+        Authenticator {
+            keys: None,
+            jwt: None,
+            allow_unauthenticated: true,
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_others_are_refused() {
+        let auth = open();
+        for value in ["Bearer k", "bearer k", "BEARER k", "bEaReR   k  "] {
+            // No key matches, but the header's form was accepted.
+            assert_eq!(
+                auth.authenticate(Some(value)),
+                Err(AuthError::Invalid("the credential is not valid")),
+                "{value:?}"
+            );
+        }
+        for value in ["Basic k", "Bearer", "Bearer ", "Bearerk", "Token k", ""] {
+            assert_eq!(
+                auth.authenticate(Some(value)),
+                Err(AuthError::Invalid(
+                    "the Authorization header must be `Bearer <API key or JWT>`"
+                )),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            auth.authenticate(None),
+            Ok(Client::from(Principal::anonymous()))
+        );
     }
 }

@@ -74,6 +74,9 @@ struct Sim {
     faults: Mutex<VecDeque<Fault>>,
     seen: Mutex<Vec<SeenRequest>>,
     next_id: AtomicU64,
+    /// Requests being answered now, and the most there ever were.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 /// A handle on a running simulated platform.
@@ -114,6 +117,8 @@ impl SimPlatform {
             faults: Mutex::new(VecDeque::new()),
             seen: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(next_id),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         });
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -194,6 +199,11 @@ impl SimPlatform {
         lock(&self.sim.seen).clone()
     }
 
+    /// The most requests the platform was answering at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.sim.max_in_flight.load(Ordering::SeqCst)
+    }
+
     pub fn request_count(&self) -> usize {
         lock(&self.sim.seen).len()
     }
@@ -266,6 +276,15 @@ fn platform_time(s: Option<&String>) -> Option<DateTime<Utc>> {
     crate::time::parse_rfc3339(s)
 }
 
+/// Counts a request out when its answer is done (or abandoned).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn user_visits(
     State(sim): State<Arc<Sim>>,
     Path(id): Path<String>,
@@ -289,6 +308,10 @@ async fn user_visits(
         ended_at: query.get("endedAt").cloned().unwrap_or_default(),
         authorization: authorization.clone(),
     });
+
+    let now_in_flight = sim.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    sim.max_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
+    let _answered = InFlight(&sim.in_flight);
 
     let fault = lock(&sim.faults).pop_front();
     let (mut short, mut bad_visit) = (None, None);

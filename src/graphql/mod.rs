@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Principal;
 use crate::cache::PageCache;
-use crate::config::Settings;
+use crate::config::ServerSettings;
 use crate::error::{ErrorCode, GatewayError};
 use crate::paging::{self, ActivityId, Direction, RangePolicy, ResolvedRange, SliceArgs};
 use crate::response_cache::Facts;
@@ -321,7 +321,7 @@ pub const EXAMPLE_QUERY: &str = "query NewestVisits($activityId: ID!, $last: Int
 }
 ";
 
-pub fn build_schema(resolver: Option<Arc<Resolver>>, settings: &Settings) -> GatewaySchema {
+pub fn build_schema(resolver: Option<Arc<Resolver>>, settings: &ServerSettings) -> GatewaySchema {
     let mut builder = Schema::build(Query, EmptyMutation, EmptySubscription)
         .limit_depth(settings.max_query_depth as usize)
         .limit_complexity(settings.max_query_complexity as usize);
@@ -336,5 +336,5 @@ pub fn build_schema(resolver: Option<Arc<Resolver>>, settings: &Settings) -> Gat
 
 /// The SDL, as committed in `schema/schema.graphql`.
 pub fn sdl() -> String {
-    build_schema(None, &Settings::defaults()).sdl()
+    build_schema(None, &ServerSettings::default()).sdl()
 }

@@ -559,7 +559,7 @@ mod tests {
         let client = UpstreamClient::new(
             UpstreamConfig {
                 base: Url::parse("https://example.test/base/").unwrap(),
-                ..crate::config::Settings::defaults().upstream_config()
+                ..crate::config::UpstreamSettings::default().config()
             },
             TokenSource::fixed(crate::secret::Secret::new("t")),
             Metrics::new(),

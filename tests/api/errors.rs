@@ -124,7 +124,7 @@ async fn a_cursor_is_accepted_with_the_range_it_came_from_or_without_one() {
 
 async fn code_for_fault(fault: Fault) -> (String, Value) {
     // No retries: each fault is seen as the platform's one answer.
-    let app = spawn_app_with(|s| s.upstream_max_retries = 0).await;
+    let app = spawn_app_with(|s| s.upstream.max_retries = 0).await;
     app.sim.push_fault(fault);
     let r = app
         .user_visits(json!({ "id": SMALL_ACTIVITY.to_string() }))
@@ -184,7 +184,7 @@ async fn a_rejected_token_an_unknown_activity_and_a_disabled_feature_map_to_thei
     let wrong = spawn_app().await;
     // Point a gateway holding one token at a platform expecting another.
     let app2 =
-        spawn_app_with(|s| s.upstream_base_url = wrong.sim.base_url().parse().unwrap()).await;
+        spawn_app_with(|s| s.upstream.base_url = wrong.sim.base_url().parse().unwrap()).await;
     let r = app2
         .user_visits(json!({ "id": EXAMPLE_ACTIVITY.to_string() }))
         .await;
@@ -199,7 +199,7 @@ async fn a_rejected_token_an_unknown_activity_and_a_disabled_feature_map_to_thei
 
 #[tokio::test]
 async fn errors_are_not_cached() {
-    let app = spawn_app_with(|s| s.upstream_max_retries = 0).await;
+    let app = spawn_app_with(|s| s.upstream.max_retries = 0).await;
     app.sim.push_fault(Fault::Status(503, String::new()));
     let vars = json!({ "id": SMALL_ACTIVITY.to_string() });
     assert_eq!(

@@ -6,9 +6,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
-use visits_gateway::demo::{EXAMPLE_ACTIVITY, FEATURE_OFF_ACTIVITY, SMALL_ACTIVITY};
+use visits_gateway::demo::{EXAMPLE_ACTIVITY, FEATURE_OFF_ACTIVITY, Fault, SMALL_ACTIVITY};
 
-use crate::helpers::{TestApp, error_code, logs, metric, spawn_app, ts};
+use crate::helpers::{TestApp, error_code, logs, metric, spawn_app, spawn_app_with, ts};
 
 fn cursor(activity: u64, from_ms: i64, to_ms: i64, offset: u64) -> String {
     URL_SAFE_NO_PAD.encode(format!("v1:{activity}:{from_ms}:{to_ms}:{offset}"))
@@ -207,4 +207,42 @@ async fn a_panic_is_a_500_with_an_internal_error_logged_with_its_request_id_and_
         .user_visits(json!({ "id": SMALL_ACTIVITY.to_string() }))
         .await;
     assert!(r["errors"].is_null(), "{r}");
+}
+
+#[tokio::test]
+async fn window_concurrency_bounds_the_platform_requests_of_a_whole_request() {
+    // Three aliases over three distinct 3-window ranges: nine first pages.
+    let query = |app: &TestApp| {
+        let alias = |name: &str, days: i64| {
+            let from = ts(app.now - Duration::days(days));
+            format!(
+                "{name}: userVisits(activityId: \"{EXAMPLE_ACTIVITY}\", range: {{ from: \"{from}\", to: \"{}\" }}) {{ totalCount }}",
+                ts(app.now - Duration::days(days - 21))
+            )
+        };
+        format!(
+            "{{ {} {} {} }}",
+            alias("a", 40),
+            alias("b", 41),
+            alias("c", 42)
+        )
+    };
+    for (concurrency, most) in [(1, 1), (4, 4)] {
+        let app = spawn_app_with(|s| s.paging.window_concurrency = concurrency).await;
+        for _ in 0..9 {
+            app.sim
+                .push_fault(Fault::Delay(std::time::Duration::from_millis(30)));
+        }
+        let r = app.graphql(&query(&app), json!({})).await;
+        assert!(r["errors"].is_null(), "{r}");
+        assert_eq!(app.sim.request_count(), 9);
+        let seen = app.sim.max_in_flight();
+        assert!(
+            seen <= most,
+            "{seen} in flight with WINDOW_CONCURRENCY={concurrency}"
+        );
+        if concurrency > 1 {
+            assert!(seen > 1, "the measure sees concurrency when it is allowed");
+        }
+    }
 }

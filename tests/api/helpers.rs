@@ -1,5 +1,6 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -71,14 +72,14 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .await
         .expect("simulated platform starts");
     let mut settings = Settings::defaults();
-    settings.upstream_base_url = sim.base_url().parse().unwrap();
-    settings.upstream_timeout_ms = 3000;
-    settings.allow_unauthenticated = true;
+    settings.upstream.base_url = sim.base_url().parse().unwrap();
+    settings.upstream.timeout = Duration::from_millis(3000);
+    settings.client.allow_unauthenticated = true;
     // Tests fire many requests from one address.
-    settings.client_rate_per_second = 100_000;
-    settings.client_burst = 100_000;
-    settings.upstream_rate_per_second = 100_000.0;
-    settings.upstream_burst = 10_000;
+    settings.client.rate_per_second = 100_000;
+    settings.client.burst = 100_000;
+    settings.upstream.rate_per_second = 100_000.0;
+    settings.upstream.burst = 10_000;
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
     let app = App::build(&settings, TokenSource::fixed(Secret::new(token.as_str())))

@@ -1,6 +1,8 @@
 //! The response cache: repeated queries skip execution, but never skip
 //! authorisation, never outlive their pages or pin bucket, never keep errors.
 
+use std::time::Duration;
+
 use serde_json::json;
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, SMALL_ACTIVITY};
 
@@ -55,8 +57,8 @@ async fn a_cached_response_is_not_served_to_a_client_outside_its_activities() {
     )
     .unwrap();
     let app = spawn_app_with(move |s| {
-        s.allow_unauthenticated = false;
-        s.api_keys_file = Some(file);
+        s.client.allow_unauthenticated = false;
+        s.client.api_keys_file = Some(file);
     })
     .await;
     let query = format!(
@@ -78,7 +80,7 @@ async fn a_cached_response_is_not_served_to_a_client_outside_its_activities() {
 
 #[tokio::test]
 async fn a_cached_response_does_not_outlive_its_pin_bucket() {
-    let app = spawn_app_with(|s| s.pin_granularity_seconds = 1).await;
+    let app = spawn_app_with(|s| s.paging.pin_granularity = Duration::from_secs(1)).await;
     let vars = json!({ "id": EXAMPLE_ACTIVITY.to_string(), "first": 1 });
     let first = app.user_visits(vars.clone()).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -91,7 +93,7 @@ async fn a_cached_response_does_not_outlive_its_pin_bucket() {
 
 #[tokio::test]
 async fn the_response_cache_can_be_switched_off() {
-    let app = spawn_app_with(|s| s.response_cache_max_bytes = 0).await;
+    let app = spawn_app_with(|s| s.cache.response_cache_max_bytes = 0).await;
     let vars = json!({ "id": SMALL_ACTIVITY.to_string() });
     app.user_visits(vars.clone()).await;
     app.user_visits(vars).await;
@@ -101,8 +103,8 @@ async fn the_response_cache_can_be_switched_off() {
 #[tokio::test]
 async fn with_both_caches_off_every_request_goes_to_the_platform() {
     let app = spawn_app_with(|s| {
-        s.response_cache_max_bytes = 0;
-        s.cache_max_bytes = 0;
+        s.cache.response_cache_max_bytes = 0;
+        s.cache.page_cache_max_bytes = 0;
     })
     .await;
     let vars = json!({ "id": SMALL_ACTIVITY.to_string() });

@@ -1,6 +1,8 @@
 //! One integration test binary: the real gateway on port 0, in front of the
 //! simulated platform on port 0, driven over HTTP.
 
+mod cli;
+mod clients;
 mod errors;
 mod guards;
 mod helpers;
@@ -10,6 +12,7 @@ mod paging;
 mod playground;
 mod resilience;
 mod security;
+mod settings;
 mod stats;
 mod surface;
 mod upstream_economy;

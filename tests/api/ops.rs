@@ -10,8 +10,8 @@ use crate::helpers::{logs, metric, spawn_app, spawn_app_with};
 #[tokio::test]
 async fn shutdown_turns_readiness_off_drains_and_lets_in_flight_requests_finish() {
     let app = spawn_app_with(|s| {
-        s.shutdown_drain_seconds = 1;
-        s.shutdown_timeout_seconds = 5;
+        s.server.shutdown_drain = Duration::from_secs(1);
+        s.server.shutdown_timeout = Duration::from_secs(5);
     })
     .await;
     assert_eq!(app.status("/readyz").await, 200);
@@ -98,7 +98,7 @@ async fn request_ids_are_taken_or_made_and_returned_and_logged() {
 
 #[tokio::test]
 async fn every_metric_family_moves_when_it_should() {
-    let app = spawn_app_with(|s| s.upstream_max_retries = 1).await;
+    let app = spawn_app_with(|s| s.upstream.max_retries = 1).await;
     let vars = json!({ "id": SMALL_ACTIVITY.to_string(), "first": 5 });
     app.user_visits(vars.clone()).await; // misses, upstream 200s
     app.user_visits(json!({ "id": SMALL_ACTIVITY.to_string(), "first": 3 }))
@@ -167,7 +167,8 @@ async fn every_metric_family_moves_when_it_should() {
 #[tokio::test]
 async fn metrics_can_live_on_their_own_port() {
     let app =
-        spawn_app_with(|s| s.metrics_listen_addr = Some("127.0.0.1:0".parse().unwrap())).await;
+        spawn_app_with(|s| s.server.metrics_listen_addr = Some("127.0.0.1:0".parse().unwrap()))
+            .await;
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 404, "not on the main port");
 }

@@ -129,7 +129,8 @@ async fn the_default_range_is_the_last_seven_days_and_first_defaults_to_twenty()
 #[tokio::test]
 async fn a_pinned_range_keeps_page_two_consistent_while_visits_arrive() {
     // One-second pins, so the second request falls in another pin bucket.
-    let app = spawn_app_with(|s| s.pin_granularity_seconds = 1).await;
+    let app =
+        spawn_app_with(|s| s.paging.pin_granularity = std::time::Duration::from_secs(1)).await;
     let id = EXAMPLE_ACTIVITY.to_string();
     let range = json!({ "from": ts(app.now - Duration::days(1)) });
     let page1 = app
@@ -172,7 +173,7 @@ async fn a_pinned_range_keeps_page_two_consistent_while_visits_arrive() {
 #[tokio::test]
 async fn a_platform_page_size_cap_shifts_no_offset() {
     for cap in [7, 33, 100] {
-        let app = spawn_app_with(|s| s.upstream_page_size = 50).await;
+        let app = spawn_app_with(|s| s.paging.upstream_page_size = 50).await;
         app.sim.set_page_size_cap(cap);
         let (from, to) = (app.now - Duration::days(15), app.now);
         let range = json!({ "from": ts(from), "to": ts(to) });

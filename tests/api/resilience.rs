@@ -2,6 +2,8 @@
 //! as possible (SPEC §3, issue 3). Backoff and budget timing are unit-tested
 //! on a paused clock; these tests drive the real thing over HTTP.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, Fault, SMALL_ACTIVITY};
 
@@ -13,7 +15,7 @@ fn small() -> Value {
 
 #[tokio::test]
 async fn transient_500s_are_retried_to_success() {
-    let app = spawn_app_with(|s| s.upstream_retry_base_ms = 5).await;
+    let app = spawn_app_with(|s| s.upstream.retry_base = Duration::from_millis(5)).await;
     app.sim.push_fault(Fault::Status(500, "oops".into()));
     app.sim.push_fault(Fault::Status(502, String::new()));
     let r = app.user_visits(small()).await;
@@ -24,8 +26,8 @@ async fn transient_500s_are_retried_to_success() {
 #[tokio::test]
 async fn persistent_500s_give_upstream_unavailable_after_the_retries() {
     let app = spawn_app_with(|s| {
-        s.upstream_retry_base_ms = 5;
-        s.upstream_max_retries = 2;
+        s.upstream.retry_base = Duration::from_millis(5);
+        s.upstream.max_retries = 2;
     })
     .await;
     for _ in 0..10 {
@@ -39,10 +41,10 @@ async fn persistent_500s_give_upstream_unavailable_after_the_retries() {
 #[tokio::test]
 async fn a_hanging_platform_gives_upstream_timeout_within_the_deadline() {
     let app = spawn_app_with(|s| {
-        s.upstream_timeout_ms = 200;
-        s.upstream_connect_timeout_ms = 200;
-        s.upstream_retry_base_ms = 5;
-        s.upstream_deadline_ms = 1000;
+        s.upstream.timeout = Duration::from_millis(200);
+        s.upstream.connect_timeout = Duration::from_millis(200);
+        s.upstream.retry_base = Duration::from_millis(5);
+        s.upstream.deadline = Duration::from_millis(1000);
     })
     .await;
     for _ in 0..20 {
@@ -56,7 +58,7 @@ async fn a_hanging_platform_gives_upstream_timeout_within_the_deadline() {
 
 #[tokio::test]
 async fn malformed_json_gives_upstream_bad_response_without_retry() {
-    let app = spawn_app_with(|s| s.upstream_retry_base_ms = 5).await;
+    let app = spawn_app_with(|s| s.upstream.retry_base = Duration::from_millis(5)).await;
     app.sim.push_fault(Fault::Malformed);
     let r = app.user_visits(small()).await;
     assert_eq!(error_code(&r), "UPSTREAM_BAD_RESPONSE", "{r}");
@@ -95,8 +97,8 @@ async fn one_unreadable_visit_refuses_its_whole_page_which_is_never_cached() {
 #[tokio::test]
 async fn a_429_storm_is_absorbed_by_the_budget_while_the_wait_fits() {
     let app = spawn_app_with(|s| {
-        s.upstream_retry_base_ms = 5;
-        s.upstream_max_budget_wait_ms = 3000;
+        s.upstream.retry_base = Duration::from_millis(5);
+        s.upstream.max_budget_wait = Duration::from_millis(3000);
     })
     .await;
     app.sim.push_fault(Fault::TooManyRequests(1));
@@ -118,7 +120,7 @@ async fn a_429_storm_is_absorbed_by_the_budget_while_the_wait_fits() {
 
 #[tokio::test]
 async fn a_429_asking_for_more_than_the_budget_wait_gives_upstream_rate_limited() {
-    let app = spawn_app_with(|s| s.upstream_max_budget_wait_ms = 500).await;
+    let app = spawn_app_with(|s| s.upstream.max_budget_wait = Duration::from_millis(500)).await;
     app.sim.push_fault(Fault::TooManyRequests(20));
     let r = app.user_visits(small()).await;
     assert_eq!(error_code(&r), "UPSTREAM_RATE_LIMITED", "{r}");
@@ -132,8 +134,8 @@ async fn a_429_asking_for_more_than_the_budget_wait_gives_upstream_rate_limited(
 #[tokio::test]
 async fn a_stale_page_is_served_with_extensions_stale_when_the_platform_is_down() {
     let app = spawn_app_with(|s| {
-        s.cache_ttl_recent_seconds = 1;
-        s.upstream_max_retries = 0;
+        s.cache.ttl_recent = Duration::from_secs(1);
+        s.upstream.max_retries = 0;
     })
     .await;
     let fresh = app.user_visits(small()).await;

@@ -46,9 +46,9 @@ async fn keyed_app() -> (TestApp, PathBuf) {
     .unwrap();
     let f = file.clone();
     let app = spawn_app_with(move |s| {
-        s.allow_unauthenticated = false;
-        s.api_keys_file = Some(f);
-        s.secrets_reload_seconds = 1;
+        s.client.allow_unauthenticated = false;
+        s.client.api_keys_file = Some(f);
+        s.client.secrets_reload = Duration::from_secs(1);
     })
     .await;
     (app, file)
@@ -192,11 +192,11 @@ async fn jwt_app_with_file() -> (TestApp, PathBuf) {
     std::fs::write(&secret, format!("{HS_SECRET}\n")).unwrap();
     let file = secret.clone();
     let app = spawn_app_with(move |s| {
-        s.allow_unauthenticated = false;
-        s.jwt_hs256_secret_file = Some(secret);
-        s.jwt_issuer = Some("https://auth.example.com".into());
-        s.jwt_audience = Some("visits-gateway".into());
-        s.secrets_reload_seconds = 1;
+        s.client.allow_unauthenticated = false;
+        s.client.jwt_hs256_secret_file = Some(secret);
+        s.client.jwt_issuer = Some("https://auth.example.com".into());
+        s.client.jwt_audience = Some("visits-gateway".into());
+        s.client.secrets_reload = Duration::from_secs(1);
     })
     .await;
     (app, file)
@@ -321,8 +321,8 @@ async fn es256_jwts_verify_and_an_hs256_token_signed_with_the_public_key_does_no
     let public_pem = std::fs::read(&public).unwrap();
     let pubfile = public.clone();
     let app = spawn_app_with(move |s| {
-        s.allow_unauthenticated = false;
-        s.jwt_public_key_file = Some(pubfile);
+        s.client.allow_unauthenticated = false;
+        s.client.jwt_public_key_file = Some(pubfile);
     })
     .await;
     let claims = json!({ "sub": "svc", "exp": now_secs() + 600, "activities": [EXAMPLE_ACTIVITY] });
@@ -343,8 +343,8 @@ async fn es256_jwts_verify_and_an_hs256_token_signed_with_the_public_key_does_no
 #[tokio::test]
 async fn a_client_over_its_rate_gets_rate_limited_with_retry_after() {
     let app = spawn_app_with(|s| {
-        s.client_rate_per_second = 1;
-        s.client_burst = 3;
+        s.client.rate_per_second = 1;
+        s.client.burst = 3;
     })
     .await;
     for _ in 0..3 {
@@ -365,7 +365,7 @@ async fn a_client_over_its_rate_gets_rate_limited_with_retry_after() {
 
 #[tokio::test]
 async fn oversized_bodies_and_expensive_queries_are_refused() {
-    let app = spawn_app_with(|s| s.max_body_bytes = 4096).await;
+    let app = spawn_app_with(|s| s.server.max_body_bytes = 4096).await;
     let big = json!({ "query": format!("{{ __typename }} # {}", "x".repeat(5000)) });
     let r = app
         .http
@@ -407,7 +407,8 @@ async fn oversized_bodies_and_expensive_queries_are_refused() {
 #[tokio::test]
 async fn cors_answers_only_the_allowed_origins() {
     let app =
-        spawn_app_with(|s| s.cors_allowed_origins = vec!["https://app.example.com".into()]).await;
+        spawn_app_with(|s| s.server.cors_allowed_origins = vec!["https://app.example.com".into()])
+            .await;
     let preflight = |origin: &'static str| {
         app.http
             .request(reqwest::Method::OPTIONS, app.url("/graphql"))
@@ -431,8 +432,8 @@ async fn cors_answers_only_the_allowed_origins() {
 #[tokio::test]
 async fn introspection_and_the_playground_can_be_switched_off() {
     let app = spawn_app_with(|s| {
-        s.introspection_enabled = false;
-        s.playground_enabled = false;
+        s.server.introspection_enabled = false;
+        s.server.playground_enabled = false;
     })
     .await;
     // async-graphql answers introspection with null when it is off.

@@ -694,7 +694,7 @@ async fn page_reads(app: &TestApp) -> f64 {
 #[tokio::test]
 async fn asking_again_costs_no_platform_request() {
     // Without the response cache, so the statistics themselves are reused.
-    let app = spawn_app_with(|s| s.response_cache_max_bytes = 0).await;
+    let app = spawn_app_with(|s| s.cache.response_cache_max_bytes = 0).await;
     let ask = Ask::new(
         EXAMPLE_ACTIVITY,
         app.now - Duration::days(30),
@@ -712,7 +712,7 @@ async fn asking_again_costs_no_platform_request() {
 
     // A range ending now: its newest window is built again from the page
     // cache each time, which answers without the platform within its TTL.
-    let app = spawn_app_with(|s| s.response_cache_max_bytes = 0).await;
+    let app = spawn_app_with(|s| s.cache.response_cache_max_bytes = 0).await;
     let r = app
         .graphql(
             STATS,
@@ -734,7 +734,7 @@ async fn asking_again_costs_no_platform_request() {
 
 #[tokio::test]
 async fn a_longer_range_with_the_same_from_rereads_none_of_the_first_windows_pages() {
-    let app = spawn_app_with(|s| s.response_cache_max_bytes = 0).await;
+    let app = spawn_app_with(|s| s.cache.response_cache_max_bytes = 0).await;
     let from = app.now - Duration::days(50);
     check(
         &app,
@@ -762,7 +762,7 @@ async fn a_longer_range_with_the_same_from_rereads_none_of_the_first_windows_pag
 
 #[tokio::test]
 async fn statistics_over_their_bound_are_refused_after_the_first_pages_only() {
-    let app = spawn_app_with(|s| s.stats_max_platform_requests = 6).await;
+    let app = spawn_app_with(|s| s.paging.stats_max_platform_requests = 6).await;
     let ask = Ask::new(
         EXAMPLE_ACTIVITY,
         app.now - Duration::days(40),
@@ -780,14 +780,14 @@ async fn statistics_over_their_bound_are_refused_after_the_first_pages_only() {
     assert!(app.sim.seen().iter().all(|r| r.page == 1));
 
     // Fewer windows than first pages over the bound: refused at once.
-    let app = spawn_app_with(|s| s.stats_max_platform_requests = 3).await;
+    let app = spawn_app_with(|s| s.paging.stats_max_platform_requests = 3).await;
     let (r, spent) = cost(&app, stats(&app, &ask)).await;
     assert_eq!(error_code(&r), "QUERY_TOO_EXPENSIVE", "{r}");
     assert_eq!(spent, 0);
 
     // The bound holds for the whole request, whatever its aliases: two
     // 28-day ranges need about 24 pages each.
-    let app = spawn_app_with(|s| s.stats_max_platform_requests = 40).await;
+    let app = spawn_app_with(|s| s.paging.stats_max_platform_requests = 40).await;
     let two = "query($a: TimeRange, $b: TimeRange) {
         a: userVisitStats(activityId: \"10024069\", range: $a) { visits }
         b: userVisitStats(activityId: \"10024069\", range: $b) { visits } }";
@@ -809,8 +809,8 @@ async fn a_client_outside_the_activity_is_forbidden_before_any_platform_request(
     )
     .unwrap();
     let app = spawn_app_with(move |s| {
-        s.allow_unauthenticated = false;
-        s.api_keys_file = Some(file);
+        s.client.allow_unauthenticated = false;
+        s.client.api_keys_file = Some(file);
     })
     .await;
     let r: Value = app
@@ -833,8 +833,8 @@ fn the_statistics_settings_default_to_the_spec_and_name_themselves_when_bad() {
     use clap::Parser;
     use visits_gateway::config::{Cli, Settings};
     let s = Settings::defaults();
-    assert_eq!(s.stats_max_platform_requests, 200);
-    assert_eq!(s.stats_cache_max_bytes, 32 * 1024 * 1024);
+    assert_eq!(s.paging.stats_max_platform_requests, 200);
+    assert_eq!(s.cache.stats_cache_max_bytes, 32 * 1024 * 1024);
     for bad in ["0", "100001", "many"] {
         let e = Cli::try_parse_from([
             "visits-gateway",

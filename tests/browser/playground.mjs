@@ -1,6 +1,7 @@
 // Opens the gateway's GraphiQL playground in Debian's chromium (driven by
 // playwright-core, which downloads no browser), runs the default query with
-// GraphiQL's run button and checks that visits appear in the result pane.
+// GraphiQL's run button and checks that visits appear in the result pane;
+// then reloads, pastes an anonymous query over the example and runs it at once.
 //
 //   node tests/browser/playground.mjs http://127.0.0.1:PORT/graphql [screenshot.png]
 //
@@ -88,7 +89,10 @@ try {
     if (request.method() === 'POST' && new URL(response.url()).pathname === new URL(url).pathname) {
       graphqlResponses.push(
         response.json().then(
-          (body) => ({ query: JSON.parse(request.postData() ?? '{}').query ?? '', body }),
+          (body) => {
+            const sent = JSON.parse(request.postData() ?? '{}');
+            return { query: sent.query ?? '', operationName: sent.operationName, body };
+          },
           (e) => ({ query: '', body: { errors: [{ message: `not JSON: ${e}` }] } })
         )
       );
@@ -178,13 +182,53 @@ try {
   );
   if (!kept.includes('"last": 3')) problem(`the reload lost the edited variables: ${kept}`);
 
-  // The statistics example waits in the second tab.
+  // GraphiQL remembers the operation name of the example (NewestVisits) and
+  // re-reads the editor only after a pause: a different, anonymous query
+  // pasted over the example and run at once must not go out with that name.
+  step('pasting an anonymous query over the example and running it at once');
+  const anonymous = '{ pasted: userVisits(activityId: "10024069", first: 2) { totalCount nodes { nickname } } }';
+  await queryEditor.click();
+  await page.keyboard.press('ControlOrMeta+A');
+  await page.evaluate((text) => {
+    const data = new DataTransfer();
+    data.setData('text/plain', text);
+    const paste = new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true });
+    document.activeElement.dispatchEvent(paste);
+    document.querySelector('button.graphiql-execute-button').click();
+  }, anonymous);
+  const editorNow = await page.evaluate(
+    () => document.querySelector('.graphiql-query-editor .CodeMirror')?.CodeMirror?.getValue() ?? ''
+  );
+  if (editorNow !== anonymous) problem(`the paste did not replace the query: ${editorNow}`);
+  const pastedResult = await page.waitForFunction(() => {
+    const value = document.querySelector('.result-window .CodeMirror')?.CodeMirror?.getValue() ?? '';
+    return value.includes('"pasted"') || value.includes('"errors"') ? value : false;
+  });
+  const pastedText = await pastedResult.jsonValue();
+  let pastedBody;
+  try {
+    pastedBody = JSON.parse(pastedText);
+  } catch (e) {
+    problem(`the result pane does not hold JSON: ${pastedText.slice(0, 500)}`);
+  }
+  if (pastedBody?.errors) problem(`the pasted query answered errors: ${JSON.stringify(pastedBody.errors)}`);
+  if (!(pastedBody?.data?.pasted?.nodes?.length > 0)) {
+    problem(`the pasted query answered no visits: ${pastedText.slice(0, 500)}`);
+  }
+  const sent = (await Promise.all(graphqlResponses)).filter((r) => r.query === anonymous);
+  if (sent.length !== 1) problem(`the pasted query was sent ${sent.length} times`);
+  for (const r of sent) {
+    if (r.operationName != null) problem(`the pasted query went out with operationName ${r.operationName}`);
+  }
+  console.log(`   pasted query: ${pastedBody?.data?.pasted?.nodes?.length ?? 0} visits shown`);
+
+  // The statistics example waits in the second tab; run at once, it must not
+  // go out with the first tab's operation name either.
   step('running the statistics tab');
   await page.locator('.graphiql-tab-button').nth(1).click();
   await page.waitForFunction(() =>
     document.querySelector('.graphiql-query-editor .CodeMirror')?.CodeMirror?.getValue().includes('userVisitStats')
   );
-  await page.waitForTimeout(500); // GraphiQL reads the tab's operation name after a debounce
   await page.locator('button.graphiql-execute-button').click();
   const statsText = await (
     await page.waitForFunction(() => {

@@ -1,0 +1,66 @@
+//! The binary and its environment: a bad variable is reported by name and
+//! never panics; `schema` does not read settings at all.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_visits-gateway"))
+        .args(args)
+        // Only what the test sets: the developer's shell must not matter.
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs")
+}
+
+#[test]
+fn schema_ignores_settings_in_the_environment() {
+    let out = run(
+        &["schema"],
+        &[
+            ("MAX_PAGE_SIZE", "x"),
+            ("INTROSPECTION_ENABLED", "false"),
+            ("MAX_QUERY_DEPTH", "2"),
+            ("TRUSTED_PROXIES", "nonsense"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schema/schema.graphql"
+    ))
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
+}
+
+#[test]
+fn serve_and_demo_name_a_bad_environment_variable_and_exit_non_zero() {
+    for (command, name, value) in [
+        ("serve", "MAX_PAGE_SIZE", "x"),
+        ("demo", "MAX_PAGE_SIZE", "0"),
+        ("serve", "UPSTREAM_TIMEOUT_MS", "0"),
+        ("demo", "PIN_GRANULARITY_SECONDS", "3601"),
+        ("serve", "NEGATIVE_CACHE_SECONDS", "-1"),
+        ("demo", "UPSTREAM_MAX_BODY_BYTES", "1023"),
+        ("serve", "MAX_PLATFORM_REQUESTS_PER_QUERY", "0"),
+        ("demo", "TRUSTED_PROXIES", "10.0.0.0/8,10.0.0.0/33"),
+        ("serve", "CLIENT_BURST", "many"),
+        // Checked across settings, after parsing.
+        ("demo", "DEFAULT_PAGE_SIZE", "200"),
+        ("serve", "UPSTREAM_DEADLINE_MS", "20000"),
+    ] {
+        let out = run(&[command], &[(name, value)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{command} {name}={value}: {stderr}"
+        );
+        assert!(stderr.contains(name), "{command} {name}={value}: {stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "{command} {name}={value}: {stderr}"
+        );
+    }
+}
