@@ -617,6 +617,26 @@ mod tests {
         assert!(after.page.is_fresh() && !Arc::ptr_eq(&after.page, &first.page));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn contains_says_whether_a_read_would_wait_on_the_platform() {
+        let script = Arc::new(Script::default());
+        let cache = cache(script.clone());
+        let recent = request(Utc::now());
+        let settled = request(Utc::now() - chrono::Duration::days(3));
+        assert!(!cache.contains(&recent).await && !cache.contains(&settled).await);
+        cache.page(recent, far()).await.unwrap();
+        cache.page(settled, far()).await.unwrap();
+        assert!(cache.contains(&recent).await && cache.contains(&settled).await);
+        // Past their TTLs: a recent page is refreshed first, a settled one
+        // is served while it is refreshed in the background.
+        tokio::time::advance(Duration::from_secs(101)).await;
+        assert!(!cache.contains(&recent).await);
+        assert!(cache.contains(&settled).await);
+        assert_eq!(script.calls.load(Ordering::SeqCst), 2, "asking is free");
+        let off = PageCache::new(script, 0, POLICY, Metrics::new());
+        assert!(!off.contains(&settled).await);
+    }
+
     #[test]
     fn recent_windows_get_the_short_ttl() {
         let now = Utc::now();
