@@ -4,7 +4,7 @@
 //
 // The gateway writes the page's defaults as JSON into
 // <script type="application/json" id="playground-defaults">:
-//   { "query": "...", "variables": "<JSON>", "headers": "<JSON>", "key": "<hash>" }
+//   { "query": "...", "variables": "<JSON>", "headers": "<JSON>", "statsQuery": "...", "key": "<hash>" }
 (function () {
   'use strict';
 
@@ -141,7 +141,11 @@
   var props = {
     fetcher: fetcher,
     storage: storage,
-    defaultTabs: [{ query: defaults.query, variables: variables, headers: headers }],
+    defaultTabs: [
+      { query: defaults.query, variables: variables, headers: headers },
+      // The statistics example: a second tab, whose query needs no variables.
+      { query: defaults.statsQuery, headers: headers },
+    ],
     defaultQuery: defaults.query,
     // Headers are not persisted (they may hold an API key): every visit
     // starts with these.

@@ -20,6 +20,7 @@ use crate::paging::RangePolicy;
 use crate::playground::{self, Playground};
 use crate::response_cache::ResponseCache;
 use crate::secret::TokenSource;
+use crate::stats::load::StatsLoader;
 use crate::telemetry::Metrics;
 use crate::upstream::UpstreamClient;
 use crate::visits::FetchPolicy;
@@ -116,6 +117,10 @@ impl App {
             },
             default_page_size: paging.default_page_size,
             max_page_size: paging.max_page_size,
+            stats: StatsLoader::new(
+                cache.stats_cache_max_bytes,
+                paging.stats_max_platform_requests,
+            ),
         };
         let resolver = Arc::new(resolver);
         let state = Arc::new(AppState {
@@ -220,7 +225,8 @@ impl App {
     }
 }
 
-/// The playground's opening example: a query for an activity that exists.
+/// The playground's opening examples: a query for an activity that exists,
+/// and its statistics in a second tab.
 fn playground_defaults(server: &ServerSettings, client: &ClientSettings) -> playground::Defaults {
     playground::Defaults {
         query: format!(
@@ -234,6 +240,7 @@ fn playground_defaults(server: &ServerSettings, client: &ClientSettings) -> play
         } else {
             "{}".to_owned()
         },
+        stats_query: crate::graphql::stats::example_query(server.playground_activity_id),
     }
 }
 

@@ -282,6 +282,20 @@ impl PageCache {
         })
     }
 
+    /// Whether `req` would be served without a platform request on the
+    /// caller's path: a fresh page, or a settled window's page (served while
+    /// it is refreshed in the background). A recent window's page past its
+    /// TTL is not: it is refreshed first.
+    pub async fn contains(&self, req: &PageRequest) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        self.pages
+            .get(req)
+            .await
+            .is_some_and(|page| page.is_fresh() || !TtlPolicy::is_recent(req.window.to, Utc::now()))
+    }
+
     async fn remembered_refusal(&self, activity: ActivityId) -> Option<GatewayError> {
         let (refusal, learnt) = self.refusals.as_ref()?.get(&activity).await?;
         if learnt.elapsed() >= self.ttl.negative {
@@ -601,6 +615,26 @@ mod tests {
         );
         let after = cache.page(req, far()).await.unwrap();
         assert!(after.page.is_fresh() && !Arc::ptr_eq(&after.page, &first.page));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn contains_says_whether_a_read_would_wait_on_the_platform() {
+        let script = Arc::new(Script::default());
+        let cache = cache(script.clone());
+        let recent = request(Utc::now());
+        let settled = request(Utc::now() - chrono::Duration::days(3));
+        assert!(!cache.contains(&recent).await && !cache.contains(&settled).await);
+        cache.page(recent, far()).await.unwrap();
+        cache.page(settled, far()).await.unwrap();
+        assert!(cache.contains(&recent).await && cache.contains(&settled).await);
+        // Past their TTLs: a recent page is refreshed first, a settled one
+        // is served while it is refreshed in the background.
+        tokio::time::advance(Duration::from_secs(101)).await;
+        assert!(!cache.contains(&recent).await);
+        assert!(cache.contains(&settled).await);
+        assert_eq!(script.calls.load(Ordering::SeqCst), 2, "asking is free");
+        let off = PageCache::new(script, 0, POLICY, Metrics::new());
+        assert!(!off.contains(&settled).await);
     }
 
     #[test]

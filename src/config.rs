@@ -326,6 +326,10 @@ pub struct PagingSettings {
     /// largest single `userVisits` needs (see `max_platform_requests_per_query`).
     #[arg(id = "MAX_PLATFORM_REQUESTS_PER_QUERY", long = "max-platform-requests-per-query", env, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_platform_requests: Option<u32>,
+
+    /// Platform requests (pages not cached) one request's statistics may need.
+    #[arg(id = "STATS_MAX_PLATFORM_REQUESTS", long = "stats-max-platform-requests", env, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub stats_max_platform_requests: u64,
 }
 
 /// The page cache (upstream pages) and the response cache (whole answers).
@@ -362,6 +366,10 @@ pub struct CacheSettings {
     /// The longest a whole response is reused, in seconds.
     #[arg(id = "RESPONSE_CACHE_MAX_TTL_SECONDS", long = "response-cache-max-ttl-seconds", env, default_value = "30", value_parser = seconds(1..=3600))]
     pub response_cache_max_ttl: Duration,
+
+    /// Capacity in bytes of the settled windows' statistics; 0 turns it off.
+    #[arg(id = "STATS_CACHE_MAX_BYTES", long = "stats-cache-max-bytes", env, default_value_t = 32 * 1024 * 1024)]
+    pub stats_cache_max_bytes: u64,
 }
 
 /// Clients: who may ask (API keys, JWT) and how often.

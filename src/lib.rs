@@ -7,7 +7,8 @@
 //! - [`response_cache`]: whole responses of repeated queries (the hot path).
 //! - [`graphql`]: the schema and the `userVisits` resolver, cursors, scalars.
 //! - [`paging`]: pure rules: ranges, pinning, 7-day windows, slices, pages.
-//! - [`visits`]: runs a paging plan against the page cache.
+//! - [`visits`]: runs a paging plan against the page cache; [`stats`]: the
+//!   statistics of a range, from the same pages.
 //! - [`cache`]: the moka page cache with coalescing and TTL by window age.
 //! - [`upstream`]: the platform's REST client and its JSON.
 //!
@@ -29,6 +30,7 @@ pub mod paging;
 pub mod playground;
 pub mod response_cache;
 pub mod secret;
+pub mod stats;
 pub mod telemetry;
 pub mod time;
 pub mod upstream;

@@ -27,6 +27,8 @@ pub struct Defaults {
     /// JSON of the request headers pre-filled in the headers tab (`{}` when
     /// no auth is configured).
     pub headers: String,
+    /// A second tab's query, which needs no variables: the statistics example.
+    pub stats_query: String,
 }
 
 /// One embedded file under [`ASSET_PREFIX`].
@@ -122,16 +124,22 @@ fn render(defaults: &Defaults) -> String {
     let key = format!(
         "{:016x}",
         fnv1a64(
-            [&defaults.query, &defaults.variables, &defaults.headers]
-                .map(String::as_str)
-                .join("\0")
-                .as_bytes()
+            [
+                &defaults.query,
+                &defaults.variables,
+                &defaults.headers,
+                &defaults.stats_query,
+            ]
+            .map(String::as_str)
+            .join("\0")
+            .as_bytes()
         )
     );
     let json = serde_json::json!({
         "query": defaults.query,
         "variables": defaults.variables,
         "headers": defaults.headers,
+        "statsQuery": defaults.stats_query,
         "key": key,
     });
     let json = script_safe_json(&json.to_string());
@@ -188,6 +196,7 @@ mod tests {
             query: query.to_owned(),
             variables: r#"{"activityId":"10024069","last":10}"#.to_owned(),
             headers: "{}".to_owned(),
+            stats_query: "{ userVisitStats(activityId: \"1\") { visits } }".to_owned(),
         }
     }
 

@@ -33,7 +33,7 @@ pub struct VisitSlice {
 
 /// One page through the cache, holding one of the request's platform slots
 /// while the cache may call the platform.
-async fn page(
+pub(crate) async fn page(
     cache: &PageCache,
     slots: &Semaphore,
     req: PageRequest,

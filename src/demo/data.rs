@@ -152,7 +152,7 @@ impl SimVisit {
             obj.insert("city".into(), json!(c));
         }
         if self.user_id.is_none() {
-            obj.insert("anonymousId".into(), json!(&self.session[..8]));
+            obj.insert("anonymousId".into(), json!(self.anonymous_id()));
         }
         v
     }
@@ -163,7 +163,15 @@ impl SimVisit {
         (
             format(self.visit_at),
             self.user_id.map(|u| u.to_string()),
-            self.user_id.is_none().then(|| self.session[..8].to_owned()),
+            self.user_id
+                .is_none()
+                .then(|| self.anonymous_id().to_owned()),
         )
+    }
+
+    /// The first 8 characters of the session id (`""` for a crafted visit
+    /// without a session).
+    pub fn anonymous_id(&self) -> &str {
+        self.session.get(..8).unwrap_or(&self.session)
     }
 }

@@ -164,6 +164,23 @@ impl SimPlatform {
         }
     }
 
+    /// Adds crafted visits to an activity, which is created (with the user
+    /// detail feature on) when missing. They are taken in `visit_at` order
+    /// and numbered after every visit so far, so the platform's order (by
+    /// id) stays time order.
+    pub fn insert_visits(&self, activity: u64, mut visits: Vec<SimVisit>) {
+        visits.sort_by_key(|v| v.visit_at);
+        let mut activities = lock(&self.sim.activities);
+        let a = activities.entry(activity).or_insert_with(|| Activity {
+            visits: Vec::new(),
+            feature_enabled: true,
+        });
+        for mut v in visits {
+            v.id = self.sim.next_id.fetch_add(1, Ordering::SeqCst);
+            a.visits.push(v);
+        }
+    }
+
     /// The activity's visits in `[from, to)`, in the platform's order.
     pub fn visits_between(
         &self,

@@ -5,8 +5,10 @@ pub mod cost;
 pub mod cursor;
 pub mod documents;
 pub mod scalars;
+pub mod stats;
 pub mod types;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use async_graphql::{
@@ -35,6 +37,8 @@ pub struct Resolver {
     pub fetch_policy: FetchPolicy,
     pub default_page_size: u32,
     pub max_page_size: u32,
+    /// `userVisitStats`: settled windows' statistics, and their own bound.
+    pub stats: crate::stats::load::StatsLoader,
 }
 
 /// What one GraphQL request's fields share, made by the HTTP layer and
@@ -48,6 +52,9 @@ pub struct RequestScope {
     pub platform_slots: Arc<Semaphore>,
     /// What the fields served: freshness and the activities touched.
     pub facts: Mutex<Facts>,
+    /// Platform requests this request's statistics were allowed so far
+    /// (`STATS_MAX_PLATFORM_REQUESTS`, all `userVisitStats` fields together).
+    pub stats_requests: AtomicU64,
 }
 
 impl RequestScope {
@@ -56,6 +63,7 @@ impl RequestScope {
             now,
             platform_slots: Arc::new(Semaphore::new(window_concurrency.max(1))),
             facts: Mutex::new(Facts::default()),
+            stats_requests: AtomicU64::new(0),
         })
     }
 
@@ -120,6 +128,20 @@ impl Query {
             Ok(connection)
         };
         result.await.map_err(|e| e.extend())
+    }
+
+    /// Statistics of an activity's visits over a range, for dashboards:
+    /// totals, distinct visitors, where they came from, and viewers online
+    /// over time. `range` as in `userVisits`; `timeZone` is an IANA name
+    /// (such as "Asia/Shanghai") for the timeline's buckets.
+    async fn user_visit_stats(
+        &self,
+        ctx: &Context<'_>,
+        activity_id: ID,
+        range: Option<TimeRange>,
+        #[graphql(default_with = "Some(\"UTC\".to_owned())")] time_zone: Option<String>,
+    ) -> async_graphql::Result<stats::UserVisitStats> {
+        stats::user_visit_stats(ctx, activity_id, range, time_zone).await
     }
 }
 

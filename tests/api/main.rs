@@ -14,5 +14,6 @@ mod playground;
 mod resilience;
 mod security;
 mod settings;
+mod stats;
 mod surface;
 mod upstream_economy;

@@ -71,6 +71,8 @@ async fn the_page_is_html_with_a_strict_csp() {
     assert!(html.contains("<div id=\"graphiql\">"), "{html}");
     // The example query, for an activity that exists.
     assert!(html.contains("userVisits"), "{html}");
+    // And the statistics example, for a second tab.
+    assert!(html.contains("userVisitStats"), "{html}");
     assert!(html.contains("10024069"), "{html}");
 }
 

@@ -221,6 +221,26 @@ try {
     if (r.operationName != null) problem(`the pasted query went out with operationName ${r.operationName}`);
   }
   console.log(`   pasted query: ${pastedBody?.data?.pasted?.nodes?.length ?? 0} visits shown`);
+
+  // The statistics example waits in the second tab; run at once, it must not
+  // go out with the first tab's operation name either.
+  step('running the statistics tab');
+  await page.locator('.graphiql-tab-button').nth(1).click();
+  await page.waitForFunction(() =>
+    document.querySelector('.graphiql-query-editor .CodeMirror')?.CodeMirror?.getValue().includes('userVisitStats')
+  );
+  await page.locator('button.graphiql-execute-button').click();
+  const statsText = await (
+    await page.waitForFunction(() => {
+      const value = document.querySelector('.result-window .CodeMirror')?.CodeMirror?.getValue() ?? '';
+      return value.includes('"userVisitStats"') || value.includes('"errors"') ? value : false;
+    })
+  ).jsonValue();
+  const stats = JSON.parse(statsText).data?.userVisitStats;
+  if (!(stats?.visits > 0 && stats?.timeline?.length > 0)) {
+    problem(`the statistics tab showed no statistics: ${statsText.slice(0, 500)}`);
+  }
+  console.log(`   statistics: ${stats?.visits} visits, ${stats?.uniqueVisitors} visitors`);
 } catch (e) {
   problem(`${e.stack ?? e}`);
 } finally {
