@@ -7,6 +7,7 @@ mod errors;
 mod guards;
 mod helpers;
 mod hot_path;
+mod live;
 mod ops;
 mod paging;
 mod playground;
