@@ -108,10 +108,34 @@
     return sent;
   }
 
+  // Subscriptions go over WebSocket (graphql-transport-ws) to the same path,
+  // through the graphql-ws client in GraphiQL's bundle; the headers editor's
+  // headers become the connection_init payload (its Authorization entry).
+  var subscriptionUrl =
+    (window.location.protocol === 'https:' ? 'wss://' : 'ws://') + window.location.host + endpoint;
+  var wsFetcher = GraphiQL.createFetcher({ url: endpoint, subscriptionUrl: subscriptionUrl });
+
+  function isSubscription(params) {
+    var graphql = GraphiQL.GraphQL;
+    if (!graphql || typeof params.query !== 'string') return false;
+    try {
+      return graphql.parse(params.query).definitions.some(function (definition) {
+        return (
+          definition.kind === graphql.Kind.OPERATION_DEFINITION &&
+          definition.operation === 'subscription' &&
+          (!params.operationName || (definition.name && definition.name.value === params.operationName))
+        );
+      });
+    } catch (e) {
+      return false;
+    }
+  }
+
   // POSTs the operation as JSON, with the headers from the headers editor.
   // A body that is not JSON (a proxy's error page, say) becomes a GraphQL
   // error, so that the result pane shows what happened.
   function fetcher(params, options) {
+    if (isSubscription(params)) return wsFetcher(withDefinedOperationName(params), options);
     var headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
     var extra = (options && options.headers) || {};
     Object.keys(extra).forEach(function (name) {

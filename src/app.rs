@@ -43,6 +43,8 @@ pub struct AppState {
     /// Whose `X-Forwarded-For` names an anonymous client (TRUSTED_PROXIES).
     pub trusted_proxies: TrustedProxies,
     pub limits: RequestLimits,
+    /// Live subscriptions: pollers, limits, the shutdown signal.
+    pub live: Arc<crate::live::Live>,
 }
 
 pub struct RequestLimits {
@@ -123,6 +125,19 @@ impl App {
             ),
         };
         let resolver = Arc::new(resolver);
+        let live = crate::live::Live::new(
+            page_cache.clone(),
+            crate::live::LivePolicy {
+                poll: upstream.live_poll,
+                buffer: server.live_subscriber_buffer as usize,
+                max_per_client: client.live_max_subscriptions_per_client as usize,
+                max_total: server.live_max_subscriptions as usize,
+                page_size: paging.upstream_page_size,
+                deadline: upstream.deadline,
+                max_requests_per_poll: u64::from(paging.max_platform_requests_per_query()),
+            },
+            metrics.clone(),
+        );
         let state = Arc::new(AppState {
             schema: graphql::build_schema(Some(resolver.clone()), server),
             resolver,
@@ -148,6 +163,7 @@ impl App {
                 max_platform_requests: u64::from(paging.max_platform_requests_per_query()),
                 window_concurrency: paging.window_concurrency as usize,
             },
+            live,
         });
         let router = crate::http::router(state.clone(), server.metrics_listen_addr.is_none())
             .layer(cors(&server.cors_allowed_origins)?);
@@ -206,11 +222,19 @@ impl App {
                 "shutting down: readiness off, draining"
             );
             tokio::time::sleep(policy.drain).await;
+            // Subscriptions end with `complete`, their sockets with 1001.
+            shutdown_state.live.shut_down();
             drained.notify_one();
         });
         let deadline = async move {
             draining.notified().await;
             tokio::time::sleep(policy.timeout).await;
+        };
+        // Upgraded sockets outlive axum's connections: wait for their close.
+        let server = async move {
+            let result = server.await;
+            state.live.sockets_closed().await;
+            result
         };
         tokio::select! {
             result = server => {

@@ -219,6 +219,16 @@ pub struct ServerSettings {
     )]
     pub playground_activity_id: u64,
 
+    /// Subscriptions (`userVisitAdded`) the gateway serves at once, all
+    /// clients together; more are refused with RATE_LIMITED.
+    #[arg(id = "LIVE_MAX_SUBSCRIPTIONS", long = "live-max-subscriptions", env, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub live_max_subscriptions: u32,
+
+    /// Poll results a subscriber may fall behind by before it is closed
+    /// with SUBSCRIBER_TOO_SLOW (each holds the visits one poll found).
+    #[arg(id = "LIVE_SUBSCRIBER_BUFFER", long = "live-subscriber-buffer", env, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub live_subscriber_buffer: u32,
+
     /// Log format: json (default) or text.
     #[arg(id = "LOG_FORMAT", long = "log-format", env, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -286,6 +296,11 @@ pub struct UpstreamSettings {
     /// The longest pause a platform's Retry-After may impose, in seconds.
     #[arg(id = "UPSTREAM_RETRY_AFTER_CAP_SECONDS", long = "upstream-retry-after-cap-seconds", env, default_value = "30", value_parser = seconds(1..=3600))]
     pub retry_after_cap: Duration,
+
+    /// Seconds between two polls of an activity with live subscribers
+    /// (one poller per activity, whatever the number of subscribers).
+    #[arg(id = "LIVE_POLL_SECONDS", long = "live-poll-seconds", env, default_value = "5", value_parser = seconds(1..=3600))]
+    pub live_poll: Duration,
 
     /// The largest platform response body read, in bytes (4 MiB by default).
     #[arg(id = "UPSTREAM_MAX_BODY_BYTES", long = "upstream-max-body-bytes", env, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=268_435_456))]
@@ -418,6 +433,10 @@ pub struct ClientSettings {
     /// Burst above the client rate.
     #[arg(id = "CLIENT_BURST", long = "client-burst", env, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub burst: u32,
+
+    /// Subscriptions one client (key, JWT subject, else IP) may hold at once.
+    #[arg(id = "LIVE_MAX_SUBSCRIPTIONS_PER_CLIENT", long = "live-max-subscriptions-per-client", env, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub live_max_subscriptions_per_client: u32,
 
     /// Proxies whose `X-Forwarded-For` is believed, comma-separated CIDRs
     /// or addresses (none by default).

@@ -27,7 +27,7 @@ use crate::telemetry::{self, Metrics, OutcomeLabel, RequestStats};
 /// The main router; `/metrics` is on it unless it has a port of its own.
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
     let mut router = Router::new()
-        .route("/graphql", get(playground).post(graphql))
+        .route("/graphql", get(get_graphql).post(graphql))
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
@@ -387,6 +387,15 @@ fn json(body: Bytes) -> Response {
         body,
     )
         .into_response()
+}
+
+/// A WebSocket upgrade is a subscription connection; otherwise the playground.
+async fn get_graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    if crate::live::socket::is_upgrade(request.headers()) {
+        return crate::live::socket::upgrade(state, request).await;
+    }
+    let headers = request.headers().clone();
+    playground(State(state), headers).await
 }
 
 /// GraphiQL for browsers; other clients are told to POST.

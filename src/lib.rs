@@ -4,6 +4,7 @@
 //! # Layout
 //! The data path, top to bottom:
 //! - [`http`]: the HTTP surface (`POST /graphql`, probes); [`playground`]: GraphiQL.
+//! - [`live`]: `userVisitAdded` subscriptions over WebSocket, one poller per activity.
 //! - [`response_cache`]: whole responses of repeated queries (the hot path).
 //! - [`graphql`]: the schema and the `userVisits` resolver, cursors, scalars.
 //! - [`paging`]: pure rules: ranges, pinning, 7-day windows, slices, pages.
@@ -26,6 +27,7 @@ mod fnv;
 pub mod graphql;
 pub mod http;
 pub mod limits;
+pub mod live;
 pub mod paging;
 pub mod playground;
 pub mod response_cache;

@@ -94,6 +94,10 @@ metrics! {
     cache_bytes: Gauge = Gauge::default(), "cache_bytes", "Approximate bytes of pages in the cache";
     response_cache_entries: Gauge = Gauge::default(), "response_cache_entries", "Responses in the response cache";
     response_cache_bytes: Gauge = Gauge::default(), "response_cache_bytes", "Approximate bytes of the response cache";
+    live_subscriptions: Gauge = Gauge::default(), "live_subscriptions", "Open userVisitAdded subscriptions";
+    live_pollers: Gauge = Gauge::default(), "live_pollers", "Activities polled for live subscribers (one poller each)";
+    live_events_sent: Counter = Counter::default(), "live_events_sent", "Visits sent to subscribers (a visit sent to 3 subscribers counts 3)";
+    live_closed_slow: Counter = Counter::default(), "live_subscribers_closed_slow", "Subscriptions closed because their client fell behind (SUBSCRIBER_TOO_SLOW or a stuck socket)";
 }
 
 impl Metrics {

@@ -6,14 +6,13 @@ pub mod cursor;
 pub mod documents;
 pub mod scalars;
 pub mod stats;
+pub mod subscription;
 pub mod types;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use async_graphql::{
-    Context, EmptyMutation, EmptySubscription, ErrorExtensions, ID, InputObject, Object, Schema,
-};
+use async_graphql::{Context, EmptyMutation, ErrorExtensions, ID, InputObject, Object, Schema};
 use chrono::Utc;
 use tokio::sync::Semaphore;
 
@@ -28,7 +27,7 @@ use cursor::Cursor;
 use scalars::DateTime;
 use types::UserVisitConnection;
 
-pub type GatewaySchema = Schema<Query, EmptyMutation, EmptySubscription>;
+pub type GatewaySchema = Schema<Query, EmptyMutation, subscription::Subscription>;
 
 /// What the resolver needs, shared by every request.
 pub struct Resolver {
@@ -322,7 +321,7 @@ pub const EXAMPLE_QUERY: &str = "query NewestVisits($activityId: ID!, $last: Int
 ";
 
 pub fn build_schema(resolver: Option<Arc<Resolver>>, settings: &ServerSettings) -> GatewaySchema {
-    let mut builder = Schema::build(Query, EmptyMutation, EmptySubscription)
+    let mut builder = Schema::build(Query, EmptyMutation, subscription::Subscription)
         .limit_depth(settings.max_query_depth as usize)
         .limit_complexity(settings.max_query_complexity as usize);
     if !settings.introspection_enabled {

@@ -8,6 +8,7 @@ mod guards;
 mod helpers;
 mod hostile;
 mod hot_path;
+mod live;
 mod ops;
 mod paging;
 mod playground;
