@@ -5,7 +5,9 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::cache::{Freshness, PageCache, Served};
+use std::sync::Arc;
+
+use crate::cache::{CachedPage, Freshness, PageCache, Served};
 use crate::error::GatewayError;
 use crate::paging::{self, ActivityId, Direction, ResolvedRange, Slice, SliceArgs, WindowShape};
 use crate::upstream::{PageRequest, Visit};
@@ -26,9 +28,25 @@ pub struct VisitSlice {
     pub total: u64,
     pub slice: Slice,
     /// `(global offset, visit)`, in list order.
-    pub items: Vec<(u64, Visit)>,
+    pub items: Vec<(u64, VisitRef)>,
     /// How fresh the pages it was read from are.
     pub freshness: Freshness,
+}
+
+/// A visit where it lies in its cached page: shared, not copied (a copy
+/// is a dozen reference counts per visit).
+#[derive(Debug, Clone)]
+pub struct VisitRef {
+    page: Arc<CachedPage>,
+    index: usize,
+}
+
+impl std::ops::Deref for VisitRef {
+    type Target = Visit;
+
+    fn deref(&self) -> &Visit {
+        &self.page.page.visits[self.index]
+    }
 }
 
 /// One page through the cache, holding one of the request's platform slots
@@ -120,15 +138,13 @@ pub async fn load(
             _ => later.next().expect("one page per later read"),
         };
         freshness = freshness.and(served.freshness);
-        let visits = served
-            .page
-            .page
-            .visits
-            .iter()
-            .skip(read.skip as usize)
-            .take(read.take as usize);
+        let available = served.page.page.visits.len();
+        let indexes = (read.skip as usize..available).take(read.take as usize);
         let before = items.len();
-        items.extend((read.offset..).zip(visits.cloned()));
+        items.extend(indexes.zip(read.offset..).map(|(index, offset)| {
+            let page = served.page.clone();
+            (offset, VisitRef { page, index })
+        }));
         if ((items.len() - before) as u64) < read.take {
             // The window's list shrank between two of our requests: serving
             // fewer items would silently shift the client's offsets.

@@ -6,6 +6,7 @@ use super::cursor::Cursor;
 use super::scalars::DateTime;
 use crate::paging::{self, ActivityId};
 use crate::upstream::Visit;
+use crate::visits::VisitRef;
 
 /// A page of visits. Edges and their cursors are built only when a query
 /// selects them, and `nodes` and `edges` share the visits rather than each
@@ -14,7 +15,7 @@ pub struct UserVisitConnection {
     pub activity: ActivityId,
     pub range: paging::ResolvedRange,
     /// `(offset in the whole list, visit)`, in list order.
-    pub items: Vec<(u64, Visit)>,
+    pub items: Vec<(u64, VisitRef)>,
     pub has_next_page: bool,
     pub has_previous_page: bool,
     pub total: u64,
@@ -26,7 +27,9 @@ impl UserVisitConnection {
     }
 }
 
-#[Object]
+// Serial: every field is a plain read, cheaper in turn than as concurrent
+// futures (async-graphql joins an object's fields in a FuturesUnordered).
+#[Object(serial)]
 impl UserVisitConnection {
     async fn edges(&self) -> Vec<UserVisitEdge<'_>> {
         self.items
@@ -69,6 +72,7 @@ impl UserVisitConnection {
 }
 
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct ResolvedRange {
     pub from: DateTime,
     pub to: DateTime,
@@ -79,7 +83,7 @@ pub struct UserVisitEdge<'a> {
     node: UserVisit<'a>,
 }
 
-#[Object]
+#[Object(serial)]
 impl<'a> UserVisitEdge<'a> {
     async fn cursor(&self) -> &str {
         &self.cursor
@@ -91,6 +95,7 @@ impl<'a> UserVisitEdge<'a> {
 }
 
 #[derive(SimpleObject)]
+#[graphql(serial)]
 pub struct PageInfo {
     pub has_next_page: bool,
     pub has_previous_page: bool,
@@ -102,7 +107,7 @@ pub struct PageInfo {
 #[derive(Clone, Copy)]
 pub struct UserVisit<'a>(pub &'a Visit);
 
-#[Object]
+#[Object(serial)]
 impl UserVisit<'_> {
     /// Null for anonymous visitors.
     async fn user_id(&self) -> Option<ID> {
