@@ -25,6 +25,7 @@ pub mod demo;
 pub mod error;
 mod fnv;
 pub mod graphql;
+pub mod graphql_http;
 pub mod http;
 pub mod limits;
 pub mod live;
