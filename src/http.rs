@@ -23,6 +23,7 @@ use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::error::ErrorCode;
 use crate::graphql::RequestScope;
+use crate::graphql::persisted::Refusal;
 use crate::graphql_http::{self, MediaType, Params};
 use crate::response_cache::{Facts, ResponseKey};
 use crate::telemetry::{self, Metrics, OutcomeLabel, RequestStats};
@@ -187,8 +188,9 @@ async fn answer(
             Form::QueryString => ResponseKey::for_query_string(raw.clone(), bucket),
         }
     });
-    if let Some(body) = key.as_ref().and_then(|k| cached(state, k, &principal)) {
-        return respond(media, StatusCode::OK, body);
+    let public = principal.is_anonymous();
+    if let Some((body, left)) = key.as_ref().and_then(|k| cached(state, k, &principal)) {
+        return finish(form, media, StatusCode::OK, body, Some((left, public)));
     }
     let params = match form {
         Form::Body => Params::from_json(&raw),
@@ -210,11 +212,27 @@ async fn answer(
         Ok(params) => params,
         Err(message) => return malformed(&message),
     };
-    let Some(query) = params.query.clone().filter(|q| !q.is_empty()) else {
-        return malformed(match form {
-            Form::Body => "the request has no `query`: send {\"query\": \"{ ... }\"}",
-            Form::QueryString => "the request has no `query`: GET /graphql?query={...}",
-        });
+    let query = match state
+        .persisted
+        .resolve(params.query.as_deref(), params.extensions.as_ref())
+    {
+        Ok(Some(query)) => query,
+        Ok(None) => {
+            return malformed(match form {
+                Form::Body => "the request has no `query`: send {\"query\": \"{ ... }\"}",
+                Form::QueryString => "the request has no `query`: GET /graphql?query={...}",
+            });
+        }
+        Err(Refusal::NotFound) => {
+            return refuse_as(
+                &state.metrics,
+                media,
+                media.request_error_status(),
+                ErrorCode::PersistedQueryNotFound,
+                "PersistedQueryNotFound: the gateway does not know this hash; send the query with it",
+            );
+        }
+        Err(Refusal::Invalid(message)) => return request_error(state, media, &message),
     };
     #[cfg(feature = "test-hooks")]
     if query.contains("__testPanic") {
@@ -225,7 +243,7 @@ async fn answer(
         Ok(parsed) => parsed,
         Err(message) => return request_error(state, media, &message),
     };
-    let mut request = params.request(query);
+    let mut request = params.request(query.to_string());
     if let Some(doc) = parsed {
         if form == Form::QueryString
             && graphql_http::operation_type(&doc, params.operation_name.as_deref())
@@ -305,12 +323,70 @@ async fn answer(
             );
         }
     };
+    let fresh = response
+        .errors
+        .is_empty()
+        .then(|| (fresh_for(state, bucket, &facts), public));
     if let Some(key) = key
-        && response.errors.is_empty()
+        && let Some((ttl, _)) = fresh
     {
-        remember(state, key, &body, bucket, facts);
+        state
+            .responses
+            .insert(key, body.clone(), facts.activities, ttl);
     }
-    respond(media, status, body)
+    finish(form, media, status, body, fresh)
+}
+
+/// The response; for a GET with its caching headers (SPEC §6): a response
+/// without errors may be kept while it stays fresh, by shared caches
+/// (`public`) only when it needed no credential, with an ETag for
+/// `If-None-Match`; anything else is `no-store`.
+fn finish(
+    form: Form,
+    media: MediaType,
+    status: StatusCode,
+    body: Bytes,
+    fresh: Option<(Duration, bool)>,
+) -> Response {
+    let etag = match fresh {
+        Some((ttl, _)) if form == Form::QueryString && ttl.as_secs() > 0 => Some(etag(&body)),
+        _ => None,
+    };
+    let mut r = respond(media, status, body);
+    if form == Form::QueryString {
+        let headers = r.headers_mut();
+        headers.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept, Authorization"),
+        );
+        if let (Some(etag), Some((ttl, public))) = (etag, fresh) {
+            let scope = if public { "public" } else { "private" };
+            let directive = format!("{scope}, max-age={}", ttl.as_secs());
+            if let Ok(value) = HeaderValue::from_str(&directive) {
+                headers.insert(header::CACHE_CONTROL, value);
+            }
+            headers.insert(header::ETAG, etag);
+        }
+    }
+    r
+}
+
+/// A strong validator of a response body: its SHA-256, shortened.
+fn etag(body: &[u8]) -> HeaderValue {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body);
+    HeaderValue::from_str(&format!("\"{}\"", hex::encode(&digest[..16])))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, as RFC 9110 says).
+fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let (Ok(list), Ok(etag)) = (if_none_match.to_str(), etag.to_str()) else {
+        return false;
+    };
+    let etag = strip(etag);
+    list.split(',').any(|t| t.trim() == "*" || strip(t) == etag)
 }
 
 /// QUERY_TOO_EXPENSIVE: refused before any platform request, with the
@@ -448,7 +524,7 @@ fn admit(
 }
 
 /// A cached response for `key`, if this client may see all it touched.
-fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<Bytes> {
+fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<(Bytes, Duration)> {
     let hit = state.responses.get(key).filter(|r| r.visible_to(principal));
     let outcome = if hit.is_some() { "hit" } else { "miss" };
     state
@@ -458,7 +534,10 @@ fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<
         .inc();
     let hit = hit?;
     RequestStats::with(|s| s.response_cached.store(true, Ordering::Relaxed));
-    Some(hit.body.clone())
+    let left = hit
+        .expires_at
+        .saturating_duration_since(tokio::time::Instant::now());
+    Some((hit.body.clone(), left))
 }
 
 /// Every error gets a code and is counted; a response built from stale pages
@@ -491,17 +570,18 @@ fn annotate(state: &AppState, response: &mut async_graphql::Response, facts: &Fa
     }
 }
 
-/// Caches a successful response for as long as all of it stays fresh: no
-/// longer than its freshest-expiring page, nor past its pin bucket. A
-/// response with a stale page has no freshness left, so it is not cached.
-fn remember(state: &AppState, key: ResponseKey, body: &Bytes, bucket: DateTime<Utc>, facts: Facts) {
+/// How long a successful response stays fresh, and is cached: no longer
+/// than its freshest-expiring page, nor past its pin bucket. A response with
+/// a stale page has no freshness left, so it is not cached.
+fn fresh_for(state: &AppState, bucket: DateTime<Utc>, facts: &Facts) -> Duration {
     let left_in_bucket = (bucket + state.limits.pin_granularity - Utc::now())
         .to_std()
         .unwrap_or(Duration::ZERO);
-    let ttl = facts.freshness.fresh_for.min(left_in_bucket);
-    state
-        .responses
-        .insert(key, body.clone(), facts.activities, ttl);
+    facts
+        .freshness
+        .fresh_for
+        .min(left_in_bucket)
+        .min(state.responses.max_ttl())
 }
 
 fn respond(media: MediaType, status: StatusCode, body: Bytes) -> Response {
@@ -532,15 +612,35 @@ async fn get_graphql(State(state): State<Arc<AppState>>, request: Request) -> Re
             ),
         };
     }
-    let Some(media) = graphql_http::negotiate(&parts.headers) else {
-        return not_acceptable(&state);
+    let mut response = match graphql_http::negotiate(&parts.headers) {
+        None => not_acceptable(&state),
+        Some(media) => match admit(&state, &parts, media) {
+            Err(refusal) => refusal,
+            Ok(principal) => {
+                let raw = Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes());
+                answer(&state, principal, media, Form::QueryString, raw).await
+            }
+        },
     };
-    let principal = match admit(&state, &parts, media) {
-        Ok(principal) => principal,
-        Err(refusal) => return refusal,
-    };
-    let raw = Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes());
-    answer(&state, principal, media, Form::QueryString, raw).await
+    // Only what `answer` found cacheable says so; every refusal is no-store.
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let (Some(if_none_match), Some(etag)) = (
+        parts.headers.get(header::IF_NONE_MATCH),
+        response.headers().get(header::ETAG),
+    ) && none_match(if_none_match, etag)
+    {
+        let mut not_modified = StatusCode::NOT_MODIFIED.into_response();
+        for name in [header::ETAG, header::CACHE_CONTROL, header::VARY] {
+            if let Some(value) = response.headers().get(&name) {
+                not_modified.headers_mut().insert(name, value.clone());
+            }
+        }
+        return not_modified;
+    }
+    response
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {

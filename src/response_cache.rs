@@ -131,6 +131,11 @@ impl ResponseCache {
         })
     }
 
+    /// The longest a response is kept (`RESPONSE_CACHE_MAX_TTL_SECONDS`).
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.cache.is_some()
     }

@@ -508,3 +508,155 @@ async fn gets_are_answered_from_the_response_cache_and_cost_checked() {
     );
     assert_eq!(app.sim.request_count(), 0);
 }
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+#[tokio::test]
+async fn automatic_persisted_queries_over_post_and_get() {
+    let app = spawn_app().await;
+    let query = total_count_query();
+    let hash = sha256_hex(&query);
+    let persisted = json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } });
+    // An unknown hash, over POST and GET.
+    let body = json!({ "extensions": persisted }).to_string();
+    let (status, _, r) = post(&app, JSON, &body).await;
+    assert_eq!(
+        (status.as_u16(), error_code(&r).as_str()),
+        (200, "PERSISTED_QUERY_NOT_FOUND"),
+        "{r}"
+    );
+    let (status, _, r) = post(&app, GRAPHQL_RESPONSE, &body).await;
+    assert_eq!(
+        (status.as_u16(), error_code(&r).as_str()),
+        (400, "PERSISTED_QUERY_NOT_FOUND"),
+        "{r}"
+    );
+    let get_qs = format!("extensions={}", encode(&persisted.to_string()));
+    let (_, _, r) = get(&app, JSON, &get_qs).await;
+    assert_eq!(error_code(&r), "PERSISTED_QUERY_NOT_FOUND", "{r}");
+    // A query with another query's hash is refused, and not stored.
+    let wrong = json!({ "query": "{ __typename }", "extensions": persisted }).to_string();
+    let (status, _, r) = post(&app, GRAPHQL_RESPONSE, &wrong).await;
+    assert_eq!(
+        (status.as_u16(), error_code(&r).as_str()),
+        (400, "BAD_USER_INPUT"),
+        "{r}"
+    );
+    let (_, _, r) = post(&app, JSON, &body).await;
+    assert_eq!(error_code(&r), "PERSISTED_QUERY_NOT_FOUND", "{r}");
+    // The query with its hash runs and is stored; then the hash alone runs.
+    let full = json!({ "query": query, "extensions": persisted }).to_string();
+    let (status, _, stored) = post(&app, JSON, &full).await;
+    assert_eq!(status, 200, "{stored}");
+    assert!(
+        stored["data"]["userVisits"]["totalCount"].is_number(),
+        "{stored}"
+    );
+    let (status, _, r) = post(&app, JSON, &body).await;
+    assert_eq!(status, 200);
+    assert_eq!(r["data"], stored["data"]);
+    let (status, _, r) = get(&app, GRAPHQL_RESPONSE, &get_qs).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["data"], stored["data"]);
+}
+
+#[tokio::test]
+async fn a_get_is_cacheable_publicly_only_without_credentials_and_never_for_errors() {
+    let app = spawn_app().await;
+    let qs = format!("query={}", encode(&total_count_query()));
+    // A response with under a second of freshness left is not cacheable:
+    // ask again in the next second.
+    let mut r = None;
+    for _ in 0..3 {
+        let got = app
+            .http
+            .get(app.url(&format!("/graphql?{qs}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200);
+        if got.headers()["cache-control"] != "no-store" {
+            r = Some(got);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let r = r.expect("a cacheable answer within three seconds");
+    let cache_control = r.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(
+        cache_control.starts_with("public, max-age="),
+        "{cache_control}"
+    );
+    let max_age: u64 = cache_control["public, max-age=".len()..].parse().unwrap();
+    assert!((1..=30).contains(&max_age), "{cache_control}");
+    let etag = r.headers()["etag"].clone();
+    // The same request with its ETag: 304, no body.
+    let again = app
+        .http
+        .get(app.url(&format!("/graphql?{qs}")))
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag);
+    assert!(again.bytes().await.unwrap().is_empty());
+    let other = app
+        .http
+        .get(app.url(&format!("/graphql?{qs}")))
+        .header("if-none-match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    // Errors are never stored.
+    for qs in ["query=%7B%20nope%20%7D", "variables=x"] {
+        let r = app
+            .http
+            .get(app.url(&format!("/graphql?{qs}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["cache-control"], "no-store", "{qs}");
+        assert!(r.headers().get("etag").is_none());
+    }
+    // A field error too.
+    let missing = format!(
+        "query={}",
+        encode(r#"{ userVisits(activityId: "0") { totalCount } }"#)
+    );
+    let r = app
+        .http
+        .get(app.url(&format!("/graphql?{missing}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+
+    // With a credential: private.
+    let (app, key) = keyed_app().await;
+    let r = app
+        .http
+        .get(app.url(&format!("/graphql?{qs}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cache_control = r.headers()["cache-control"].to_str().unwrap();
+    assert!(
+        cache_control.starts_with("private, max-age="),
+        "{cache_control}"
+    );
+    let r = app
+        .http
+        .get(app.url(&format!("/graphql?{qs}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+}
