@@ -3,7 +3,9 @@
 # free loopback port, with a client rate high enough for the suite's burst of
 # requests from one address, and runs every audit of the npm package
 # graphql-http (its serverAudits, from tests/http-audit) against /graphql.
-# Fails when any MUST or SHOULD is not ok; prints the MAYs' results.
+# Fails when any MUST or SHOULD is not ok; prints the MAYs' results. Then
+# exercises automatic persisted queries with Apollo Client's
+# createPersistedQueryLink (tests/http-audit/apq.mjs), over POST and GET.
 #
 #   scripts/http-audit.sh
 #
@@ -63,6 +65,8 @@ curl -fsS -o /dev/null "$BASE/readyz" || { echo "FAIL: $BASE/readyz never answer
 log "node tests/http-audit/audit.mjs $BASE/graphql"
 status=0
 node tests/http-audit/audit.mjs "$BASE/graphql" || status=$?
+log "node tests/http-audit/apq.mjs $BASE/graphql"
+node tests/http-audit/apq.mjs "$BASE/graphql" || status=$?
 if [[ $status -ne 0 ]]; then
     echo "--- visits-gateway demo log" >&2
     cat "$LOG" >&2
