@@ -390,7 +390,9 @@ fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
 }
 
 /// QUERY_TOO_EXPENSIVE: refused before any platform request, with the
-/// figure and the limit. A 200, like the validation errors it resembles.
+/// figure and the limit. Answered like the validation errors it resembles:
+/// a 200 with `data: null` in `application/json`, a 400 without `data` in
+/// `application/graphql-response+json`.
 fn too_expensive(state: &AppState, media: MediaType, cost: u64, limit: u64) -> Response {
     state
         .metrics
@@ -431,8 +433,10 @@ fn refuse_as(
     r
 }
 
-/// A document the gateway refuses before async-graphql sees it (nesting,
-/// selections): like a validation error, a 200 in `application/json`.
+/// A well-formed request refused before async-graphql sees it (nesting,
+/// selections, a persisted query's hash that does not match): like a
+/// validation error, a 200 in `application/json`, a 400 in
+/// `application/graphql-response+json`.
 fn request_error(state: &AppState, media: MediaType, message: &str) -> Response {
     refuse_as(
         &state.metrics,
