@@ -14,6 +14,7 @@ use crate::auth::Authenticator;
 use crate::cache::{PageCache, TtlPolicy};
 use crate::config::{ClientSettings, ServerSettings, Settings};
 use crate::graphql::documents::Documents;
+use crate::graphql::persisted::PersistedQueries;
 use crate::graphql::{self, GatewaySchema, Resolver};
 use crate::limits::{ClientLimiter, TrustedProxies};
 use crate::paging::RangePolicy;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub resolver: Arc<Resolver>,
     /// Parsed documents by query text.
     pub documents: Documents,
+    /// Automatic persisted queries by hash.
+    pub persisted: PersistedQueries,
     pub cache: PageCache,
     /// False until the listener is up, and again once shutdown starts.
     pub ready: AtomicBool,
@@ -142,6 +145,7 @@ impl App {
             schema: graphql::build_schema(Some(resolver.clone()), server),
             resolver,
             documents: Documents::new(8 * 1024 * 1024),
+            persisted: PersistedQueries::default(),
             cache: page_cache,
             ready: AtomicBool::new(false),
             playground: server

@@ -14,6 +14,7 @@ pub enum ErrorCode {
     Forbidden,
     RateLimited,
     QueryTooExpensive,
+    PersistedQueryNotFound,
     ActivityNotFound,
     UpstreamFeatureDisabled,
     UpstreamUnauthorized,
@@ -25,12 +26,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::BadUserInput,
         Self::Unauthenticated,
         Self::Forbidden,
         Self::RateLimited,
         Self::QueryTooExpensive,
+        Self::PersistedQueryNotFound,
         Self::ActivityNotFound,
         Self::UpstreamFeatureDisabled,
         Self::UpstreamUnauthorized,
@@ -48,6 +50,7 @@ impl ErrorCode {
             Self::Forbidden => "FORBIDDEN",
             Self::RateLimited => "RATE_LIMITED",
             Self::QueryTooExpensive => "QUERY_TOO_EXPENSIVE",
+            Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
             Self::ActivityNotFound => "ACTIVITY_NOT_FOUND",
             Self::UpstreamFeatureDisabled => "UPSTREAM_FEATURE_DISABLED",
             Self::UpstreamUnauthorized => "UPSTREAM_UNAUTHORIZED",

@@ -1,4 +1,5 @@
-//! The HTTP surface of SPEC §6: GraphQL over POST, the playground, probes.
+//! The HTTP surface of SPEC §6: GraphQL over POST and GET, the playground,
+//! probes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,10 +7,11 @@ use std::sync::atomic::Ordering;
 
 use std::time::Duration;
 
+use async_graphql::parser::types::OperationType;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -21,6 +23,8 @@ use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::error::ErrorCode;
 use crate::graphql::RequestScope;
+use crate::graphql::persisted::Refusal;
+use crate::graphql_http::{self, MediaType, Params};
 use crate::response_cache::{Facts, ResponseKey};
 use crate::telemetry::{self, Metrics, OutcomeLabel, RequestStats};
 
@@ -116,59 +120,156 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Res
         .into_response()
 }
 
-/// `POST /graphql`: admit the request (credential, client rate, bounded
-/// body), answer from the response cache if it can, check what it may cost
-/// the platform, else execute with a deadline. Each refusal before execution
-/// has its HTTP status and a GraphQL error body (SPEC §4).
+/// `POST /graphql`: a GraphQL request as a JSON body (`application/json`).
+/// Credential and client rate are checked before the body is read, and the
+/// body is bounded; then [`answer`].
 async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let (principal, body) = match admit(&state, request).await {
-        Ok(admitted) => admitted,
+    let (parts, body) = request.into_parts();
+    let Some(media) = graphql_http::negotiate(&parts.headers) else {
+        return not_acceptable(&state);
+    };
+    let principal = match admit(&state, &parts, media) {
+        Ok(principal) => principal,
         Err(refusal) => return refusal,
     };
+    if !graphql_http::is_json_content_type(&parts.headers) {
+        return refuse_as(
+            &state.metrics,
+            media,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::BadUserInput,
+            "send a GraphQL request as `Content-Type: application/json` (UTF-8)",
+        );
+    }
+    let limit = state.limits.max_body_bytes;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        let message = format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)");
+        return refuse_as(
+            &state.metrics,
+            media,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BadUserInput,
+            &message,
+        );
+    };
+    answer(&state, principal, media, Form::Body, body).await
+}
+
+/// How a request came: a POST's JSON body or a GET's query string. Part of
+/// the response cache's key, so the two never share an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Body,
+    QueryString,
+}
+
+/// What POST and GET share once the client is admitted: answer from the
+/// response cache if it can, read the request, check what it may cost the
+/// platform, else execute with a deadline. Each refusal before execution has
+/// its HTTP status and a GraphQL error body (SPEC §4), the status of a
+/// request error chosen by the response's media type (GraphQL over HTTP).
+async fn answer(
+    state: &AppState,
+    principal: Principal,
+    media: MediaType,
+    form: Form,
+    raw: Bytes,
+) -> Response {
     // One clock for the whole request: the pin bucket of the response cache
     // is the pinned `now` the resolver plans with.
     let now = Utc::now();
     let bucket = crate::paging::pinned_now(now, state.limits.pin_granularity);
     // The hot path: a response built moments ago for the same request, found
-    // before the body is even parsed.
-    let key = state
-        .responses
-        .is_enabled()
-        .then(|| ResponseKey::new(body.clone(), bucket.timestamp_millis()));
-    if let Some(body) = key.as_ref().and_then(|k| cached(&state, k, &principal)) {
-        return json(body);
+    // before the request is even parsed.
+    let key = state.responses.is_enabled().then(|| {
+        let bucket = bucket.timestamp_millis();
+        match form {
+            Form::Body => ResponseKey::new(raw.clone(), bucket),
+            Form::QueryString => ResponseKey::for_query_string(raw.clone(), bucket),
+        }
+    });
+    let public = principal.is_anonymous();
+    if let Some((body, left)) = key.as_ref().and_then(|k| cached(state, k, &principal)) {
+        return finish(form, media, StatusCode::OK, body, Some((left, public)));
     }
-    let mut request = match read_request(&body) {
-        Ok(request) => request,
-        Err(message) => return unreadable(&state, &message),
+    let params = match form {
+        Form::Body => Params::from_json(&raw),
+        Form::QueryString => Params::from_query_string(&String::from_utf8_lossy(&raw)),
+    };
+    // A body or query string that is not a GraphQL request is a 400 in
+    // both media types (SPEC §4; GraphQL over HTTP: a request that is not
+    // well-formed).
+    let malformed = |message: &str| {
+        refuse_as(
+            &state.metrics,
+            media,
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadUserInput,
+            message,
+        )
+    };
+    let params = match params {
+        Ok(params) => params,
+        Err(message) => return malformed(&message),
+    };
+    let query = match state
+        .persisted
+        .resolve(params.query.as_deref(), params.extensions.as_ref())
+    {
+        Ok(Some(query)) => query,
+        Ok(None) => {
+            return malformed(match form {
+                Form::Body => "the request has no `query`: send {\"query\": \"{ ... }\"}",
+                Form::QueryString => "the request has no `query`: GET /graphql?query={...}",
+            });
+        }
+        Err(Refusal::NotFound) => {
+            return refuse_as(
+                &state.metrics,
+                media,
+                media.request_error_status(),
+                ErrorCode::PersistedQueryNotFound,
+                "PersistedQueryNotFound: the gateway does not know this hash; send the query with it",
+            );
+        }
+        Err(Refusal::Invalid(message)) => return request_error(state, media, &message),
     };
     #[cfg(feature = "test-hooks")]
-    if request.query.contains("__testPanic") {
+    if query.contains("__testPanic") {
         panic!("a panic provoked by a test");
     }
 
-    let parsed = match state.documents.parse(&request.query) {
+    let parsed = match state.documents.parse(&query) {
         Ok(parsed) => parsed,
-        Err(message) => {
-            return refuse(
-                &state.metrics,
-                StatusCode::OK,
-                ErrorCode::BadUserInput,
-                &message,
-            );
-        }
+        Err(message) => return request_error(state, media, &message),
     };
+    let mut request = params.request(query.to_string());
     if let Some(doc) = parsed {
+        if form == Form::QueryString
+            && graphql_http::operation_type(&doc, params.operation_name.as_deref())
+                .is_some_and(|ty| ty != OperationType::Query)
+        {
+            let mut r = refuse_as(
+                &state.metrics,
+                media,
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::BadUserInput,
+                "a GET may only run a query: send mutations and subscriptions with POST",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
         let cost = crate::graphql::cost::worst_case(
             &state.resolver,
             &doc,
-            request.operation_name.as_deref(),
+            params.operation_name.as_deref(),
             &request.variables,
             now,
         );
         let limit = state.limits.max_platform_requests;
         if cost > limit {
-            return too_expensive(&state, cost, limit);
+            return too_expensive(state, media, cost, limit);
         }
         request.set_parsed_query((*doc).clone());
     }
@@ -178,38 +279,121 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
         .execute(request.data(principal).data(scope.clone()));
     let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
     else {
-        return refuse(
+        return refuse_as(
             &state.metrics,
+            media,
             StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::UpstreamTimeout,
             "the request did not complete within the gateway's deadline",
         );
     };
     let facts = scope.facts();
-    annotate(&state, &mut response, &facts);
-    let body = match serde_json::to_vec(&response) {
+    annotate(state, &mut response, &facts);
+    // Nothing ran: the document did not parse or validate, or its variables
+    // did not coerce (no error has a path). With
+    // `application/graphql-response+json` that is a request error: 400, and
+    // no `data`.
+    let not_executed = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    let (status, serialised) = if not_executed && media == MediaType::GraphQLResponse {
+        let without_data = serde_json::to_value(&response).map(|mut value| {
+            if let Some(object) = value.as_object_mut() {
+                object.remove("data");
+            }
+            value
+        });
+        (
+            media.request_error_status(),
+            without_data.and_then(|v| serde_json::to_vec(&v)),
+        )
+    } else {
+        (StatusCode::OK, serde_json::to_vec(&response))
+    };
+    let body = match serialised {
         Ok(body) => Bytes::from(body),
         Err(e) => {
             tracing::error!(error = %e, "cannot serialise a GraphQL response");
-            return refuse(
+            return refuse_as(
                 &state.metrics,
+                media,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
                 "internal error",
             );
         }
     };
+    let fresh = response
+        .errors
+        .is_empty()
+        .then(|| (fresh_for(state, bucket, &facts), public));
     if let Some(key) = key
-        && response.errors.is_empty()
+        && let Some((ttl, _)) = fresh
     {
-        remember(&state, key, &body, bucket, facts);
+        state
+            .responses
+            .insert(key, body.clone(), facts.activities, ttl);
     }
-    json(body)
+    finish(form, media, status, body, fresh)
+}
+
+/// The response; for a GET with its caching headers (SPEC §6): a response
+/// without errors may be kept while it stays fresh, by shared caches
+/// (`public`) only when it needed no credential, with an ETag for
+/// `If-None-Match`; anything else is `no-store`.
+fn finish(
+    form: Form,
+    media: MediaType,
+    status: StatusCode,
+    body: Bytes,
+    fresh: Option<(Duration, bool)>,
+) -> Response {
+    let etag = match fresh {
+        Some((ttl, _)) if form == Form::QueryString && ttl.as_secs() > 0 => Some(etag(&body)),
+        _ => None,
+    };
+    let mut r = respond(media, status, body);
+    if form == Form::QueryString {
+        let headers = r.headers_mut();
+        headers.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept, Authorization"),
+        );
+        if let (Some(etag), Some((ttl, public))) = (etag, fresh) {
+            let scope = if public { "public" } else { "private" };
+            let directive = format!("{scope}, max-age={}", ttl.as_secs());
+            if let Ok(value) = HeaderValue::from_str(&directive) {
+                headers.insert(header::CACHE_CONTROL, value);
+            }
+            headers.insert(header::ETAG, etag);
+        }
+    }
+    r
+}
+
+/// A strong validator of a response body: its SHA-256, shortened.
+fn etag(body: &[u8]) -> HeaderValue {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body);
+    HeaderValue::from_str(&format!("\"{}\"", hex::encode(&digest[..16])))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, as RFC 9110 says).
+fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let (Ok(list), Ok(etag)) = (if_none_match.to_str(), etag.to_str()) else {
+        return false;
+    };
+    let etag = strip(etag);
+    list.split(',').any(|t| t.trim() == "*" || strip(t) == etag)
 }
 
 /// QUERY_TOO_EXPENSIVE: refused before any platform request, with the
-/// figure and the limit. A 200, like the validation errors it resembles.
-fn too_expensive(state: &AppState, cost: u64, limit: u64) -> Response {
+/// figure and the limit. Answered like the validation errors it resembles:
+/// a 200 with `data: null` in `application/json`, a 400 without `data` in
+/// `application/graphql-response+json`.
+fn too_expensive(state: &AppState, media: MediaType, cost: u64, limit: u64) -> Response {
     state
         .metrics
         .graphql_error(ErrorCode::QueryTooExpensive.as_str());
@@ -217,9 +401,16 @@ fn too_expensive(state: &AppState, cost: u64, limit: u64) -> Response {
         "this request could need {cost} platform requests; one request may need at most {limit} \
          (MAX_PLATFORM_REQUESTS_PER_QUERY): ask for shorter ranges, smaller pages or fewer fields"
     );
-    let body = json!({ "data": null, "errors": [{ "message": message, "extensions": {
+    let mut body = json!({ "errors": [{ "message": message, "extensions": {
         "code": ErrorCode::QueryTooExpensive.as_str(), "cost": cost, "limit": limit } }] });
-    json(Bytes::from(body.to_string()))
+    if media == MediaType::Json {
+        body["data"] = serde_json::Value::Null;
+    }
+    respond(
+        media,
+        media.request_error_status(),
+        Bytes::from(body.to_string()),
+    )
 }
 
 /// A refusal, counted in the error metrics.
@@ -228,12 +419,55 @@ fn refuse(metrics: &Metrics, status: StatusCode, code: ErrorCode, message: &str)
     error_response(status, code, message)
 }
 
+/// A refusal in the response's media type.
+fn refuse_as(
+    metrics: &Metrics,
+    media: MediaType,
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+) -> Response {
+    let mut r = refuse(metrics, status, code, message);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, media.content_type());
+    r
+}
+
+/// A well-formed request refused before async-graphql sees it (nesting,
+/// selections, a persisted query's hash that does not match): like a
+/// validation error, a 200 in `application/json`, a 400 in
+/// `application/graphql-response+json`.
+fn request_error(state: &AppState, media: MediaType, message: &str) -> Response {
+    refuse_as(
+        &state.metrics,
+        media,
+        media.request_error_status(),
+        ErrorCode::BadUserInput,
+        message,
+    )
+}
+
+/// 406: the client accepts neither GraphQL response type.
+fn not_acceptable(state: &AppState) -> Response {
+    refuse(
+        &state.metrics,
+        StatusCode::NOT_ACCEPTABLE,
+        ErrorCode::BadUserInput,
+        "GraphQL responses are application/graphql-response+json or application/json: accept one of them",
+    )
+}
+
 static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
 
-/// Who is asking, whether they may ask now, and what: everything checked
-/// before any GraphQL work.
-async fn admit(state: &AppState, request: Request) -> Result<(Principal, Bytes), Response> {
-    let (parts, body) = request.into_parts();
+/// Who is asking, and whether they may ask now: checked before any GraphQL
+/// work (and before a POST's body is read).
+// The refusal is the response itself, built once on the way out.
+#[allow(clippy::result_large_err)]
+fn admit(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    media: MediaType,
+) -> Result<Principal, Response> {
     // A header that is not visible ASCII cannot be a valid credential.
     let authorization = parts
         .headers
@@ -246,8 +480,9 @@ async fn admit(state: &AppState, request: Request) -> Result<(Principal, Bytes),
             }
             AuthError::Invalid(reason) => reason,
         };
-        let mut r = refuse(
+        let mut r = refuse_as(
             &state.metrics,
+            media,
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthenticated,
             message,
@@ -278,8 +513,9 @@ async fn admit(state: &AppState, request: Request) -> Result<(Principal, Bytes),
     };
     if let Err(wait) = state.client_limiter.check(&bucket, client.rate) {
         let secs = wait.as_secs().max(1);
-        let mut r = refuse(
+        let mut r = refuse_as(
             &state.metrics,
+            media,
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             &format!("too many requests from this client; retry in {secs} s"),
@@ -288,41 +524,11 @@ async fn admit(state: &AppState, request: Request) -> Result<(Principal, Bytes),
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return Err(r);
     }
-    let limit = state.limits.max_body_bytes;
-    let Ok(body) = axum::body::to_bytes(body, limit).await else {
-        let message = format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)");
-        return Err(refuse(
-            &state.metrics,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::BadUserInput,
-            &message,
-        ));
-    };
-    Ok((principal, body))
-}
-
-/// One GraphQL request: a JSON object (a batch, a JSON array, is not
-/// supported; serde would also take an array as the struct's fields).
-fn read_request(body: &[u8]) -> Result<async_graphql::Request, String> {
-    if body.trim_ascii_start().first() != Some(&b'{') {
-        return Err("a JSON object is expected (batches are not supported)".into());
-    }
-    serde_json::from_slice(body).map_err(|e| e.to_string())
-}
-
-/// A body that is not a JSON GraphQL request: 400, saying why.
-fn unreadable(state: &AppState, reason: &str) -> Response {
-    let message = format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {reason}");
-    refuse(
-        &state.metrics,
-        StatusCode::BAD_REQUEST,
-        ErrorCode::BadUserInput,
-        &message,
-    )
+    Ok(principal)
 }
 
 /// A cached response for `key`, if this client may see all it touched.
-fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<Bytes> {
+fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<(Bytes, Duration)> {
     let hit = state.responses.get(key).filter(|r| r.visible_to(principal));
     let outcome = if hit.is_some() { "hit" } else { "miss" };
     state
@@ -332,7 +538,10 @@ fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<
         .inc();
     let hit = hit?;
     RequestStats::with(|s| s.response_cached.store(true, Ordering::Relaxed));
-    Some(hit.body.clone())
+    let left = hit
+        .expires_at
+        .saturating_duration_since(tokio::time::Instant::now());
+    Some((hit.body.clone(), left))
 }
 
 /// Every error gets a code and is counted; a response built from stale pages
@@ -365,58 +574,77 @@ fn annotate(state: &AppState, response: &mut async_graphql::Response, facts: &Fa
     }
 }
 
-/// Caches a successful response for as long as all of it stays fresh: no
-/// longer than its freshest-expiring page, nor past its pin bucket. A
-/// response with a stale page has no freshness left, so it is not cached.
-fn remember(state: &AppState, key: ResponseKey, body: &Bytes, bucket: DateTime<Utc>, facts: Facts) {
+/// How long a successful response stays fresh, and is cached: no longer
+/// than its freshest-expiring page, nor past its pin bucket. A response with
+/// a stale page has no freshness left, so it is not cached.
+fn fresh_for(state: &AppState, bucket: DateTime<Utc>, facts: &Facts) -> Duration {
     let left_in_bucket = (bucket + state.limits.pin_granularity - Utc::now())
         .to_std()
         .unwrap_or(Duration::ZERO);
-    let ttl = facts.freshness.fresh_for.min(left_in_bucket);
-    state
-        .responses
-        .insert(key, body.clone(), facts.activities, ttl);
+    facts
+        .freshness
+        .fresh_for
+        .min(left_in_bucket)
+        .min(state.responses.max_ttl())
 }
 
-fn json(body: Bytes) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+fn respond(media: MediaType, status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, media.content_type())], body).into_response()
 }
 
-/// A WebSocket upgrade is a subscription connection; otherwise the playground.
+/// `GET /graphql`: a WebSocket upgrade is a subscription connection; a
+/// browser (`Accept: text/html`) gets the playground; any other GET is a
+/// GraphQL query over HTTP, its parameters in the query string, answered
+/// like a POST ([`answer`]) except that it may only run a query.
 async fn get_graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
     if crate::live::socket::is_upgrade(request.headers()) {
         return crate::live::socket::upgrade(state, request).await;
     }
-    let headers = request.headers().clone();
-    playground(State(state), headers).await
-}
-
-/// GraphiQL for browsers; other clients are told to POST.
-async fn playground(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let wants_html = headers
+    let (parts, _body) = request.into_parts();
+    let wants_html = parts
+        .headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/html"));
-    match &state.playground {
-        Some(p) if wants_html => p.page(),
-        Some(_) => error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::BadUserInput,
-            "send GraphQL requests with POST; GET /graphql serves the playground to browsers",
-        ),
-        None => error_response(
-            StatusCode::NOT_FOUND,
-            ErrorCode::BadUserInput,
-            "the playground is switched off",
-        ),
+    if wants_html {
+        return match &state.playground {
+            Some(p) => p.page(),
+            None => error_response(
+                StatusCode::NOT_FOUND,
+                ErrorCode::BadUserInput,
+                "the playground is switched off",
+            ),
+        };
     }
+    let mut response = match graphql_http::negotiate(&parts.headers) {
+        None => not_acceptable(&state),
+        Some(media) => match admit(&state, &parts, media) {
+            Err(refusal) => refusal,
+            Ok(principal) => {
+                let raw = Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes());
+                answer(&state, principal, media, Form::QueryString, raw).await
+            }
+        },
+    };
+    // Only what `answer` found cacheable says so; every refusal is no-store.
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let (Some(if_none_match), Some(etag)) = (
+        parts.headers.get(header::IF_NONE_MATCH),
+        response.headers().get(header::ETAG),
+    ) && none_match(if_none_match, etag)
+    {
+        let mut not_modified = StatusCode::NOT_MODIFIED.into_response();
+        for name in [header::ETAG, header::CACHE_CONTROL, header::VARY] {
+            if let Some(value) = response.headers().get(&name) {
+                not_modified.headers_mut().insert(name, value.clone());
+            }
+        }
+        return not_modified;
+    }
+    response
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {

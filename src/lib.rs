@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! The data path, top to bottom:
-//! - [`http`]: the HTTP surface (`POST /graphql`, probes); [`playground`]: GraphiQL.
+//! - [`http`]: the HTTP surface (`POST` and `GET /graphql`, probes), reading
+//!   requests as [`graphql_http`] says; [`playground`]: GraphiQL.
 //! - [`live`]: `userVisitAdded` subscriptions over WebSocket, one poller per activity.
 //! - [`response_cache`]: whole responses of repeated queries (the hot path).
 //! - [`graphql`]: the schema and the `userVisits` resolver, cursors, scalars.
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod error;
 mod fnv;
 pub mod graphql;
+pub mod graphql_http;
 pub mod http;
 pub mod limits;
 pub mod live;

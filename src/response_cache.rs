@@ -1,11 +1,13 @@
 //! The hot path: whole GraphQL responses, cached by the exact request, so a
 //! repeated query skips parsing, validation and execution.
 //!
-//! - The key is the exact request, the body as sent (query text, operation
-//!   name, variables), and the pin bucket (`now` floored to the pin
-//!   granularity, the only clock an answer depends on). No normalisation:
-//!   two spellings of one request are two entries, never two requests one
-//!   entry; and a hit is found before the body is parsed.
+//! - The key is the exact request, the POST body or the GET query string as
+//!   sent (query text, operation name, variables), and the pin bucket (`now`
+//!   floored to the pin granularity, the only clock an answer depends on).
+//!   No normalisation: two spellings of one request are two entries, never
+//!   two requests one entry; and a hit is found before the request is parsed.
+//!   The response's media type is not in the key: only responses without
+//!   errors are kept, and their bytes are the same in both types.
 //! - An entry remembers the activities it touched; a hit is served only to a
 //!   client allowed to read all of them (otherwise the request executes and
 //!   gets its `FORBIDDEN`). Nothing else about the caller changes an answer.
@@ -44,13 +46,31 @@ impl Default for Facts {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResponseKey {
     bucket: i64,
-    /// The request body: query, operation name and variables as sent.
+    /// Whether `request` is a GET's query string rather than a POST's body:
+    /// the same bytes in the two forms are two requests.
+    query_string: bool,
+    /// The request as sent: query, operation name and variables, the POST
+    /// body or the GET query string.
     request: Bytes,
 }
 
 impl ResponseKey {
+    /// The key of a POST: its body.
     pub fn new(request: Bytes, bucket: i64) -> Self {
-        Self { bucket, request }
+        Self {
+            bucket,
+            query_string: false,
+            request,
+        }
+    }
+
+    /// The key of a GET: its query string, as sent.
+    pub fn for_query_string(query_string: Bytes, bucket: i64) -> Self {
+        Self {
+            bucket,
+            query_string: true,
+            request: query_string,
+        }
     }
 }
 
@@ -111,6 +131,11 @@ impl ResponseCache {
         })
     }
 
+    /// The longest a response is kept (`RESPONSE_CACHE_MAX_TTL_SECONDS`).
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.cache.is_some()
     }
@@ -164,6 +189,12 @@ mod tests {
         assert_ne!(a, key(r#"{"query":"{ a }","variables":{"id":"1"}}"#, 8));
         // Another spelling is another entry, whatever it means.
         assert_ne!(a, key(r#"{"query":"{a}","variables":{"id":"1"}}"#, 7));
+        // A GET's query string is never a POST's body.
+        let bytes = Bytes::from_static(b"query=%7B%20a%20%7D");
+        assert_ne!(
+            ResponseKey::new(bytes.clone(), 7),
+            ResponseKey::for_query_string(bytes, 7)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod cost;
 pub mod cursor;
 pub mod documents;
+pub mod persisted;
 pub mod scalars;
 pub mod stats;
 pub mod subscription;

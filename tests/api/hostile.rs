@@ -75,8 +75,9 @@ static LIMITS: LazyLock<Limits> = LazyLock::new(|| {
 });
 
 /// SPEC §4's table.
-const SPEC_CODES: [&str; 13] = [
+const SPEC_CODES: [&str; 14] = [
     "BAD_USER_INPUT",
+    "PERSISTED_QUERY_NOT_FOUND",
     "UNAUTHENTICATED",
     "FORBIDDEN",
     "RATE_LIMITED",

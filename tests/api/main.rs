@@ -10,6 +10,7 @@ mod hostile;
 mod hot_path;
 mod live;
 mod ops;
+mod over_http;
 mod paging;
 mod playground;
 mod resilience;

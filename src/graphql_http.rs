@@ -1,0 +1,358 @@
+//! GraphQL over HTTP, as its specification says (SPEC §6): which media type
+//! a response uses, the request's parameters from a JSON body (POST) or a
+//! query string (GET), and which operation a GET may run. Pure functions; the
+//! handlers in [`crate::http`] apply them.
+
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The media type of a GraphQL response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaType {
+    /// `application/graphql-response+json`: request errors are 4xx and a
+    /// response to a request that failed before execution has no `data`.
+    GraphQLResponse,
+    /// `application/json`, the legacy type: GraphQL errors answer 200.
+    Json,
+}
+
+impl MediaType {
+    pub fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Self::GraphQLResponse => "application/graphql-response+json; charset=utf-8",
+            Self::Json => "application/json",
+        })
+    }
+
+    /// The status of a well-formed request that fails before execution: its
+    /// document does not parse or validate, its variables do not coerce, it
+    /// is refused for its cost or size. (A request that is not well-formed,
+    /// such as a body that is not JSON, is a 400 in both types.)
+    pub fn request_error_status(self) -> StatusCode {
+        match self {
+            Self::GraphQLResponse => StatusCode::BAD_REQUEST,
+            Self::Json => StatusCode::OK,
+        }
+    }
+}
+
+/// The media type to answer with, from `Accept`: `application/graphql-response+json`
+/// when the client lists it (at the highest quality it gives), else
+/// `application/json` for `application/json`, `application/*`, `*/*` or no
+/// `Accept` at all; `None` when the client accepts neither (406).
+pub fn negotiate(headers: &HeaderMap) -> Option<MediaType> {
+    let mut values = headers.get_all(header::ACCEPT).iter().peekable();
+    if values.peek().is_none() {
+        return Some(MediaType::Json);
+    }
+    let mut best: Option<(f32, MediaType)> = None;
+    let mut listed = false;
+    for range in values
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = range.split(';');
+        let essence = parts.next().unwrap_or("").trim();
+        if essence.is_empty() {
+            continue;
+        }
+        listed = true;
+        let mut q = 1.0f32;
+        for parameter in parts {
+            if let Some((name, value)) = parameter.split_once('=')
+                && name.trim().eq_ignore_ascii_case("q")
+            {
+                q = value.trim().parse().unwrap_or(0.0);
+            }
+        }
+        if q.is_nan() || q <= 0.0 {
+            continue;
+        }
+        let media = if essence.eq_ignore_ascii_case("application/graphql-response+json") {
+            MediaType::GraphQLResponse
+        } else if ["application/json", "application/*", "*/*"]
+            .iter()
+            .any(|m| essence.eq_ignore_ascii_case(m))
+        {
+            MediaType::Json
+        } else {
+            continue;
+        };
+        let better = match best {
+            None => true,
+            Some((best_q, best_media)) => {
+                q > best_q
+                    || (q == best_q
+                        && media == MediaType::GraphQLResponse
+                        && best_media == MediaType::Json)
+            }
+        };
+        if better {
+            best = Some((q, media));
+        }
+    }
+    match best {
+        Some((_, media)) => Some(media),
+        // An empty `Accept` says nothing.
+        None if !listed => Some(MediaType::Json),
+        None => None,
+    }
+}
+
+/// Whether a POST's `Content-Type` is `application/json` (in UTF-8, the
+/// only charset JSON has); anything else, or none, is 415.
+pub fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mut parts = value.split(';');
+    if !parts
+        .next()
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("application/json"))
+    {
+        return false;
+    }
+    parts.all(|parameter| match parameter.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        _ => true,
+    })
+}
+
+/// The parameters of one GraphQL-over-HTTP request, each of the type the
+/// specification requires.
+#[derive(Debug, Default, PartialEq)]
+pub struct Params {
+    pub query: Option<String>,
+    pub operation_name: Option<String>,
+    pub variables: Option<Map<String, Value>>,
+    pub extensions: Option<Map<String, Value>>,
+}
+
+impl Params {
+    /// From a POST body: one JSON object (a batch, a JSON array, is not
+    /// supported; serde would also take an array as the struct's fields).
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body {
+            query: Option<Value>,
+            operation_name: Option<Value>,
+            variables: Option<Value>,
+            extensions: Option<Value>,
+        }
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err(
+                "the body must be a JSON GraphQL request {\"query\": ...}: a JSON object is expected (batches are not supported)"
+                    .into(),
+            );
+        }
+        let body: Body = serde_json::from_slice(body).map_err(|e| {
+            format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}")
+        })?;
+        Ok(Self {
+            query: string("query", body.query)?,
+            operation_name: string("operationName", body.operation_name)?,
+            variables: object("variables", body.variables)?,
+            extensions: object("extensions", body.extensions)?,
+        })
+    }
+
+    /// From a GET's query string: `query`, `operationName`, and `variables`
+    /// and `extensions` as JSON; each at most once, unknown names ignored.
+    pub fn from_query_string(raw: &str) -> Result<Self, String> {
+        let uri: axum::http::Uri = format!("/?{raw}")
+            .parse()
+            .map_err(|_| "the query string is not valid".to_owned())?;
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&uri)
+            .map_err(|e| format!("the query string is not valid: {e}"))?
+            .0;
+        let mut params = Self::default();
+        let mut seen: Vec<String> = Vec::new();
+        for (name, value) in pairs {
+            let name = name.as_str();
+            if !matches!(name, "query" | "operationName" | "variables" | "extensions") {
+                continue;
+            }
+            if seen.iter().any(|s| s == name) {
+                return Err(format!("`{name}` is given more than once"));
+            }
+            seen.push(name.to_owned());
+            let json = |value: &str| {
+                serde_json::from_str::<Value>(value)
+                    .map_err(|e| format!("`{name}` must be a JSON object: {e}"))
+            };
+            match name {
+                "query" => params.query = Some(value),
+                "operationName" => params.operation_name = Some(value),
+                "variables" => params.variables = object(name, Some(json(&value)?))?,
+                _ => params.extensions = object(name, Some(json(&value)?))?,
+            }
+        }
+        Ok(params)
+    }
+
+    /// The `async-graphql` request for `query` with these parameters.
+    pub fn request(&self, query: String) -> async_graphql::Request {
+        let mut request = async_graphql::Request::new(query);
+        if let Some(name) = &self.operation_name {
+            request = request.operation_name(name.clone());
+        }
+        if let Some(variables) = &self.variables {
+            request = request.variables(async_graphql::Variables::from_json(Value::Object(
+                variables.clone(),
+            )));
+        }
+        request
+    }
+}
+
+fn string(name: &str, value: Option<Value>) -> Result<Option<String>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("`{name}` must be a string")),
+    }
+}
+
+fn object(name: &str, value: Option<Value>) -> Result<Option<Map<String, Value>>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(_) => Err(format!("`{name}` must be a JSON object")),
+    }
+}
+
+/// The type of the operation a request would run, when the document names
+/// it unambiguously (otherwise execution reports the problem).
+pub fn operation_type(doc: &ExecutableDocument, name: Option<&str>) -> Option<OperationType> {
+    match &doc.operations {
+        DocumentOperations::Single(op) => Some(op.node.ty),
+        DocumentOperations::Multiple(ops) => match name {
+            Some(name) => ops.get(name).map(|op| op.node.ty),
+            None if ops.len() == 1 => ops.values().next().map(|op| op.node.ty),
+            None => None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&str]) -> Option<MediaType> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        }
+        negotiate(&headers)
+    }
+
+    #[test]
+    fn the_media_type_follows_accept() {
+        use MediaType::*;
+        assert_eq!(accept(&[]), Some(Json));
+        assert_eq!(accept(&[""]), Some(Json));
+        assert_eq!(accept(&["*/*"]), Some(Json));
+        assert_eq!(accept(&["application/json"]), Some(Json));
+        assert_eq!(
+            accept(&["application/graphql-response+json"]),
+            Some(GraphQLResponse)
+        );
+        assert_eq!(
+            accept(&["application/json, application/graphql-response+json"]),
+            Some(GraphQLResponse)
+        );
+        assert_eq!(
+            accept(&["application/graphql-response+json, application/json;q=0.9"]),
+            Some(GraphQLResponse)
+        );
+        assert_eq!(
+            accept(&["application/graphql-response+json;q=0.5, application/json"]),
+            Some(Json)
+        );
+        assert_eq!(accept(&["text/html", "*/*;q=0.8"]), Some(Json));
+        assert_eq!(accept(&["text/html"]), None);
+        assert_eq!(accept(&["application/json;q=0"]), None);
+        assert_eq!(accept(&["image/png, application/xml"]), None);
+    }
+
+    #[test]
+    fn only_json_in_utf8_is_a_json_body() {
+        let ct = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            is_json_content_type(&h)
+        };
+        assert!(ct("application/json"));
+        assert!(ct("Application/JSON; charset=UTF-8"));
+        assert!(ct("application/json; charset=\"utf-8\""));
+        assert!(!ct("application/json; charset=utf-16"));
+        assert!(!ct("text/plain"));
+        assert!(!ct("application/graphql-response+json"));
+        assert!(!ct("application/x-www-form-urlencoded"));
+        assert!(!is_json_content_type(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn parameters_must_have_their_types() {
+        let p = Params::from_json(br#"{"query":"{ a }","variables":null,"extensions":{"x":1}}"#)
+            .unwrap();
+        assert_eq!(p.query.as_deref(), Some("{ a }"));
+        assert!(p.variables.is_none() && p.extensions.is_some());
+        for bad in [
+            r#"{"query":5}"#,
+            r#"{"query":"{ a }","operationName":false}"#,
+            r#"{"query":"{ a }","variables":"x"}"#,
+            r#"{"query":"{ a }","variables":[1]}"#,
+            r#"{"query":"{ a }","extensions":0}"#,
+            r#"[{"query":"{ a }"}]"#,
+            r#"{ "not json"#,
+        ] {
+            assert!(Params::from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert_eq!(Params::from_json(b"{}").unwrap(), Params::default());
+    }
+
+    #[test]
+    fn a_query_string_holds_the_same_parameters() {
+        let p = Params::from_query_string(
+            "query=query%20Q(%24n%3A%20Int)%20%7B%20a%20%7D&operationName=Q&variables=%7B%22n%22%3A1%7D&other=x",
+        )
+        .unwrap();
+        assert_eq!(p.query.as_deref(), Some("query Q($n: Int) { a }"));
+        assert_eq!(p.operation_name.as_deref(), Some("Q"));
+        assert_eq!(p.variables.unwrap()["n"], 1);
+        assert!(Params::from_query_string("query=a&query=b").is_err());
+        assert!(Params::from_query_string("query=a&variables=%5B1%5D").is_err());
+        assert!(Params::from_query_string("query=a&variables=nope").is_err());
+        assert!(Params::from_query_string("query=a&extensions=5").is_err());
+        assert_eq!(Params::from_query_string("").unwrap(), Params::default());
+    }
+
+    #[test]
+    fn the_operation_type_is_read_from_the_document() {
+        let doc = |q| async_graphql::parser::parse_query(q).unwrap();
+        assert_eq!(
+            operation_type(&doc("{ a }"), None),
+            Some(OperationType::Query)
+        );
+        assert_eq!(
+            operation_type(&doc("mutation M { a }"), None),
+            Some(OperationType::Mutation)
+        );
+        let two = doc("query A { a } mutation B { b }");
+        assert_eq!(operation_type(&two, None), None);
+        assert_eq!(
+            operation_type(&two, Some("B")),
+            Some(OperationType::Mutation)
+        );
+        assert_eq!(operation_type(&two, Some("C")), None);
+    }
+}
