@@ -22,11 +22,13 @@ pub enum ErrorCode {
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamBadResponse,
+    /// A subscription closed because its client fell behind.
+    SubscriberTooSlow,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::BadUserInput,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -40,10 +42,11 @@ impl ErrorCode {
         Self::UpstreamTimeout,
         Self::UpstreamUnavailable,
         Self::UpstreamBadResponse,
+        Self::SubscriberTooSlow,
         Self::Internal,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::BadUserInput => "BAD_USER_INPUT",
             Self::Unauthenticated => "UNAUTHENTICATED",
@@ -58,6 +61,7 @@ impl ErrorCode {
             Self::UpstreamTimeout => "UPSTREAM_TIMEOUT",
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamBadResponse => "UPSTREAM_BAD_RESPONSE",
+            Self::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
             Self::Internal => "INTERNAL",
         }
     }

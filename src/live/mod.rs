@@ -32,7 +32,7 @@ use crate::telemetry::Metrics;
 use crate::upstream::Visit;
 
 /// The error code of a subscription closed because its client fell behind.
-pub const SUBSCRIBER_TOO_SLOW: &str = "SUBSCRIBER_TOO_SLOW";
+pub const SUBSCRIBER_TOO_SLOW: &str = crate::error::ErrorCode::SubscriberTooSlow.as_str();
 
 /// How live subscriptions are served; from the settings.
 #[derive(Debug, Clone, Copy)]
