@@ -5,7 +5,8 @@
 # graphql-http (its serverAudits, from tests/http-audit) against /graphql.
 # Fails when any MUST or SHOULD is not ok; prints the MAYs' results. Then
 # exercises automatic persisted queries with Apollo Client's
-# createPersistedQueryLink (tests/http-audit/apq.mjs), over POST and GET.
+# createPersistedQueryLink (tests/http-audit/apq.mjs), over POST and GET,
+# and live visits with the npm graphql-ws client (tests/http-audit/live.mjs).
 #
 #   scripts/http-audit.sh
 #
@@ -50,7 +51,7 @@ cleanup() {
 trap cleanup EXIT
 
 log "starting visits-gateway demo on $BASE"
-LISTEN_ADDR="127.0.0.1:$PORT" CLIENT_RATE_PER_SECOND=10000 CLIENT_BURST=10000 \
+LISTEN_ADDR="127.0.0.1:$PORT" CLIENT_RATE_PER_SECOND=10000 CLIENT_BURST=10000 LIVE_POLL_SECONDS=1 \
     LOG_FORMAT=text RUST_LOG=warn "$BIN" demo >"$LOG" 2>&1 &
 GATEWAY_PID=$!
 for _ in $(seq 1 100); do
@@ -67,6 +68,8 @@ status=0
 node tests/http-audit/audit.mjs "$BASE/graphql" || status=$?
 log "node tests/http-audit/apq.mjs $BASE/graphql"
 node tests/http-audit/apq.mjs "$BASE/graphql" || status=$?
+log "node tests/http-audit/live.mjs $BASE/graphql"
+node tests/http-audit/live.mjs "$BASE/graphql" || status=$?
 if [[ $status -ne 0 ]]; then
     echo "--- visits-gateway demo log" >&2
     cat "$LOG" >&2
