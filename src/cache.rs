@@ -108,6 +108,14 @@ impl Freshness {
         stale_age: None,
     };
 
+    /// Fresh no longer, yet not stale: a page fetched without the cache, or
+    /// a settled page being refreshed. Keeps a response out of the response
+    /// cache without `extensions.stale`.
+    pub const NONE: Self = Self {
+        fresh_for: Duration::ZERO,
+        stale_age: None,
+    };
+
     /// The freshness of a response built from both.
     pub fn and(self, other: Self) -> Self {
         Self {
@@ -209,10 +217,7 @@ impl PageCache {
             let page = self.fetch(req, deadline).await?;
             return Ok(Served {
                 page,
-                freshness: Freshness {
-                    fresh_for: Duration::ZERO,
-                    stale_age: None,
-                },
+                freshness: Freshness::NONE,
             });
         }
         if let Some(cached) = self.pages.get(&req).await {
@@ -230,10 +235,7 @@ impl PageCache {
                 // page is a moment from being refreshed and unlikely to differ;
                 // zero freshness keeps the response out of the response cache.
                 return Ok(Served {
-                    freshness: Freshness {
-                        fresh_for: Duration::ZERO,
-                        stale_age: None,
-                    },
+                    freshness: Freshness::NONE,
                     page: cached,
                 });
             }

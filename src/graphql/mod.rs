@@ -104,30 +104,16 @@ impl Query {
     ) -> async_graphql::Result<UserVisitConnection> {
         // Every failure leaves here through `extend`, which carries its code;
         // a bare `?` would turn a GatewayError into a codeless message.
-        let resolver = ctx
-            .data::<Arc<Resolver>>()
-            .map_err(|_| GatewayError::internal("the resolver is not configured").extend())?;
-        let principal = ctx.data_opt::<Principal>();
-        let scope = match ctx.data_opt::<Arc<RequestScope>>() {
-            Some(scope) => scope.clone(),
-            None => RequestScope::new(Utc::now(), resolver.fetch_policy.window_concurrency),
-        };
         let result = async {
-            let activity = ActivityId::parse(&activity_id)?;
-            // Before anything is planned, cached or fetched.
-            if !principal.is_some_and(|p| p.may_read(activity)) {
-                return Err(GatewayError::new(
-                    ErrorCode::Forbidden,
-                    format!("this client may not read activity {activity}"),
-                ));
-            }
+            let (resolver, scope) = field_context(ctx)?;
+            let activity = readable_activity(ctx.data_opt::<Principal>(), &activity_id)?;
             scope.record(|f| f.activities.push(activity));
             let request = resolver.plan(activity, range, first, after, last, before, scope.now)?;
             let (connection, freshness) = resolver.run(request, &scope.platform_slots).await?;
             scope.record(|f| f.freshness = f.freshness.and(freshness));
             Ok(connection)
         };
-        result.await.map_err(|e| e.extend())
+        result.await.map_err(|e: GatewayError| e.extend())
     }
 
     /// Statistics of an activity's visits over a range, for dashboards:
@@ -143,6 +129,36 @@ impl Query {
     ) -> async_graphql::Result<stats::UserVisitStats> {
         stats::user_visit_stats(ctx, activity_id, range, time_zone).await
     }
+}
+
+/// The resolver and the request's scope, for a field of this schema. A
+/// request that did not come through the HTTP layer (a test executing the
+/// schema directly) gets a scope of its own.
+fn field_context(ctx: &Context<'_>) -> Result<(Arc<Resolver>, Arc<RequestScope>), GatewayError> {
+    let resolver = ctx
+        .data::<Arc<Resolver>>()
+        .map_err(|_| GatewayError::internal("the resolver is not configured"))?;
+    let scope = match ctx.data_opt::<Arc<RequestScope>>() {
+        Some(scope) => scope.clone(),
+        None => RequestScope::new(Utc::now(), resolver.fetch_policy.window_concurrency),
+    };
+    Ok((resolver.clone(), scope))
+}
+
+/// A field's activity, parsed and checked against the caller's scope: before
+/// anything is planned, cached, counted or fetched for it.
+pub(crate) fn readable_activity(
+    principal: Option<&Principal>,
+    raw: &str,
+) -> Result<ActivityId, GatewayError> {
+    let activity = ActivityId::parse(raw)?;
+    if !principal.is_some_and(|p| p.may_read(activity)) {
+        return Err(GatewayError::new(
+            ErrorCode::Forbidden,
+            format!("this client may not read activity {activity}"),
+        ));
+    }
+    Ok(activity)
 }
 
 /// A validated `userVisits` request: nothing here can reach the platform

@@ -5,15 +5,14 @@
 use std::sync::Arc;
 
 use async_graphql::{Context, Enum, ErrorExtensions, ID, InputType, Object, SimpleObject};
-use chrono::Utc;
 use chrono_tz::Tz;
 
 use super::scalars::DateTime;
 use super::types::ResolvedRange;
-use super::{RequestScope, Resolver, TimeRange};
+use super::{TimeRange, field_context, readable_activity};
 use crate::auth::Principal;
-use crate::error::{ErrorCode, GatewayError};
-use crate::paging::{self, ActivityId};
+use crate::error::GatewayError;
+use crate::paging;
 use crate::stats::calendar::{Calendar, Interval};
 use crate::stats::{Dimension, WindowStats, calendar};
 
@@ -26,23 +25,9 @@ pub(super) async fn user_visit_stats(
     range: Option<TimeRange>,
     time_zone: Option<String>,
 ) -> async_graphql::Result<UserVisitStats> {
-    let resolver = ctx
-        .data::<Arc<Resolver>>()
-        .map_err(|_| GatewayError::internal("the resolver is not configured").extend())?;
-    let principal = ctx.data_opt::<Principal>();
-    let scope = match ctx.data_opt::<Arc<RequestScope>>() {
-        Some(scope) => scope.clone(),
-        None => RequestScope::new(Utc::now(), resolver.fetch_policy.window_concurrency),
-    };
     let result = async {
-        let activity = ActivityId::parse(&activity_id)?;
-        // Before anything is planned, cached or fetched.
-        if !principal.is_some_and(|p| p.may_read(activity)) {
-            return Err(GatewayError::new(
-                ErrorCode::Forbidden,
-                format!("this client may not read activity {activity}"),
-            ));
-        }
+        let (resolver, scope) = field_context(ctx)?;
+        let activity = readable_activity(ctx.data_opt::<Principal>(), &activity_id)?;
         scope.record(|f| f.activities.push(activity));
         let zone = calendar::zone(time_zone.as_deref().unwrap_or("UTC"))?;
         let range = paging::resolve_range(
@@ -71,7 +56,7 @@ pub(super) async fn user_visit_stats(
             stats: loaded.stats,
         })
     };
-    result.await.map_err(|e| e.extend())
+    result.await.map_err(|e: GatewayError| e.extend())
 }
 
 /// The arguments of the selected figures, checked before any platform

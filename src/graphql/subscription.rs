@@ -13,9 +13,8 @@ use async_graphql::{
 use futures::Stream;
 
 use super::types::UserVisit;
-use crate::error::{ErrorCode, GatewayError};
+use crate::error::GatewayError;
 use crate::live::{Live, LiveConnection, LiveVisit};
-use crate::paging::ActivityId;
 
 pub struct Subscription;
 
@@ -38,14 +37,7 @@ impl Subscription {
                     "subscriptions are served over WebSocket (graphql-transport-ws) on /graphql",
                 ));
             };
-            let activity = ActivityId::parse(&activity_id)?;
-            // Before anything is counted or polled.
-            if !connection.principal.may_read(activity) {
-                return Err(GatewayError::new(
-                    ErrorCode::Forbidden,
-                    format!("this client may not read activity {activity}"),
-                ));
-            }
+            let activity = super::readable_activity(Some(&connection.principal), &activity_id)?;
             live.subscribe(activity, connection)
         })();
         result.map_err(|e| e.extend())
