@@ -141,11 +141,23 @@ impl App {
             },
             metrics.clone(),
         );
+        let persisted = PersistedQueries::new(
+            crate::graphql::persisted::MAX_BYTES,
+            server.persisted_queries_file.clone(),
+            server.persisted_queries_only,
+        );
         let state = Arc::new(AppState {
-            schema: graphql::build_schema(Some(resolver.clone()), server),
+            schema: graphql::build_schema(
+                Some(resolver.clone()),
+                server,
+                server
+                    .persisted_queries_file
+                    .is_some()
+                    .then(|| persisted.clone()),
+            ),
             resolver,
             documents: Documents::new(8 * 1024 * 1024),
-            persisted: PersistedQueries::default(),
+            persisted,
             cache: page_cache,
             ready: AtomicBool::new(false),
             playground: server

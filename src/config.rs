@@ -15,7 +15,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
@@ -23,6 +24,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use reqwest::Url;
 
+use crate::graphql::manifest::Manifest;
 use crate::limits::Rate;
 use crate::secret::{Secret, TokenSource};
 
@@ -110,6 +112,12 @@ fn proxy_net(s: &str) -> Result<IpNet, String> {
         },
     };
     Ok(net)
+}
+
+/// A trusted documents manifest, read and checked while the settings are
+/// (so a bad file stops `serve` like any bad value, naming the setting).
+fn manifest_file(s: &str) -> Result<Arc<Manifest>, String> {
+    Manifest::load(Path::new(s)).map(Arc::new)
 }
 
 /// Whole milliseconds in `range`, as a [`Duration`]; clap's range check
@@ -205,6 +213,17 @@ pub struct ServerSettings {
     /// Answer GraphQL introspection queries (tools and the playground need it).
     #[arg(id = "INTROSPECTION_ENABLED", long = "introspection-enabled", env, default_value_t = true, action = clap::ArgAction::Set)]
     pub introspection_enabled: bool,
+
+    /// Trusted documents: a manifest of the operations clients may name by
+    /// id, from Apollo's `generate-persisted-query-manifest` or
+    /// relay-compiler's persisted-query output (read once, at start).
+    #[arg(id = "PERSISTED_QUERIES_FILE", long = "persisted-queries-file", env, value_parser = manifest_file)]
+    pub persisted_queries_file: Option<Arc<Manifest>>,
+
+    /// Run only the operations of PERSISTED_QUERIES_FILE: any other query
+    /// text, and APQ registration, is PERSISTED_QUERY_NOT_ALLOWED.
+    #[arg(id = "PERSISTED_QUERIES_ONLY", long = "persisted-queries-only", env, default_value_t = false, action = clap::ArgAction::Set)]
+    pub persisted_queries_only: bool,
 
     /// Serve the GraphiQL playground on `GET /graphql`.
     #[arg(id = "PLAYGROUND_ENABLED", long = "playground-enabled", env, default_value_t = true, action = clap::ArgAction::Set)]
@@ -471,6 +490,12 @@ impl Settings {
         if (client.jwt_issuer.is_some() || client.jwt_audience.is_some()) && !jwt_key {
             return Err(
                 "JWT_ISSUER / JWT_AUDIENCE need JWT_HS256_SECRET_FILE or JWT_PUBLIC_KEY_FILE"
+                    .into(),
+            );
+        }
+        if self.server.persisted_queries_only && self.server.persisted_queries_file.is_none() {
+            return Err(
+                "PERSISTED_QUERIES_ONLY needs PERSISTED_QUERIES_FILE (the operations to run)"
                     .into(),
             );
         }

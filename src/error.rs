@@ -15,6 +15,8 @@ pub enum ErrorCode {
     RateLimited,
     QueryTooExpensive,
     PersistedQueryNotFound,
+    /// `PERSISTED_QUERIES_ONLY` and the document is not the manifest's.
+    PersistedQueryNotAllowed,
     ActivityNotFound,
     UpstreamFeatureDisabled,
     UpstreamUnauthorized,
@@ -28,13 +30,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::BadUserInput,
         Self::Unauthenticated,
         Self::Forbidden,
         Self::RateLimited,
         Self::QueryTooExpensive,
         Self::PersistedQueryNotFound,
+        Self::PersistedQueryNotAllowed,
         Self::ActivityNotFound,
         Self::UpstreamFeatureDisabled,
         Self::UpstreamUnauthorized,
@@ -54,6 +57,7 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::QueryTooExpensive => "QUERY_TOO_EXPENSIVE",
             Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            Self::PersistedQueryNotAllowed => "PERSISTED_QUERY_NOT_ALLOWED",
             Self::ActivityNotFound => "ACTIVITY_NOT_FOUND",
             Self::UpstreamFeatureDisabled => "UPSTREAM_FEATURE_DISABLED",
             Self::UpstreamUnauthorized => "UPSTREAM_UNAUTHORIZED",

@@ -133,6 +133,9 @@ pub struct Params {
     pub operation_name: Option<String>,
     pub variables: Option<Map<String, Value>>,
     pub extensions: Option<Map<String, Value>>,
+    /// A persisted document's id: `documentId` (GraphQL over HTTP's
+    /// persisted documents) or `doc_id` (what Relay's docs send).
+    pub document_id: Option<String>,
 }
 
 impl Params {
@@ -146,6 +149,9 @@ impl Params {
             operation_name: Option<Value>,
             variables: Option<Value>,
             extensions: Option<Value>,
+            document_id: Option<Value>,
+            #[serde(rename = "doc_id")]
+            doc_id: Option<Value>,
         }
         if body.trim_ascii_start().first() != Some(&b'{') {
             return Err(
@@ -161,11 +167,16 @@ impl Params {
             operation_name: string("operationName", body.operation_name)?,
             variables: object("variables", body.variables)?,
             extensions: object("extensions", body.extensions)?,
+            document_id: document_id(
+                string("documentId", body.document_id)?,
+                string("doc_id", body.doc_id)?,
+            )?,
         })
     }
 
     /// From a GET's query string: `query`, `operationName`, and `variables`
-    /// and `extensions` as JSON; each at most once, unknown names ignored.
+    /// and `extensions` as JSON, `documentId` or `doc_id`; each at most
+    /// once, unknown names ignored.
     pub fn from_query_string(raw: &str) -> Result<Self, String> {
         let uri: axum::http::Uri = format!("/?{raw}")
             .parse()
@@ -177,7 +188,10 @@ impl Params {
         let mut seen: Vec<String> = Vec::new();
         for (name, value) in pairs {
             let name = name.as_str();
-            if !matches!(name, "query" | "operationName" | "variables" | "extensions") {
+            if !matches!(
+                name,
+                "query" | "operationName" | "variables" | "extensions" | "documentId" | "doc_id"
+            ) {
                 continue;
             }
             if seen.iter().any(|s| s == name) {
@@ -191,6 +205,9 @@ impl Params {
             match name {
                 "query" => params.query = Some(value),
                 "operationName" => params.operation_name = Some(value),
+                "documentId" | "doc_id" => {
+                    params.document_id = document_id(params.document_id.take(), Some(value))?;
+                }
                 "variables" => params.variables = object(name, Some(json(&value)?))?,
                 _ => params.extensions = object(name, Some(json(&value)?))?,
             }
@@ -218,6 +235,14 @@ fn string(name: &str, value: Option<Value>) -> Result<Option<String>, String> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(format!("`{name}` must be a string")),
+    }
+}
+
+/// One document id, whichever name it came under; an empty one is none.
+fn document_id(a: Option<String>, b: Option<String>) -> Result<Option<String>, String> {
+    match (a.filter(|s| !s.is_empty()), b.filter(|s| !s.is_empty())) {
+        (Some(_), Some(_)) => Err("give `documentId` or `doc_id`, not both".into()),
+        (a, b) => Ok(a.or(b)),
     }
 }
 
@@ -318,6 +343,21 @@ mod tests {
             assert!(Params::from_json(bad.as_bytes()).is_err(), "{bad}");
         }
         assert_eq!(Params::from_json(b"{}").unwrap(), Params::default());
+        for (body, id) in [
+            (r#"{"documentId":"sha256:ab"}"#, Some("sha256:ab")),
+            (r#"{"doc_id":"3be4","variables":{}}"#, Some("3be4")),
+            (r#"{"documentId":""}"#, None),
+        ] {
+            assert_eq!(
+                Params::from_json(body.as_bytes())
+                    .unwrap()
+                    .document_id
+                    .as_deref(),
+                id
+            );
+        }
+        assert!(Params::from_json(br#"{"documentId":"a","doc_id":"b"}"#).is_err());
+        assert!(Params::from_json(br#"{"doc_id":5}"#).is_err());
     }
 
     #[test]
@@ -334,6 +374,11 @@ mod tests {
         assert!(Params::from_query_string("query=a&variables=nope").is_err());
         assert!(Params::from_query_string("query=a&extensions=5").is_err());
         assert_eq!(Params::from_query_string("").unwrap(), Params::default());
+        let p = Params::from_query_string("documentId=sha256%3Aab&variables=%7B%7D").unwrap();
+        assert_eq!(p.document_id.as_deref(), Some("sha256:ab"));
+        let p = Params::from_query_string("doc_id=3be4").unwrap();
+        assert_eq!(p.document_id.as_deref(), Some("3be4"));
+        assert!(Params::from_query_string("doc_id=a&documentId=b").is_err());
     }
 
     #[test]

@@ -212,10 +212,11 @@ async fn answer(
         Ok(params) => params,
         Err(message) => return malformed(&message),
     };
-    let query = match state
-        .persisted
-        .resolve(params.query.as_deref(), params.extensions.as_ref())
-    {
+    let query = match state.persisted.resolve(
+        params.query.as_deref(),
+        params.document_id.as_deref(),
+        params.extensions.as_ref(),
+    ) {
         Ok(Some(query)) => query,
         Ok(None) => {
             return malformed(match form {
@@ -229,7 +230,22 @@ async fn answer(
                 media,
                 media.request_error_status(),
                 ErrorCode::PersistedQueryNotFound,
-                "PersistedQueryNotFound: the gateway does not know this hash; send the query with it",
+                if state.persisted.only() {
+                    "PersistedQueryNotFound: this id or hash is not an operation of the gateway's manifest (PERSISTED_QUERIES_FILE)"
+                } else {
+                    "PersistedQueryNotFound: the gateway does not know this id or hash; send the query with it"
+                },
+            );
+        }
+        // A refusal by the operator's policy, like a credential's: the same
+        // 403 in both media types, so it stands out among answers.
+        Err(Refusal::NotAllowed(message)) => {
+            return refuse_as(
+                &state.metrics,
+                media,
+                StatusCode::FORBIDDEN,
+                ErrorCode::PersistedQueryNotAllowed,
+                &message,
             );
         }
         Err(Refusal::Invalid(message)) => return request_error(state, media, &message),

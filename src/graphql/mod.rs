@@ -4,6 +4,7 @@
 pub mod cost;
 pub mod cursor;
 pub mod documents;
+pub mod manifest;
 pub mod persisted;
 pub mod scalars;
 pub mod stats;
@@ -337,10 +338,19 @@ pub const EXAMPLE_QUERY: &str = "query NewestVisits($activityId: ID!, $last: Int
 }
 ";
 
-pub fn build_schema(resolver: Option<Arc<Resolver>>, settings: &ServerSettings) -> GatewaySchema {
+/// The schema; `persisted` (when a manifest is configured) also guards what
+/// reaches it over WebSocket ([`persisted::Guard`]).
+pub fn build_schema(
+    resolver: Option<Arc<Resolver>>,
+    settings: &ServerSettings,
+    persisted: Option<persisted::PersistedQueries>,
+) -> GatewaySchema {
     let mut builder = Schema::build(Query, EmptyMutation, subscription::Subscription)
         .limit_depth(settings.max_query_depth as usize)
         .limit_complexity(settings.max_query_complexity as usize);
+    if let Some(persisted) = persisted {
+        builder = builder.extension(persisted::Guard(persisted));
+    }
     if !settings.introspection_enabled {
         builder = builder.disable_introspection();
     }
@@ -352,5 +362,5 @@ pub fn build_schema(resolver: Option<Arc<Resolver>>, settings: &ServerSettings) 
 
 /// The SDL, as committed in `schema/schema.graphql`.
 pub fn sdl() -> String {
-    build_schema(None, &ServerSettings::default()).sdl()
+    build_schema(None, &ServerSettings::default(), None).sdl()
 }

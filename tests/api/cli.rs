@@ -36,7 +36,26 @@ fn schema_ignores_settings_in_the_environment() {
 
 #[test]
 fn serve_and_demo_name_a_bad_environment_variable_and_exit_non_zero() {
+    let dir = crate::helpers::temp_dir();
+    let bad_json = dir.join("bad.json");
+    std::fs::write(&bad_json, "{ not json").unwrap();
+    let wrong_id = dir.join("wrong-id.json");
+    std::fs::write(
+        &wrong_id,
+        format!(r#"{{"{}": "{{ __typename }}"}}"#, "0".repeat(64)),
+    )
+    .unwrap();
+    let (bad_json, wrong_id) = (bad_json.to_str().unwrap(), wrong_id.to_str().unwrap());
     for (command, name, value) in [
+        // A trusted documents manifest is read and checked at start.
+        (
+            "serve",
+            "PERSISTED_QUERIES_FILE",
+            "/nonexistent/manifest.json",
+        ),
+        ("demo", "PERSISTED_QUERIES_FILE", bad_json),
+        ("serve", "PERSISTED_QUERIES_FILE", wrong_id),
+        ("demo", "PERSISTED_QUERIES_ONLY", "true"),
         ("serve", "MAX_PAGE_SIZE", "x"),
         ("demo", "MAX_PAGE_SIZE", "0"),
         ("serve", "UPSTREAM_TIMEOUT_MS", "0"),

@@ -15,7 +15,7 @@ use visits_gateway::demo::{EXAMPLE_ACTIVITY, FEATURE_OFF_ACTIVITY, Fault, SMALL_
 
 use crate::helpers::{Identity, TestApp, keys_line, metric, spawn_app_with, temp_dir, ts};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const SUBSCRIPTION: &str = "subscription($id: ID!) { userVisitAdded(activityId: $id) { userId anonymousId visitAt nickname province city device userAgent referer } }";
 
@@ -28,7 +28,7 @@ async fn live_app(configure: impl FnOnce(&mut visits_gateway::config::Settings))
     .await
 }
 
-async fn connect(app: &TestApp, authorization: Option<&str>) -> Ws {
+pub(crate) async fn connect(app: &TestApp, authorization: Option<&str>) -> Ws {
     connect_over(
         app,
         TcpStream::connect(app.addr).await.unwrap(),
@@ -59,7 +59,7 @@ async fn connect_over(app: &TestApp, tcp: TcpStream, authorization: Option<&str>
     ws
 }
 
-async fn send(ws: &mut Ws, message: Value) {
+pub(crate) async fn send(ws: &mut Ws, message: Value) {
     ws.send(Message::Text(message.to_string().into()))
         .await
         .unwrap();
@@ -67,7 +67,7 @@ async fn send(ws: &mut Ws, message: Value) {
 
 /// The next protocol message, answering pings; `None` on a close or when
 /// nothing comes within `wait`.
-async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+pub(crate) async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
     loop {
         let m = tokio::time::timeout(wait, ws.next()).await.ok()??.ok()?;
         match m {
@@ -101,7 +101,7 @@ async fn close_code(ws: &mut Ws, wait: Duration) -> Option<u16> {
     }
 }
 
-async fn init(ws: &mut Ws, payload: Value) {
+pub(crate) async fn init(ws: &mut Ws, payload: Value) {
     send(ws, json!({"type": "connection_init", "payload": payload})).await;
     let ack = next(ws, Duration::from_secs(5)).await;
     assert_eq!(ack, Some(json!({"type": "connection_ack"})));
@@ -118,7 +118,7 @@ async fn subscribe(ws: &mut Ws, id: &str, activity: u64) {
 
 /// Waits until the pollers have read their starting point (the platform saw
 /// `n` more requests) so visits added next are new.
-async fn started(app: &TestApp, before: usize, n: usize) {
+pub(crate) async fn started(app: &TestApp, before: usize, n: usize) {
     for _ in 0..100 {
         if app.sim.request_count() >= before + n {
             tokio::time::sleep(Duration::from_millis(100)).await;

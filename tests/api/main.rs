@@ -18,4 +18,5 @@ mod security;
 mod settings;
 mod stats;
 mod surface;
+mod trusted;
 mod upstream_economy;

@@ -11,12 +11,12 @@ use crate::helpers::{
     TestApp, error_code, keys_line, metric, spawn_app, spawn_app_with, temp_dir, ts,
 };
 
-const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
-const JSON: &str = "application/json";
+pub(crate) const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+pub(crate) const JSON: &str = "application/json";
 
 /// POSTs `body` as `application/json` with `accept`; the status, the
 /// content type and the body.
-async fn post(app: &TestApp, accept: &str, body: &str) -> (StatusCode, String, Value) {
+pub(crate) async fn post(app: &TestApp, accept: &str, body: &str) -> (StatusCode, String, Value) {
     let r = app
         .http
         .post(app.url("/graphql"))
@@ -30,7 +30,11 @@ async fn post(app: &TestApp, accept: &str, body: &str) -> (StatusCode, String, V
 }
 
 /// GETs `/graphql?<query_string>` with `accept`.
-async fn get(app: &TestApp, accept: &str, query_string: &str) -> (StatusCode, String, Value) {
+pub(crate) async fn get(
+    app: &TestApp,
+    accept: &str,
+    query_string: &str,
+) -> (StatusCode, String, Value) {
     let r = app
         .http
         .get(app.url(&format!("/graphql?{query_string}")))
@@ -53,7 +57,7 @@ async fn answer(r: reqwest::Response) -> (StatusCode, String, Value) {
     (status, content_type, body)
 }
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
