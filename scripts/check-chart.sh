@@ -5,10 +5,15 @@
 #   - helm template for each of those, for every Kubernetes version the chart
 #     claims (Chart.yaml kubeVersion >=1.27 up to the newest kubernetes-validate
 #     knows), piped through kubernetes-validate --strict;
-#   - the ServiceMonitor (a CRD, for which kubernetes-validate has no schema and
-#     would only warn) against helm/ci/servicemonitor-v1.schema.json, and the
-#     chart's contract (hardening, probes, env names, mounts, optional objects)
-#     with helm/ci/check_rendered.py;
+#   - the ServiceMonitor and PrometheusRule (CRDs, for which kubernetes-validate
+#     has no schema and would only warn) against helm/ci/servicemonitor-v1.schema.json
+#     and helm/ci/prometheusrule-v1.schema.json, the Grafana dashboard (JSON, and
+#     only metrics the gateway exports, as do the alerts), and the chart's
+#     contract (hardening, probes, env names, mounts, optional objects) with
+#     helm/ci/check_rendered.py;
+#   - the alert rules with `promtool check rules` (promtool: Debian's
+#     `prometheus` package, which .ci/run installs; skipped with a warning
+#     where it is missing);
 #   - that bad values are refused (schema typos, unsafe grace period, no auth,
 #     secret in the ConfigMap, Kubernetes older than kubeVersion).
 #
@@ -130,6 +135,15 @@ for profile in $(printf '%s\n' "${!PROFILES[@]}" | sort); do
     base="$WORK/$profile-${KUBE_VERSIONS[0]}.yaml"
     render "$profile" "${KUBE_VERSIONS[0]}" >"$base"
     "$PYTHON" "$CI_DIR/check_rendered.py" "$profile" "$base" "$WORK/$profile-core.yaml"
+    if [[ -f "$WORK/$profile-core-rules.yaml" ]]; then
+        if command -v promtool >/dev/null; then
+            log "[$profile] promtool check rules (the PrometheusRule's groups)"
+            promtool check rules "$WORK/$profile-core-rules.yaml" >"$WORK/promtool.out" 2>&1 \
+                || { cat "$WORK/promtool.out"; die "promtool check rules ($profile)"; }
+        else
+            log "WARNING: promtool not found (apt-get install prometheus): alert expressions not checked"
+        fi
+    fi
     same=()
     for v in "${KUBE_VERSIONS[@]}"; do
         out="$WORK/$profile-$v.yaml"
@@ -165,6 +179,9 @@ expect_failure "an unknown log format" "logFormat" --set gateway.logFormat=xml
 expect_failure "a grace period within drain + timeout" "terminationGracePeriodSeconds" --set terminationGracePeriodSeconds=20
 expect_failure "no client authentication" "no client authentication" --set auth.apiKeys.enabled=false
 expect_failure "the token in the ConfigMap" "secrets" --set config.UPSTREAM_TOKEN=oops
+expect_failure "only trusted documents without a manifest" "persistedQueries.only needs a manifest" --set persistedQueries.only=true
+expect_failure "a threshold of the wrong type" "platformErrorRatio" --set metrics.prometheusRule.thresholds.platformErrorRatio=high
+expect_failure "a runbook base that is not a URL" "runbookBaseUrl" --set metrics.prometheusRule.runbookBaseUrl=wiki
 if "$HELM" template vg "$CHART" --kube-version 1.26.0 >"$WORK/neg.out" 2>&1; then
     die "rendered for Kubernetes 1.26, below kubeVersion"
 fi
@@ -175,8 +192,10 @@ config_checksum() { render default "${KUBE_VERSIONS[0]}" "$@" | awk '/checksum\/
 a=$(config_checksum)
 b=$(config_checksum --set gateway.logLevel=debug)
 c=$(config_checksum --set secrets.upstreamToken=rotated)
-[[ -n "$a" && "$a" != "$b" && "$a" != "$c" ]] || die "checksum/config does not follow the ConfigMap and the Secret"
-log "checksum/config follows the ConfigMap and the Secret"
+printf '{"q1": "{ __typename }"}\n' >"$WORK/manifest.json"
+d=$(config_checksum --set-file "persistedQueries.manifest=$WORK/manifest.json")
+[[ -n "$a" && "$a" != "$b" && "$a" != "$c" && "$a" != "$d" ]] || die "checksum/config does not follow the ConfigMap, the Secret and the manifest"
+log "checksum/config follows the ConfigMap, the Secret and the trusted documents manifest"
 
 "$HELM" package "$CHART" --destination "$WORK" >/dev/null
 log "helm package: $(cd "$WORK" && ls ./*.tgz)"

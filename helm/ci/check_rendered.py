@@ -3,20 +3,28 @@
 
 Usage: check_rendered.py PROFILE RENDERED.yaml CORE_OUT.yaml
 
-1. Custom resources (ServiceMonitor) are validated against
-   helm/ci/servicemonitor-v1.schema.json, since kubernetes-validate has no CRD
-   schemas (it would only print a warning and pass them).
+1. Custom resources (ServiceMonitor, PrometheusRule) are validated against
+   helm/ci/servicemonitor-v1.schema.json and prometheusrule-v1.schema.json,
+   since kubernetes-validate has no CRD schemas (it would only print a warning
+   and pass them).
 2. Every other document is written to CORE_OUT.yaml, for
-   `kubernetes-validate --strict`.
+   `kubernetes-validate --strict`; a PrometheusRule's groups are written as a
+   Prometheus rules file next to it (CORE_OUT with -rules.yaml), for
+   `promtool check rules`.
 3. The chart's contract is asserted for PROFILE (default, all-on or
    existing-secret): hardening, probes, env names, mounts, which optional
    objects exist.
+4. The Grafana dashboard is JSON, and it and the alert rules query only
+   metrics the gateway exports (the `metrics!` table in src/telemetry.rs, with
+   the suffixes Prometheus gives counters and histograms) or a few well-known
+   ones of Prometheus and kube-state-metrics.
 
 Needs PyYAML and jsonschema (both come with kubernetes-validate).
 """
 
 import json
 import os
+import re
 import sys
 
 import jsonschema
@@ -25,8 +33,16 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-v1.schema.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-v1.schema.json",
 }
 SECRET_DIR = "/var/run/secrets/visits-gateway"
+TELEMETRY_RS = os.path.join(HERE, "..", "..", "src", "telemetry.rs")
+# Series other exporters provide, which the alerts may use.
+EXTERNAL_METRICS = {
+    "up",  # Prometheus, per target
+    "kube_deployment_status_replicas_available",  # kube-state-metrics
+    "kube_deployment_spec_replicas",  # kube-state-metrics
+}
 
 failures = []
 
@@ -66,9 +82,111 @@ def assert_hardened(pod_spec, container, what):
     check(pod_spec.get("automountServiceAccountToken") is False, f"{what}: automountServiceAccountToken false")
 
 
+def exported_metrics():
+    """Series names the gateway exports, from the `metrics!` table: the
+    registry prefix, then `_total` for counters and `_bucket`/`_sum`/`_count`
+    for histograms, as Prometheus reads them."""
+    with open(TELEMETRY_RS) as f:
+        src = f.read()
+    prefix = re.search(r'Registry::with_prefix\("([a-z_]+)"\)', src).group(1)
+    table = re.search(r"^metrics! \{\n(.*?)^\}", src, re.S | re.M).group(1)
+    names = set()
+    for ty, name in re.findall(r'^\s*\w+:\s*(.+?)\s*=.*?,\s*"(\w+)",\s*"', table, re.M):
+        full = f"{prefix}_{name}"
+        if "Histogram" in ty:
+            names |= {f"{full}_bucket", f"{full}_sum", f"{full}_count"}
+        elif "Counter" in ty:
+            names.add(f"{full}_total")
+        elif "Gauge" in ty:
+            names.add(full)
+        else:
+            failures.append(f"src/telemetry.rs: metric {name} has an unknown type {ty}")
+    check(len(names) > 20, f"src/telemetry.rs: only {len(names)} series found in the metrics! table")
+    return names
+
+
+def queried_metrics(expr):
+    """Metric names in a PromQL expression: names before a selector `{`, and
+    anything with the gateway's prefix. Label names (before `=`), functions
+    (before `(`), `by`/`le` and Grafana's $variables are not followed by `{`."""
+    names = set(re.findall(r"(?<![\w$\"])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", expr))
+    names |= set(re.findall(r"\bvisits_gateway_[a-zA-Z0-9_]+", expr))
+    return names
+
+
+def assert_known_metrics(what, exprs):
+    known = exported_metrics() | EXTERNAL_METRICS
+    check(exprs, f"{what}: no expressions found")
+    for expr in exprs:
+        names = queried_metrics(expr)
+        check(names, f"{what}: no metric in {expr!r}")
+        for name in sorted(names - known):
+            failures.append(f"{what}: {name} is not a metric the gateway exports (src/telemetry.rs) in {expr!r}")
+
+
+def dashboard_exprs(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "expr" and isinstance(v, str):
+                yield v
+            else:
+                yield from dashboard_exprs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from dashboard_exprs(v)
+
+
+def assert_dashboard(cm):
+    check(cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1",
+          "dashboard ConfigMap: label grafana_dashboard=\"1\" for the Grafana sidecar")
+    (key, text), = cm["data"].items()
+    check(key.endswith(".json"), "dashboard ConfigMap: its key ends in .json (the sidecar writes it as a file)")
+    try:
+        dash = json.loads(text)
+    except ValueError as e:
+        failures.append(f"dashboard ConfigMap: not JSON: {e}")
+        return
+    with open(os.path.join(HERE, "..", "visits-gateway", "files", "dashboard.json")) as f:
+        check(json.load(f) == dash, "dashboard ConfigMap: holds files/dashboard.json unchanged")
+    check(dash.get("uid") and dash.get("title"), "dashboard: uid and title")
+    panels = [p for p in dash.get("panels", []) if p.get("type") != "row"]
+    check(len(panels) >= 10, f"dashboard: {len(panels)} panels")
+    ids = [p["id"] for p in dash.get("panels", [])]
+    check(len(ids) == len(set(ids)), "dashboard: panel ids are unique")
+    for p in panels:
+        check(p.get("targets"), f"dashboard panel {p.get('title')!r}: no query")
+    assert_known_metrics("dashboard", list(dashboard_exprs(dash)))
+    queried = set().union(*(queried_metrics(e) for e in dashboard_exprs(dash)))
+    for needed in ("visits_gateway_http_requests_total", "visits_gateway_http_request_duration_seconds_bucket",
+                   "visits_gateway_upstream_requests_total", "visits_gateway_upstream_budget_wait_seconds_bucket",
+                   "visits_gateway_cache_lookups_total", "visits_gateway_cache_stale_served_total",
+                   "visits_gateway_live_subscriptions", "visits_gateway_graphql_errors_total"):
+        check(needed in queried, f"dashboard: a panel over {needed}")
+
+
+def assert_rules(rule):
+    groups = rule["spec"]["groups"]
+    names = [g["name"] for g in groups]
+    check(len(names) == len(set(names)), "PrometheusRule: group names are unique (the CRD's list-map key)")
+    alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+    for name, r in alerts.items():
+        check(r.get("labels", {}).get("severity") in ("critical", "warning", "info"), f"alert {name}: severity label")
+        ann = r.get("annotations", {})
+        check(ann.get("summary") and len(ann.get("description", "")) > 80, f"alert {name}: summary and a description that says what to do")
+        check(ann.get("runbook_url", "").startswith("https://"), f"alert {name}: runbook_url (all-on sets runbookBaseUrl)")
+    for needed in ("VisitsGatewayDown", "VisitsGatewayNotReady", "VisitsGatewayPlatformErrors",
+                   "VisitsGatewayPlatformThrottled", "VisitsGatewayBudgetWaits", "VisitsGatewayServingStale"):
+        check(needed in alerts, f"PrometheusRule: alert {needed}")
+    assert_known_metrics("PrometheusRule", [str(r["expr"]) for g in groups for r in g["rules"]])
+
+
 def assert_contract(profile, docs):
     dep = one(docs, "Deployment")
-    cm = one(docs, "ConfigMap")
+    # The gateway's settings; the dashboard and the manifest have their own.
+    settings = [c for c in by_kind(docs, "ConfigMap", hook=False)
+                if c["metadata"]["name"] == (dep_name := (dep or {}).get("metadata", {}).get("name"))]
+    check(len(settings) == 1, f"expected exactly one settings ConfigMap named {dep_name}, found {len(settings)}")
+    cm = settings[0] if settings else None
     svc = one(docs, "Service")
     sa = one(docs, "ServiceAccount")
     if not (dep and cm and svc and sa):
@@ -141,13 +259,33 @@ def assert_contract(profile, docs):
         check(env.get("API_KEYS_FILE") == f"{SECRET_DIR}/api-keys", "default: API_KEYS_FILE")
         check(env["ALLOW_UNAUTHENTICATED"] == "false", "default: ALLOW_UNAUTHENTICATED=false")
         check("METRICS_LISTEN_ADDR" not in env, "default: metrics on the main port")
-        check(not kinds & {"Ingress", "ServiceMonitor", "NetworkPolicy"}, "default: no optional objects")
+        check(not kinds & {"Ingress", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"}, "default: no optional objects")
+        check(len(by_kind(docs, "ConfigMap")) == 1, "default: one ConfigMap (no dashboard, no manifest)")
+        check("PERSISTED_QUERIES_FILE" not in env and "PERSISTED_QUERIES_ONLY" not in env, "default: no trusted documents")
     elif profile == "all-on":
         check("replicas" not in spec, "all-on: no replicas in the Deployment when the HPA is on")
         check(len(hpa) == 1 and hpa[0]["apiVersion"] == "autoscaling/v2", "all-on: autoscaling/v2 HPA")
         check(len(pdb) == 1, "all-on: PDB")
-        for kind in ("Ingress", "ServiceMonitor", "NetworkPolicy"):
+        for kind in ("Ingress", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"):
             check(kind in kinds, f"all-on: {kind} rendered")
+        cms = {c["metadata"]["name"]: c for c in by_kind(docs, "ConfigMap")}
+        dash = [c for c in cms.values() if "grafana_dashboard" in c["metadata"].get("labels", {})]
+        check(len(dash) == 1, "all-on: a Grafana dashboard ConfigMap")
+        for c in dash:
+            check(c["metadata"].get("namespace") == "monitoring", "all-on: dashboard in metrics.grafanaDashboard.namespace")
+            assert_dashboard(c)
+        for r in by_kind(docs, "PrometheusRule"):
+            check(r["metadata"].get("namespace") == "monitoring", "all-on: PrometheusRule in its namespace")
+            assert_rules(r)
+        manifest_dir = "/etc/visits-gateway/persisted-queries"
+        check(env.get("PERSISTED_QUERIES_FILE") == f"{manifest_dir}/manifest.json", "all-on: PERSISTED_QUERIES_FILE")
+        check(env.get("PERSISTED_QUERIES_ONLY") == "true", "all-on: PERSISTED_QUERIES_ONLY")
+        pq = volumes.get("persisted-queries", {}).get("configMap", {}).get("name")
+        check(pq in cms and "manifest.json" in cms[pq]["data"], "all-on: the manifest ConfigMap is mounted")
+        check(mounts.get("persisted-queries", {}).get("mountPath") == manifest_dir, f"all-on: manifest mounted at {manifest_dir}")
+        if pq in cms:
+            manifest = json.loads(cms[pq]["data"]["manifest.json"])
+            check(manifest.get("format") == "apollo-persisted-query-manifest", "all-on: the manifest is Apollo's format")
         check(env.get("METRICS_LISTEN_ADDR") == f"0.0.0.0:{ports.get('metrics')}", "all-on: METRICS_LISTEN_ADDR")
         check(any(p["name"] == "metrics" for p in svc["spec"]["ports"]), "all-on: Service has a metrics port")
         sm = by_kind(docs, "ServiceMonitor")[0]
@@ -182,7 +320,10 @@ def main():
     with open(rendered) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     core = []
+    rule_groups = []
     for d in docs:
+        if d.get("kind") == "PrometheusRule":
+            rule_groups += d.get("spec", {}).get("groups", [])
         key = (d.get("apiVersion"), d.get("kind"))
         if key in CRD_SCHEMAS:
             with open(os.path.join(HERE, CRD_SCHEMAS[key])) as f:
@@ -195,6 +336,9 @@ def main():
             core.append(d)
     with open(core_out, "w") as f:
         yaml.safe_dump_all(core, f, sort_keys=False)
+    if rule_groups:
+        with open(re.sub(r"\.yaml$", "", core_out) + "-rules.yaml", "w") as f:
+            yaml.safe_dump({"groups": rule_groups}, f, sort_keys=False)
     assert_contract(profile, docs)
     if failures:
         for msg in failures:

@@ -172,3 +172,55 @@ async fn metrics_can_live_on_their_own_port() {
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 404, "not on the main port");
 }
+
+/// Every `visits_gateway_*` series the chart's Grafana dashboard and alert
+/// rules query is one `/metrics` really serves (with the suffixes its
+/// `# TYPE` lines give: `_total` for counters, `_bucket`/`_sum`/`_count` for
+/// histograms). CI's chart check asserts the same against the `metrics!`
+/// table; this holds that table to the real output.
+#[tokio::test]
+async fn the_charts_dashboard_and_alerts_query_only_exported_metrics() {
+    let app = spawn_app().await;
+    app.user_visits(json!({ "id": SMALL_ACTIVITY.to_string(), "first": 2 }))
+        .await;
+    app.user_visits(json!({ "id": "-5" })).await; // an error, so its family is out
+    let m = app.metrics().await;
+    let mut exported = std::collections::HashSet::new();
+    for line in m.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            match kind {
+                "counter" => {
+                    exported.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        exported.insert(format!("{name}{suffix}"));
+                    }
+                }
+                _ => {
+                    exported.insert(name.to_owned());
+                }
+            }
+        }
+    }
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/visits-gateway");
+    for file in ["files/dashboard.json", "templates/prometheusrule.yaml"] {
+        let text = std::fs::read_to_string(format!("{chart}/{file}")).unwrap();
+        let mut queried = 0;
+        for (at, _) in text.match_indices("visits_gateway_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                exported.contains(&name),
+                "{file} queries {name}, which /metrics does not serve:\n{m}"
+            );
+            queried += 1;
+        }
+        assert!(queried >= 5, "{file}: {queried} metrics");
+    }
+}

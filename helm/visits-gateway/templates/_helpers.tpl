@@ -92,6 +92,25 @@ Directory the Secret is mounted at, and the files the gateway reads there.
 {{- end }}
 
 {{/*
+The ConfigMap holding the trusted documents manifest (existing or made by the
+chart); empty when there is none.
+*/}}
+{{- define "visits-gateway.persistedQueriesConfigMap" -}}
+{{- if .Values.persistedQueries.existingConfigMap }}
+{{- .Values.persistedQueries.existingConfigMap }}
+{{- else if .Values.persistedQueries.manifest }}
+{{- printf "%s-persisted-queries" (include "visits-gateway.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Directory the manifest is mounted at.
+*/}}
+{{- define "visits-gateway.persistedQueriesDir" -}}
+/etc/visits-gateway/persisted-queries
+{{- end }}
+
+{{/*
 Number as the gateway expects it in an environment variable: integral values
 without exponent or decimal point (YAML numbers reach templates as float64).
 */}}
@@ -172,6 +191,12 @@ then `config` merged over them. Secrets never go through here.
 {{- with .Values.auth.jwt.audience }}
 {{- $_ := set $env "JWT_AUDIENCE" . }}
 {{- end }}
+{{- if include "visits-gateway.persistedQueriesConfigMap" . }}
+{{- $_ := set $env "PERSISTED_QUERIES_FILE" (printf "%s/manifest.json" (include "visits-gateway.persistedQueriesDir" .)) }}
+{{- end }}
+{{- if .Values.persistedQueries.only }}
+{{- $_ := set $env "PERSISTED_QUERIES_ONLY" "true" }}
+{{- end }}
 {{- range $k, $v := .Values.config }}
 {{- if has $k (list "UPSTREAM_TOKEN" "JWT_HS256_SECRET") }}
 {{- fail (printf "config.%s would put a secret into a ConfigMap: use the secrets.* values (mounted files) instead" $k) }}
@@ -198,6 +223,12 @@ Render-time checks of combinations the schema cannot express.
 {{- if and .Values.auth.jwt.publicKey (not .Values.secrets.jwtPublicKey) }}
 {{- fail "auth.jwt.publicKey is true but secrets.jwtPublicKey is empty (or use secrets.existingSecret)" }}
 {{- end }}
+{{- end }}
+{{- if and .Values.persistedQueries.only (not (include "visits-gateway.persistedQueriesConfigMap" .)) }}
+{{- fail "persistedQueries.only needs a manifest: persistedQueries.manifest (--set-file) or persistedQueries.existingConfigMap (the gateway refuses to start otherwise)" }}
+{{- end }}
+{{- if and .Values.persistedQueries.manifest .Values.persistedQueries.existingConfigMap }}
+{{- fail "persistedQueries.manifest and persistedQueries.existingConfigMap are exclusive" }}
 {{- end }}
 {{- if and .Values.metrics.dedicatedPort.enabled (eq (int64 .Values.metrics.dedicatedPort.port) (int64 .Values.gateway.port)) }}
 {{- fail "metrics.dedicatedPort.port must differ from gateway.port" }}
