@@ -7,6 +7,11 @@
 # exercises automatic persisted queries with Apollo Client's
 # createPersistedQueryLink (tests/http-audit/apq.mjs), over POST and GET,
 # and live visits with the npm graphql-ws client (tests/http-audit/live.mjs).
+# Last, trusted documents: Apollo's generate-persisted-query-manifest writes
+# the manifest of tests/http-audit/trusted/operations.graphql, a second demo
+# runs with it and PERSISTED_QUERIES_ONLY, and tests/http-audit/trusted.mjs
+# runs the operation by id with Apollo Client's persisted query link (ids from
+# the manifest) and sees anything else refused.
 #
 #   scripts/http-audit.sh
 #
@@ -32,4 +37,14 @@ log "node tests/http-audit/apq.mjs $BASE/graphql"
 node tests/http-audit/apq.mjs "$BASE/graphql" || status=$?
 log "node tests/http-audit/live.mjs $BASE/graphql"
 node tests/http-audit/live.mjs "$BASE/graphql" || status=$?
+if [[ $status -ne 0 ]]; then finish "$status"; fi
+
+log "generate-persisted-query-manifest (tests/http-audit/trusted/operations.graphql)"
+(cd tests/http-audit && npx --no-install generate-persisted-query-manifest \
+    --config persisted-query-manifest.config.json)
+manifest="$ROOT/tests/http-audit/trusted/persisted-query-manifest.json"
+stop_demo
+start_demo PERSISTED_QUERIES_FILE="$manifest" PERSISTED_QUERIES_ONLY=true
+log "node tests/http-audit/trusted.mjs $BASE/graphql (PERSISTED_QUERIES_ONLY)"
+node tests/http-audit/trusted.mjs "$BASE/graphql" "$manifest" || status=$?
 finish "$status"
