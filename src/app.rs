@@ -153,7 +153,10 @@ impl App {
                 server
                     .persisted_queries_file
                     .is_some()
-                    .then(|| persisted.clone()),
+                    .then(|| crate::graphql::persisted::Guard {
+                        persisted: persisted.clone(),
+                        metrics: metrics.clone(),
+                    }),
             ),
             resolver,
             documents: Documents::new(8 * 1024 * 1024),

@@ -338,18 +338,18 @@ pub const EXAMPLE_QUERY: &str = "query NewestVisits($activityId: ID!, $last: Int
 }
 ";
 
-/// The schema; `persisted` (when a manifest is configured) also guards what
+/// The schema; `guard` (when a manifest is configured) checks what
 /// reaches it over WebSocket ([`persisted::Guard`]).
 pub fn build_schema(
     resolver: Option<Arc<Resolver>>,
     settings: &ServerSettings,
-    persisted: Option<persisted::PersistedQueries>,
+    guard: Option<persisted::Guard>,
 ) -> GatewaySchema {
     let mut builder = Schema::build(Query, EmptyMutation, subscription::Subscription)
         .limit_depth(settings.max_query_depth as usize)
         .limit_complexity(settings.max_query_complexity as usize);
-    if let Some(persisted) = persisted {
-        builder = builder.extension(persisted::Guard(persisted));
+    if let Some(guard) = guard {
+        builder = builder.extension(guard);
     }
     if !settings.introspection_enabled {
         builder = builder.disable_introspection();

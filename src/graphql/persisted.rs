@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::Manifest;
 use crate::error::{ErrorCode, GatewayError};
+use crate::telemetry::Metrics;
 
 /// Bytes of query text kept at most.
 pub const MAX_BYTES: u64 = 8 * 1024 * 1024;
@@ -178,15 +179,25 @@ impl PersistedQueries {
 /// instead of a query, and with `PERSISTED_QUERIES_ONLY` its query must be a
 /// manifest operation. (An HTTP request arrives here already resolved: its
 /// text passes.)
-pub struct Guard(pub PersistedQueries);
+pub struct Guard {
+    pub persisted: PersistedQueries,
+    /// Refusals are counted like the HTTP handler's.
+    pub metrics: Arc<Metrics>,
+}
 
 impl ExtensionFactory for Guard {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(GuardExtension(self.0.clone()))
+        Arc::new(GuardExtension {
+            persisted: self.persisted.clone(),
+            metrics: self.metrics.clone(),
+        })
     }
 }
 
-struct GuardExtension(PersistedQueries);
+struct GuardExtension {
+    persisted: PersistedQueries,
+    metrics: Arc<Metrics>,
+}
 
 #[async_trait::async_trait]
 impl Extension for GuardExtension {
@@ -202,13 +213,18 @@ impl Extension for GuardExtension {
             .get("persistedQuery")
             .and_then(|v| v.clone().into_json().ok())
             .map(|v| Map::from_iter([("persistedQuery".to_owned(), v)]));
+        // The common case, and every HTTP request: a text, and any text runs.
+        if extensions.is_none() && !self.persisted.only() {
+            return next.run(ctx, request).await;
+        }
         let refused = |code: ErrorCode, message: String| {
+            self.metrics.graphql_error(code.as_str());
             let mut e = ServerError::new(message.clone(), None);
             e.extensions = GatewayError::new(code, message).extend().extensions;
             e
         };
         match self
-            .0
+            .persisted
             .resolve(Some(&request.query), None, extensions.as_ref())
         {
             Ok(Some(query)) => {

@@ -285,6 +285,13 @@ async fn only_mode_subscribes_to_manifest_operations_alone() {
         "{m}"
     );
     assert_eq!(app.sim.request_count(), 0);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"visits_gateway_graphql_errors_total{code="PERSISTED_QUERY_NOT_ALLOWED"} 1"#
+        ),
+        "{metrics}"
+    );
 
     // The manifest's subscription runs, sent as its text (what graphql-ws
     // clients send) or by its hash alone.
