@@ -41,6 +41,8 @@ pub struct LivePolicy {
     pub poll: Duration,
     /// `LIVE_SUBSCRIBER_BUFFER`: poll results a subscriber may be behind.
     pub buffer: usize,
+    /// `LIVE_PING_SECONDS`: between two keep-alive pings of a socket.
+    pub ping: Duration,
     /// `LIVE_MAX_SUBSCRIPTIONS_PER_CLIENT`.
     pub max_per_client: usize,
     /// `LIVE_MAX_SUBSCRIPTIONS`.
