@@ -32,6 +32,8 @@ use crate::telemetry::Metrics;
 /// pings (`LIVE_PING_SECONDS` apart) is closed; async-graphql closes with
 /// 3008 (4408 is the client's to use).
 const SILENT_PINGS: u32 = 3;
+/// A socket's initial read buffer (tungstenite's default is 128 KiB).
+const READ_BUFFER: usize = 4 * 1024;
 /// On shutdown, how long the `complete` messages may take before the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -74,7 +76,13 @@ pub async fn upgrade(state: Arc<AppState>, request: Request) -> Response {
         .headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    // Subscribers send little (a few protocol messages and queries): a small
+    // read buffer keeps thousands of idle sockets cheap (it grows for a
+    // larger message), and a message is held to the HTTP body limit.
     ws.protocols(["graphql-transport-ws"])
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(state.limits.max_body_bytes)
+        .max_frame_size(state.limits.max_body_bytes)
         .on_upgrade(move |socket| serve(state, socket, header_credential, address))
 }
 
