@@ -186,6 +186,7 @@ async fn run(cli: &Cli, sim: &SimPlatform, addr: SocketAddr, pid: u32) -> Result
     let everyone = cli.subscribers + 1;
     let mut delays_us = Vec::with_capacity(everyone * cli.rounds);
     let mut last_us = Vec::with_capacity(cli.rounds);
+    let cpu_before = cpu_ms(pid)?;
     for round in 0..cli.rounds {
         sim.add_visit(EXAMPLE_ACTIVITY, Utc::now());
         let count = sim.request_count();
@@ -215,6 +216,8 @@ async fn run(cli: &Cli, sim: &SimPlatform, addr: SocketAddr, pid: u32) -> Result
         last_us.push(*round_delays.iter().max().unwrap_or(&0));
         delays_us.extend(round_delays);
     }
+    // Includes the idle polls between the rounds (a few ms each).
+    let cpu_per_round = (cpu_ms(pid)? - cpu_before) as f64 / cli.rounds as f64;
     let failed = failures.load(Ordering::Relaxed);
     if failed > 0 {
         return Err(format!("{failed} subscriber sockets failed"));
@@ -229,7 +232,7 @@ async fn run(cli: &Cli, sim: &SimPlatform, addr: SocketAddr, pid: u32) -> Result
          idle_platform_requests_per_poll={:.2} rss_before_kib={rss_before} \
          rss_idle_kib={rss_idle} rss_per_subscriber_kib={rss_per_subscriber:.2} \
          rounds={} delay_p50_ms={:.1} delay_p99_ms={:.1} last_subscriber_median_ms={:.1} \
-         last_subscriber_max_ms={:.1}",
+         last_subscriber_max_ms={:.1} gateway_cpu_ms_per_visit={cpu_per_round:.0}",
         cli.subscribers,
         cli.poll_seconds,
         cli.idle_polls,
@@ -333,4 +336,23 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| "no VmRSS".to_owned())
+}
+
+/// The gateway's CPU time so far (user and system), in milliseconds.
+fn cpu_ms(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the line, in clock ticks (100 a second on Linux).
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .ok_or("bad /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((ticks(11) + ticks(12)) * 10)
 }

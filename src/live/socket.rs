@@ -33,7 +33,7 @@ use crate::telemetry::Metrics;
 /// 3008 (4408 is the client's to use).
 const SILENT_PINGS: u32 = 3;
 /// A socket's initial read buffer (tungstenite's default is 128 KiB).
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 /// On shutdown, how long the `complete` messages may take before the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -166,12 +166,16 @@ async fn serve(
     let every = live.policy.ping;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut shutdown = live.shutdown_signal();
+    // Made once, not per message: thousands of sockets wait on this channel.
+    let mut shutdown = std::pin::pin!(async move {
+        let _ = shutdown.wait_for(|down| *down).await;
+    });
     let mut closing: Option<tokio::time::Instant> = None;
     let stuck = live.policy.stuck_write();
     loop {
         let message = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|down| *down), if closing.is_none() => {
+            () = &mut shutdown, if closing.is_none() => {
                 closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
                 if open.load(Ordering::SeqCst) == 0 {
                     going_away()

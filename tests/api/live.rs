@@ -979,3 +979,35 @@ async fn live_an_upgrade_is_charged_to_the_clients_rate_and_refused_with_429_ove
     subscribe(&mut open, "1", SMALL_ACTIVITY).await;
     subscriptions_become(&app, 1.0).await;
 }
+
+#[tokio::test]
+async fn live_a_message_over_max_body_bytes_ends_the_socket_at_no_cost() {
+    let app = live_app(|s| s.server.max_body_bytes = 4096).await;
+    let before = app.sim.request_count();
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    let huge = format!("query {{ {} }}", "__typename ".repeat(1000));
+    let _ = send_raw(
+        &mut ws,
+        json!({"id": "1", "type": "subscribe", "payload": {"query": huge}}),
+    )
+    .await;
+    // The gateway ends the socket (1009 when the close frame gets through).
+    let code = close_code(&mut ws, Duration::from_secs(5)).await;
+    assert!(matches!(code, None | Some(1009)), "{code:?}");
+    // A reply is impossible: the socket is gone.
+    assert!(
+        ws.send(Message::Text(json!({"type": "ping"}).to_string().into()))
+            .await
+            .is_err()
+            || next(&mut ws, Duration::from_secs(2)).await.is_none()
+    );
+    assert_eq!(app.sim.request_count(), before);
+    subscriptions_become(&app, 0.0).await;
+}
+
+async fn send_raw(ws: &mut Ws, message: Value) -> Result<(), String> {
+    ws.send(Message::Text(message.to_string().into()))
+        .await
+        .map_err(|e| e.to_string())
+}
