@@ -20,6 +20,10 @@
 #   walknc  the paging walk with the response cache off: every request parsed,
 #           validated and executed over the page cache
 #   memory  the hot query with the response cache off (page cache warm)
+#   live    10,000 userVisitAdded subscribers on one activity, each on its own
+#           WebSocket (examples/live_bench.rs against the simulated platform):
+#           platform requests per idle poll, RSS per idle subscriber, delay
+#           from the poll to each subscriber (--short: 200 subscribers)
 #
 # Pinning: the server under test on core 0; wrk, the pacer and the stand-in
 # platform on core 1. Needs wrk (installed when missing), taskset, curl.
@@ -32,8 +36,11 @@ PACE_SECONDS=
 RATE=2000
 CONNECTIONS=64
 PACE_CONNECTIONS=16
+LIVE_SUBSCRIBERS=10000
+LIVE_ROUNDS=10
+LIVE_IDLE_POLLS=10
 PORT_BASE=${BENCH_PORT_BASE:-19180}
-WORKLOADS=hot,hotkey,mixed,walk,walknc,memory
+WORKLOADS=hot,hotkey,mixed,walk,walknc,memory,live
 ONLY=$WORKLOADS
 
 usage() {
@@ -48,13 +55,15 @@ Options:
   --rate R           the fixed rate of the p50/p99 runs, req/s (default $RATE)
   --connections C    wrk connections (default $CONNECTIONS)
   --only LIST        comma-separated workloads: $WORKLOADS (default: all)
+  --live-subscribers N   subscribers of the live workload (default $LIVE_SUBSCRIBERS)
 Environment: CARGO_TARGET_DIR (honoured), BENCH_PORT_BASE (default 19180).
 EOF
 }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --short) ROUNDS=1; DURATION=2; PACE_SECONDS=2 ;;
+    --short) ROUNDS=1; DURATION=2; PACE_SECONDS=2; LIVE_SUBSCRIBERS=200; LIVE_ROUNDS=2; LIVE_IDLE_POLLS=3 ;;
+    --live-subscribers) LIVE_SUBSCRIBERS=$2; shift ;;
     --rounds) ROUNDS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --pace-seconds) PACE_SECONDS=$2; shift ;;
@@ -95,6 +104,7 @@ say "building release binaries"
 # `test-hooks` would switch the hooks on in the gateway under test too.
 cargo build --release --locked --bin visits-gateway
 cargo build --release --locked --example bench_servers
+if wanted live; then cargo build --release --locked --example live_bench; fi
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 GATEWAY_BIN=$TARGET_DIR/release/visits-gateway
 TOOLS_BIN=$TARGET_DIR/release/examples/bench_servers
@@ -359,6 +369,24 @@ fi
 # "From memory": the hot query, page cache warm, response cache off.
 if wanted memory; then workloads "$W_MEMORY|$HOT|$HOT||RESPONSE_CACHE_MAX_BYTES=0"; fi
 
+# Live visits: the example starts its own simulated platform (whose visits it
+# adds) and the release gateway, pinned like the others. Both processes hold
+# one socket per subscriber.
+if wanted live; then
+  say "workload: live ($LIVE_SUBSCRIBERS subscribers on one activity)"
+  need=$((LIVE_SUBSCRIBERS + 1024))
+  if [ "$(ulimit -n)" -lt "$need" ]; then
+    ulimit -n "$need" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  fi
+  [ "$(ulimit -n)" -ge "$need" ] || die "live: $need file descriptors needed, ulimit -n allows $(ulimit -n) (raise the hard limit)"
+  LIVE_LINE=$(taskset -c "$LOAD_CPU" "$TARGET_DIR/release/examples/live_bench" --gateway "$GATEWAY_BIN" \
+    --gateway-cpu "$SERVER_CPU" --gateway-log "$WORK/gateway-live.log" --subscribers "$LIVE_SUBSCRIBERS" \
+    --rounds "$LIVE_ROUNDS" --idle-polls "$LIVE_IDLE_POLLS") \
+    || { cat "$WORK/gateway-live.log" >&2; die "the live workload failed (above)"; }
+  say "  $LIVE_LINE"
+fi
+live_field() { grep -o "$1=[0-9.]*" <<<"$LIVE_LINE" | cut -d= -f2; }
+
 # ------------------------------------------------------------------ the table
 us_per_req() { # key
   local k=$1
@@ -406,6 +434,9 @@ ratio_of() { # label: the gateway's median req/s over the reference's
   fi
   if wanted hot; then
     echo "- **Hot query vs. issue 7's targets:** $(ratio_of "$W_HOT") of the reference's req/s (target ≥ 0.35); p99 ${P99[$W_HOT|gateway]} µs at $RATE req/s (target < 1000); peak RSS $(mib "${HWM[$W_HOT|gateway]}") (target < 40 MiB)."
+  fi
+  if wanted live; then
+    echo "- **Live visits vs. issue 14's targets:** $(live_field subscribers) subscribers on one activity, each on its own WebSocket, LIVE_POLL_SECONDS=$(live_field poll_seconds): $(live_field idle_platform_requests_per_poll) platform requests per poll interval with nothing new ($(live_field idle_platform_requests) over $(live_field idle_polls) polls; target ≤ 1); $(live_field rss_per_subscriber_kib) KiB of gateway RSS per idle subscriber (target < 16); delivery delay from the poll to each subscriber p50 $(live_field delay_p50_ms) ms, p99 $(live_field delay_p99_ms) ms (target < 100), to the last subscriber $(live_field last_subscriber_median_ms) ms (median of $(live_field rounds) visits), at worst $(live_field last_subscriber_max_ms) ms; connecting them all took $(live_field connect_seconds) s."
   fi
   echo "- **Page cache memory per visit** (\`bench_servers memory\`; issue 12's target: no larger than the JSON): ${MEMORY_LINE#page cache memory per visit: }."
   total_errs=0

@@ -133,6 +133,7 @@ impl App {
             crate::live::LivePolicy {
                 poll: upstream.live_poll,
                 buffer: server.live_subscriber_buffer as usize,
+                ping: server.live_ping,
                 max_per_client: client.live_max_subscriptions_per_client as usize,
                 max_total: server.live_max_subscriptions as usize,
                 page_size: paging.upstream_page_size,

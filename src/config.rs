@@ -248,6 +248,12 @@ pub struct ServerSettings {
     #[arg(id = "LIVE_SUBSCRIBER_BUFFER", long = "live-subscriber-buffer", env, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub live_subscriber_buffer: u32,
 
+    /// Seconds between the server's graphql-transport-ws `ping` messages on
+    /// subscription sockets; a client silent for three of them is closed.
+    /// Under the usual 60 s idle timeout of load balancers and proxies.
+    #[arg(id = "LIVE_PING_SECONDS", long = "live-ping-seconds", env, default_value = "15", value_parser = seconds(1..=3600))]
+    pub live_ping: Duration,
+
     /// Log format: json (default) or text.
     #[arg(id = "LOG_FORMAT", long = "log-format", env, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -508,26 +508,46 @@ fn admit(
         r
     })?;
     let principal = client.principal;
-    // Anonymous clients are told apart by address: behind trusted proxies,
-    // the one they forwarded.
-    let bucket: Arc<str> = if principal.is_anonymous() {
-        parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or_else(
-                || "ip:unknown".into(),
-                |c| {
-                    let forwarded = parts.headers.get_all(&X_FORWARDED_FOR).iter();
-                    let ip = state
-                        .trusted_proxies
-                        .client_ip(c.0.ip(), forwarded.map(HeaderValue::as_bytes));
-                    format!("ip:{ip}").into()
-                },
-            )
-    } else {
-        principal.name.clone()
-    };
-    if let Err(wait) = state.client_limiter.check(&bucket, client.rate) {
+    let bucket = client_bucket(state, parts, &principal);
+    charge(state, &bucket, client.rate, media)?;
+    Ok(principal)
+}
+
+/// What a client's rate and subscriptions are counted by: its key's name or
+/// JWT subject; an anonymous client by address (behind trusted proxies, the
+/// one they forwarded).
+pub(crate) fn client_bucket(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    principal: &Principal,
+) -> Arc<str> {
+    if !principal.is_anonymous() {
+        return principal.name.clone();
+    }
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(
+            || "ip:unknown".into(),
+            |c| {
+                let forwarded = parts.headers.get_all(&X_FORWARDED_FOR).iter();
+                let ip = state
+                    .trusted_proxies
+                    .client_ip(c.0.ip(), forwarded.map(HeaderValue::as_bytes));
+                format!("ip:{ip}").into()
+            },
+        )
+}
+
+/// Takes one request from `bucket`, or refuses with 429 and `Retry-After`.
+#[allow(clippy::result_large_err)]
+fn charge(
+    state: &AppState,
+    bucket: &Arc<str>,
+    rate: Option<crate::limits::Rate>,
+    media: MediaType,
+) -> Result<(), Response> {
+    if let Err(wait) = state.client_limiter.check(bucket, rate) {
         let secs = wait.as_secs().max(1);
         let mut r = refuse_as(
             &state.metrics,
@@ -540,7 +560,30 @@ fn admit(
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return Err(r);
     }
-    Ok(principal)
+    Ok(())
+}
+
+/// A subscription socket's upgrade is a request like any other: charged to
+/// the client's bucket. Its credential may only come later (in
+/// `connection_init`), so it is charged to the upgrade's `Authorization`
+/// when that one is valid, else to the client's address; a refusal is a
+/// 429 with a GraphQL error body, before the upgrade.
+#[allow(clippy::result_large_err)]
+pub(crate) fn admit_upgrade(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+) -> Result<Arc<str>, Response> {
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let (principal, rate) = match state.auth.authenticate(authorization) {
+        Ok(client) => (client.principal, client.rate),
+        Err(_) => (Principal::anonymous(), None),
+    };
+    let bucket = client_bucket(state, parts, &principal);
+    charge(state, &bucket, rate, MediaType::Json)?;
+    Ok(client_bucket(state, parts, &Principal::anonymous()))
 }
 
 /// A cached response for `key`, if this client may see all it touched.

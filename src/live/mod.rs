@@ -16,6 +16,8 @@ pub mod poller;
 pub mod socket;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +43,8 @@ pub struct LivePolicy {
     pub poll: Duration,
     /// `LIVE_SUBSCRIBER_BUFFER`: poll results a subscriber may be behind.
     pub buffer: usize,
+    /// `LIVE_PING_SECONDS`: between two keep-alive pings of a socket.
+    pub ping: Duration,
     /// `LIVE_MAX_SUBSCRIPTIONS_PER_CLIENT`.
     pub max_per_client: usize,
     /// `LIVE_MAX_SUBSCRIPTIONS`.
@@ -170,10 +174,13 @@ impl Live {
                 }
             }
         };
+        let mut shutdown = self.shutdown_signal();
         Ok(Subscriber {
             rx,
-            pending: Vec::new().into_iter(),
-            shutdown: self.shutdown_signal(),
+            pending: None,
+            shutdown: Box::pin(async move {
+                let _ = shutdown.wait_for(|down| *down).await;
+            }),
             ended: self.is_shutting_down(),
             guard,
         }
@@ -266,8 +273,11 @@ pub struct LiveVisit(pub Arc<Visit>);
 
 struct Subscriber {
     rx: broadcast::Receiver<Arc<Batch>>,
-    pending: std::vec::IntoIter<Arc<Visit>>,
-    shutdown: watch::Receiver<bool>,
+    /// The batch being sent, and how many of its visits were.
+    pending: Option<(Arc<Batch>, usize)>,
+    /// Resolves on shutdown. Made once: with thousands of subscribers, a
+    /// fresh waiter per event would contend on the shutdown channel.
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     ended: bool,
     guard: Guard,
 }
@@ -279,18 +289,25 @@ impl Subscriber {
                 if s.ended {
                     return None;
                 }
-                if let Some(visit) = s.pending.next() {
-                    s.guard.live.metrics.live_events_sent.inc();
-                    return Some((Ok(LiveVisit(visit)), s));
+                if let Some((batch, sent)) = &mut s.pending {
+                    if let Batch::Visits(visits) = &**batch
+                        && let Some(visit) = visits.get(*sent)
+                    {
+                        *sent += 1;
+                        let visit = visit.clone();
+                        s.guard.live.metrics.live_events_sent.inc();
+                        return Some((Ok(LiveVisit(visit)), s));
+                    }
+                    s.pending = None;
                 }
                 let received = tokio::select! {
                     biased;
-                    _ = s.shutdown.wait_for(|down| *down) => return None,
+                    () = &mut s.shutdown => return None,
                     received = s.rx.recv() => received,
                 };
                 match received {
                     Ok(batch) => match &*batch {
-                        Batch::Visits(visits) => s.pending = visits.clone().into_iter(),
+                        Batch::Visits(_) => s.pending = Some((batch.clone(), 0)),
                         Batch::Failed { error, ends } => {
                             s.ended = *ends;
                             return Some((Err(error.extend()), s));

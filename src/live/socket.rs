@@ -8,7 +8,6 @@
 //! shutdown every subscription gets `complete` and the socket closes with
 //! 1001.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,8 +15,8 @@ use std::time::Duration;
 use async_graphql::Data;
 use async_graphql::http::{WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{FromRequestParts, Request};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -26,12 +25,15 @@ use super::LiveConnection;
 use crate::app::AppState;
 use crate::auth::AuthError;
 use crate::error::ErrorCode;
-use crate::http::error_response;
+use crate::http::{admit_upgrade, error_response};
+use crate::telemetry::Metrics;
 
-/// Interval of the server's `ping` messages; a client silent for three of
-/// them (no `pong`, nothing else) is closed (4408 is the client's to use;
-/// async-graphql closes with 3008).
-pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// A client silent (no `pong`, nothing else) for this many of the server's
+/// pings (`LIVE_PING_SECONDS` apart) is closed; async-graphql closes with
+/// 3008 (4408 is the client's to use).
+const SILENT_PINGS: u32 = 3;
+/// A socket's initial read buffer (tungstenite's default is 128 KiB).
+const READ_BUFFER: usize = 1024;
 /// On shutdown, how long the `complete` messages may take before the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -43,10 +45,15 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// Accepts a subscription socket. Credentials are checked at
-/// `connection_init` (browsers cannot set headers on a WebSocket).
+/// Accepts a subscription socket. The upgrade is charged to the client's
+/// rate like any request; credentials are checked at `connection_init`
+/// (browsers cannot set headers on a WebSocket).
 pub async fn upgrade(state: Arc<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
+    let address = match admit_upgrade(&state, &parts) {
+        Ok(address) => address,
+        Err(refusal) => return refusal,
+    };
     let offered = parts
         .headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -69,20 +76,13 @@ pub async fn upgrade(state: Arc<AppState>, request: Request) -> Response {
         .headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
-    let address: Arc<str> = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(
-            || "ip:unknown".into(),
-            |c| {
-                let forwarded = parts.headers.get_all("x-forwarded-for").iter();
-                let ip = state
-                    .trusted_proxies
-                    .client_ip(c.0.ip(), forwarded.map(HeaderValue::as_bytes));
-                format!("ip:{ip}").into()
-            },
-        );
+    // Subscribers send little (a few protocol messages and queries): a small
+    // read buffer keeps thousands of idle sockets cheap (it grows for a
+    // larger message), and a message is held to the HTTP body limit.
     ws.protocols(["graphql-transport-ws"])
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(state.limits.max_body_bytes)
+        .max_frame_size(state.limits.max_body_bytes)
         .on_upgrade(move |socket| serve(state, socket, header_credential, address))
 }
 
@@ -161,16 +161,21 @@ async fn serve(
         WebSocketProtocols::GraphQLWS,
     )
     .on_connection_init(init)
-    .keepalive_timeout(PING_EVERY * 3);
+    .keepalive_timeout(live.policy.ping * SILENT_PINGS);
 
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    let every = live.policy.ping;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut shutdown = live.shutdown_signal();
+    // Made once, not per message: thousands of sockets wait on this channel.
+    let mut shutdown = std::pin::pin!(async move {
+        let _ = shutdown.wait_for(|down| *down).await;
+    });
     let mut closing: Option<tokio::time::Instant> = None;
     let stuck = live.policy.stuck_write();
     loop {
         let message = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|down| *down), if closing.is_none() => {
+            () = &mut shutdown, if closing.is_none() => {
                 closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
                 if open.load(Ordering::SeqCst) == 0 {
                     going_away()
@@ -180,7 +185,7 @@ async fn serve(
             }
             () = tokio::time::sleep_until(closing.unwrap_or_else(tokio::time::Instant::now)), if closing.is_some() => going_away(),
             m = messages.next() => match m {
-                Some(m) => message(m, refused.load(Ordering::SeqCst)),
+                Some(m) => message(m, refused.load(Ordering::SeqCst), &state.metrics),
                 None => break,
             },
             _ = ping.tick() => Message::Text(r#"{"type":"ping"}"#.into()),
@@ -217,15 +222,18 @@ fn going_away() -> Message {
     }))
 }
 
-/// async-graphql's message as a WebSocket message. A refused
-/// `connection_init` (async-graphql closes with 1002) and a subscription
-/// before it (1011) close with 4401 Unauthorized, as graphql-ws defines.
-fn message(m: WsMessage, refused: bool) -> Message {
+/// async-graphql's message as a WebSocket message, its errors coded, with
+/// the close codes
+/// graphql-ws defines: a refused `connection_init` (async-graphql closes
+/// with 1002) and a subscription before it (1011) close with 4401
+/// Unauthorized, a message that is not the protocol's (1002) with 4400.
+fn message(m: WsMessage, refused: bool, metrics: &Metrics) -> Message {
     match m {
-        WsMessage::Text(text) => Message::Text(text.into()),
+        WsMessage::Text(text) => Message::Text(coded(text, metrics).into()),
         WsMessage::Close(code, reason) => {
             let code = match code {
                 1002 if refused => 4401,
+                1002 => 4400,
                 1011 => 4401,
                 other => other,
             };
@@ -240,6 +248,40 @@ fn message(m: WsMessage, refused: bool) -> Message {
             }))
         }
     }
+}
+
+/// Gives every error of a `next` or `error` message a code, as over HTTP:
+/// the resolver's carry one; those without come from async-graphql's
+/// parsing, validation and input coercion, so they are bad input. Each is
+/// counted. Visits are sent untouched: their JSON cannot hold an unescaped
+/// `"errors"` key, so they are never parsed here.
+fn coded(text: String, metrics: &Metrics) -> String {
+    if !text.contains(r#""errors""#) && !text.contains(r#""type":"error""#) {
+        return text;
+    }
+    let Ok(mut m) = serde_json::from_str::<Value>(&text) else {
+        return text;
+    };
+    let errors = if m["type"] == "error" {
+        m.get_mut("payload")
+    } else {
+        m.get_mut("payload").and_then(|p| p.get_mut("errors"))
+    };
+    let Some(Value::Array(errors)) = errors else {
+        return text;
+    };
+    for error in errors.iter_mut().filter_map(Value::as_object_mut) {
+        let extensions = error
+            .entry("extensions")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(extensions) = extensions.as_object_mut() {
+            let code = extensions
+                .entry("code")
+                .or_insert_with(|| ErrorCode::BadUserInput.as_str().into());
+            metrics.graphql_error(code.as_str().unwrap_or_default());
+        }
+    }
+    m.to_string()
 }
 
 #[cfg(test)]
@@ -258,5 +300,28 @@ mod tests {
         }
         assert_eq!(init_credential(&json!({})), None);
         assert_eq!(init_credential(&Value::Null), None);
+    }
+
+    #[test]
+    fn live_errors_without_a_code_are_bad_input_and_visits_are_untouched() {
+        let metrics = Metrics::new();
+        let parse = json!({"id": "1", "type": "next", "payload": {"data": null, "errors": [{"message": "expected value"}]}});
+        let out: Value = serde_json::from_str(&coded(parse.to_string(), &metrics)).unwrap();
+        assert_eq!(
+            out["payload"]["errors"][0]["extensions"]["code"],
+            "BAD_USER_INPUT"
+        );
+        let invalid =
+            json!({"id": "2", "type": "error", "payload": [{"message": "unknown field"}]});
+        let out: Value = serde_json::from_str(&coded(invalid.to_string(), &metrics)).unwrap();
+        assert_eq!(out["payload"][0]["extensions"]["code"], "BAD_USER_INPUT");
+        let coded_already = json!({"id": "3", "type": "next", "payload": {"errors": [{"message": "no", "extensions": {"code": "FORBIDDEN"}}]}});
+        let out: Value = serde_json::from_str(&coded(coded_already.to_string(), &metrics)).unwrap();
+        assert_eq!(
+            out["payload"]["errors"][0]["extensions"]["code"],
+            "FORBIDDEN"
+        );
+        let visit = json!({"id": "4", "type": "next", "payload": {"data": {"userVisitAdded": {"nickname": "\"errors\": [1]"}}}}).to_string();
+        assert_eq!(coded(visit.clone(), &metrics), visit);
     }
 }

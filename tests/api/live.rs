@@ -505,3 +505,512 @@ async fn live_shutdown_completes_every_subscription_and_closes_with_1001() {
         .expect("the gateway exits after closing its sockets")
         .unwrap();
 }
+
+/// The errors of a refused subscription: async-graphql sends a request it
+/// cannot run as an `error` message (errors as the payload), and a
+/// resolver's refusal as `next` with `errors`.
+fn errors_of(m: &Value) -> &Value {
+    match m["type"].as_str() {
+        Some("error") => &m["payload"],
+        _ => &m["payload"]["errors"],
+    }
+}
+
+/// `n` messages of any kind, by subscription id.
+async fn messages(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(
+            next(ws, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("{} of {n} messages: {got:?}", got.len())),
+        );
+    }
+    got
+}
+
+/// Ends subscription `id` from the client's side; the gateway confirms it
+/// with its own `complete`.
+async fn unsubscribe(ws: &mut Ws, id: &str) {
+    send(ws, json!({"id": id, "type": "complete"})).await;
+    assert_eq!(
+        next(ws, Duration::from_secs(5)).await,
+        Some(json!({"id": id, "type": "complete"}))
+    );
+}
+
+/// Waits (up to 5 s) until the gateway holds `n` subscriptions.
+async fn subscriptions_become(app: &TestApp, n: f64) {
+    for _ in 0..100 {
+        if metric(&app.metrics().await, "visits_gateway_live_subscriptions") == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gateway never held {n} subscriptions");
+}
+
+#[tokio::test]
+async fn live_subscription_limits_refuse_the_extra_one_with_a_code_and_free_a_slot_when_one_ends() {
+    let dir = temp_dir();
+    let file = dir.join("api-keys");
+    std::fs::write(
+        &file,
+        keys_line("one", "live-key-one", "*") + &keys_line("two", "live-key-two", "*"),
+    )
+    .unwrap();
+    let app = live_app(|s| {
+        s.client.allow_unauthenticated = false;
+        s.client.api_keys_file = Some(file);
+        s.client.live_max_subscriptions_per_client = 2;
+        s.server.live_max_subscriptions = 3;
+    })
+    .await;
+    let before = app.sim.request_count();
+    let mut one = connect(&app, None).await;
+    init(&mut one, json!({"Authorization": "Bearer live-key-one"})).await;
+    let mut two = connect(&app, None).await;
+    init(&mut two, json!({"Authorization": "Bearer live-key-two"})).await;
+
+    // The client's third is refused; the others are counted. (The third is
+    // sent once the first two are counted: a socket's subscriptions start
+    // concurrently, in no set order.)
+    subscribe(&mut one, "a", SMALL_ACTIVITY).await;
+    subscribe(&mut one, "b", SMALL_ACTIVITY).await;
+    subscriptions_become(&app, 2.0).await;
+    subscribe(&mut one, "c", SMALL_ACTIVITY).await;
+    let refused = next(&mut one, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused["id"], "c", "{refused}");
+    assert_eq!(errors_of(&refused)[0]["extensions"]["code"], "RATE_LIMITED");
+    let message = errors_of(&refused)[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("LIVE_MAX_SUBSCRIPTIONS_PER_CLIENT"),
+        "{message}"
+    );
+    assert_eq!(
+        next(&mut one, Duration::from_secs(5)).await,
+        Some(json!({"id": "c", "type": "complete"}))
+    );
+    // Another client's second is past the total.
+    subscribe(&mut two, "d", SMALL_ACTIVITY).await;
+    subscriptions_become(&app, 3.0).await;
+    subscribe(&mut two, "e", SMALL_ACTIVITY).await;
+    let refused = next(&mut two, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused["id"], "e", "{refused}");
+    assert_eq!(errors_of(&refused)[0]["extensions"]["code"], "RATE_LIMITED");
+    let message = errors_of(&refused)[0]["message"].as_str().unwrap();
+    assert!(message.contains("(LIVE_MAX_SUBSCRIPTIONS)"), "{message}");
+    assert_eq!(
+        next(&mut two, Duration::from_secs(5)).await,
+        Some(json!({"id": "e", "type": "complete"}))
+    );
+    assert_eq!(
+        metric(&app.metrics().await, "visits_gateway_live_subscriptions"),
+        3.0
+    );
+
+    // The others carry on.
+    started(&app, before, 1).await;
+    let t = Utc::now();
+    add_visits(&app, SMALL_ACTIVITY, &[t]);
+    let mut ids: Vec<_> = messages(&mut one, 2)
+        .await
+        .iter()
+        .map(|m| {
+            assert_eq!(m["type"], "next", "{m}");
+            m["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(
+        visits(&mut two, "d", 1, Duration::from_secs(5)).await.len(),
+        1
+    );
+
+    // Ending one frees its place, for this client and in the total.
+    unsubscribe(&mut one, "a").await;
+    subscriptions_become(&app, 2.0).await;
+    subscribe(&mut two, "f", SMALL_ACTIVITY).await;
+    subscriptions_become(&app, 3.0).await;
+    let t = Utc::now();
+    add_visits(&app, SMALL_ACTIVITY, &[t]);
+    assert_eq!(
+        visits(&mut one, "b", 1, Duration::from_secs(5)).await.len(),
+        1
+    );
+    let mut ids: Vec<_> = messages(&mut two, 2)
+        .await
+        .iter()
+        .map(|m| {
+            assert_eq!(m["type"], "next", "{m}");
+            m["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["d", "f"]);
+    // A socket that closes frees all of its places.
+    drop(one);
+    subscriptions_become(&app, 2.0).await;
+}
+
+#[tokio::test]
+async fn live_keep_alive_pings_come_every_live_ping_seconds_and_a_silent_client_is_closed() {
+    let app = live_app(|s| s.server.live_ping = Duration::from_secs(1)).await;
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    subscribe(&mut ws, "1", SMALL_ACTIVITY).await;
+    // Pings keep coming to a client that answers them, and the socket lives.
+    let mut pings = 0;
+    while pings < 4 {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a ping within 5 s")
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = m else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "ping" {
+            pings += 1;
+            send(&mut ws, json!({"type": "pong"})).await;
+        }
+    }
+    assert_eq!(
+        metric(&app.metrics().await, "visits_gateway_live_subscriptions"),
+        1.0
+    );
+    // A client that stops answering is closed after three pings (3008),
+    // and its subscription ends.
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(10)).await,
+        Some(3008)
+    );
+    subscriptions_become(&app, 0.0).await;
+}
+
+#[tokio::test]
+async fn live_jwts_in_connection_init_are_checked_for_signature_expiry_and_scope() {
+    use crate::security::{HS_SECRET, claims, hs256, now_secs};
+    let secret = temp_dir().join("jwt-secret");
+    std::fs::write(&secret, HS_SECRET).unwrap();
+    let app = live_app(move |s| {
+        s.client.allow_unauthenticated = false;
+        s.client.jwt_hs256_secret_file = Some(secret);
+        s.client.jwt_issuer = Some("https://auth.example.com".into());
+        s.client.jwt_audience = Some("visits-gateway".into());
+    })
+    .await;
+    let before = app.sim.request_count();
+    let scoped = hs256(
+        &claims(now_secs() + 600, json!([EXAMPLE_ACTIVITY.to_string()])),
+        HS_SECRET.as_bytes(),
+    );
+    let expired = hs256(&claims(now_secs() - 3600, json!("*")), HS_SECRET.as_bytes());
+    let forged = hs256(
+        &claims(now_secs() + 600, json!("*")),
+        b"another-secret-that-is-also-long-enough!!",
+    );
+    for bad in [expired, forged, "not.a.jwt".to_owned()] {
+        let mut ws = connect(&app, None).await;
+        send(
+            &mut ws,
+            json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {bad}")}}),
+        )
+        .await;
+        assert_eq!(
+            close_code(&mut ws, Duration::from_secs(5)).await,
+            Some(4401),
+            "{bad}"
+        );
+    }
+
+    let mut ws = connect(&app, None).await;
+    init(
+        &mut ws,
+        json!({"Authorization": format!("Bearer {scoped}")}),
+    )
+    .await;
+    subscribe(&mut ws, "outside", SMALL_ACTIVITY).await;
+    let refused = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused["id"], "outside");
+    assert_eq!(
+        errors_of(&refused)[0]["extensions"]["code"],
+        "FORBIDDEN",
+        "{refused}"
+    );
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await,
+        Some(json!({"id": "outside", "type": "complete"}))
+    );
+    assert_eq!(app.sim.request_count(), before, "a refusal cost a request");
+
+    subscribe(&mut ws, "inside", EXAMPLE_ACTIVITY).await;
+    started(&app, before, 1).await;
+    let t = Utc::now();
+    add_visits(&app, EXAMPLE_ACTIVITY, &[t]);
+    let got = visits(&mut ws, "inside", 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        got,
+        app.expected(EXAMPLE_ACTIVITY, t, t + chrono::Duration::days(1))
+    );
+}
+
+#[tokio::test]
+async fn live_malformed_subscriptions_are_refused_with_codes_and_cost_no_platform_request() {
+    let app = live_app(|_| {}).await;
+    let before = app.sim.request_count();
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    let id = json!({"id": SMALL_ACTIVITY.to_string()});
+    for (n, (query, variables)) in [
+        ("subscription { userVisitAdded(activityId: ", id.clone()),
+        (
+            "subscription { userVisitAdded(activityId: \"x\") { nope } }",
+            id.clone(),
+        ),
+        (SUBSCRIPTION, json!({})),
+        (SUBSCRIPTION, json!({"id": {"deep": true}})),
+        (SUBSCRIPTION, json!({"id": "-5"})),
+        ("subscription { userVisitAdded { visitAt } }", id.clone()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sid = format!("bad-{n}");
+        send(
+            &mut ws,
+            json!({"id": sid, "type": "subscribe", "payload": {"query": query, "variables": variables}}),
+        )
+        .await;
+        let m = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(m["id"], sid.as_str(), "{m}");
+        let code = &errors_of(&m)[0]["extensions"]["code"];
+        assert_eq!(code, "BAD_USER_INPUT", "{query}: {m}");
+        if m["type"] == "next" {
+            assert_eq!(
+                next(&mut ws, Duration::from_secs(5)).await,
+                Some(json!({"id": sid, "type": "complete"}))
+            );
+        }
+    }
+    // The socket still serves.
+    subscribe(&mut ws, "good", SMALL_ACTIVITY).await;
+    started(&app, before, 1).await;
+    assert_eq!(
+        app.sim.request_count(),
+        before + 1,
+        "only the good one's baseline"
+    );
+    // A message that is not the protocol's closes with 4400, at no cost.
+    ws.send(Message::Text("{not json".into())).await.unwrap();
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(4400)
+    );
+    subscriptions_become(&app, 0.0).await;
+}
+
+#[tokio::test]
+async fn live_a_poller_stops_within_a_poll_interval_after_its_last_subscriber_completes() {
+    let app = live_app(|_| {}).await;
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    let before = app.sim.request_count();
+    subscribe(&mut ws, "1", SMALL_ACTIVITY).await;
+    subscribe(&mut ws, "2", SMALL_ACTIVITY).await;
+    started(&app, before, 1).await;
+    // One leaves: the poller goes on for the other.
+    unsubscribe(&mut ws, "1").await;
+    subscriptions_become(&app, 1.0).await;
+    let t = Utc::now();
+    add_visits(&app, SMALL_ACTIVITY, &[t]);
+    assert_eq!(
+        visits(&mut ws, "2", 1, Duration::from_secs(5)).await.len(),
+        1
+    );
+    // The last leaves: within one poll interval (1 s) no more requests.
+    unsubscribe(&mut ws, "2").await;
+    subscriptions_become(&app, 0.0).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let after = app.sim.request_count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        app.sim.request_count(),
+        after,
+        "the poller outlived its subscribers"
+    );
+    assert_eq!(
+        metric(&app.metrics().await, "visits_gateway_live_pollers"),
+        0.0
+    );
+    // The socket is still open, and a new subscriber starts a new poller.
+    subscribe(&mut ws, "3", SMALL_ACTIVITY).await;
+    started(&app, after, 1).await;
+    let t = Utc::now();
+    add_visits(&app, SMALL_ACTIVITY, &[t]);
+    assert_eq!(
+        visits(&mut ws, "3", 1, Duration::from_secs(5)).await.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn live_visits_are_found_exactly_across_the_seven_day_boundary() {
+    // An activity quiet for over a week: the poller starts from 7 days ago,
+    // so its next poll spans more than the platform's 7 days and is split.
+    const QUIET: u64 = 10_024_999;
+    // Two seconds between polls leave ample time to add visits before the
+    // first poll after the starting point.
+    let app = live_app(|s| s.upstream.live_poll = Duration::from_secs(2)).await;
+    let old = Utc::now() - chrono::Duration::days(10);
+    app.sim.insert_visits(
+        QUIET,
+        vec![visits_gateway::demo::data::visit(
+            0,
+            old,
+            &mut fastrand::Rng::with_seed(7),
+        )],
+    );
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    let before = app.sim.request_count();
+    subscribe(&mut ws, "1", QUIET).await;
+    started(&app, before, 1).await;
+    let baseline = app.sim.seen()[before].clone();
+
+    // Stamped late (in the part before now - 6 days, three at one
+    // millisecond), at the boundary's side, and now.
+    let now = Utc::now();
+    let late = now - chrono::Duration::days(7) + chrono::Duration::seconds(30);
+    let near = now - chrono::Duration::days(6) - chrono::Duration::seconds(5);
+    let after = now - chrono::Duration::days(6) + chrono::Duration::seconds(5);
+    add_visits(&app, QUIET, &[late, late, late, near, after, now, now]);
+    let got = visits(&mut ws, "1", 7, Duration::from_secs(6)).await;
+    assert_eq!(
+        got,
+        app.expected(QUIET, late, now + chrono::Duration::seconds(1))
+    );
+    // No window asked for was longer than the platform's 7 days, and the
+    // split one started where the baseline's did.
+    let seen = app.sim.seen();
+    let windows: Vec<_> = seen[before + 1..]
+        .iter()
+        .filter(|r| r.activity == QUIET.to_string())
+        .map(|r| {
+            let from: DateTime<Utc> = r.started_at.parse().unwrap();
+            let to: DateTime<Utc> = r.ended_at.parse().unwrap();
+            assert!(to - from <= chrono::Duration::days(7), "{r:?}");
+            (from, to)
+        })
+        .collect();
+    assert_eq!(
+        windows[0].0,
+        baseline.started_at.parse::<DateTime<Utc>>().unwrap(),
+        "{windows:?}"
+    );
+    // And nothing twice afterwards.
+    let t = Utc::now();
+    add_visits(&app, QUIET, &[t]);
+    let got = visits(&mut ws, "1", 1, Duration::from_secs(6)).await;
+    assert_eq!(
+        got,
+        app.expected(QUIET, t, t + chrono::Duration::seconds(1))
+    );
+}
+
+/// A WebSocket upgrade of `GET /graphql` through the plain HTTP client, to
+/// read a refusal's status, headers and body.
+async fn upgrade_over_http(app: &TestApp, authorization: Option<&str>) -> reqwest::Response {
+    let mut request = app
+        .http
+        .get(app.url("/graphql"))
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-protocol", "graphql-transport-ws");
+    if let Some(a) = authorization {
+        request = request.header("authorization", a);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn live_an_upgrade_is_charged_to_the_clients_rate_and_refused_with_429_over_it() {
+    let dir = temp_dir();
+    let file = dir.join("api-keys");
+    std::fs::write(&file, keys_line("web", "live-rate-key", "*")).unwrap();
+    let app = live_app(|s| {
+        s.client.rate_per_second = 1;
+        s.client.burst = 3;
+        s.client.api_keys_file = Some(file);
+    })
+    .await;
+    // A query and two upgrades spend the anonymous address's burst of 3.
+    let r = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut open = connect(&app, None).await;
+    let _second = connect(&app, None).await;
+    let refused = upgrade_over_http(&app, None).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body}"
+    );
+    // The same bucket refuses HTTP requests too.
+    let r = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // An upgrade carrying a key is charged to the key, not the address.
+    let mut keyed = connect(&app, Some("Bearer live-rate-key")).await;
+    init(&mut keyed, json!({})).await;
+    // Sockets already open carry on.
+    init(&mut open, json!({})).await;
+    subscribe(&mut open, "1", SMALL_ACTIVITY).await;
+    subscriptions_become(&app, 1.0).await;
+}
+
+#[tokio::test]
+async fn live_a_message_over_max_body_bytes_ends_the_socket_at_no_cost() {
+    let app = live_app(|s| s.server.max_body_bytes = 4096).await;
+    let before = app.sim.request_count();
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    let huge = format!("query {{ {} }}", "__typename ".repeat(1000));
+    let _ = send_raw(
+        &mut ws,
+        json!({"id": "1", "type": "subscribe", "payload": {"query": huge}}),
+    )
+    .await;
+    // The gateway ends the socket (1009 when the close frame gets through).
+    let code = close_code(&mut ws, Duration::from_secs(5)).await;
+    assert!(matches!(code, None | Some(1009)), "{code:?}");
+    // A reply is impossible: the socket is gone.
+    assert!(
+        ws.send(Message::Text(json!({"type": "ping"}).to_string().into()))
+            .await
+            .is_err()
+            || next(&mut ws, Duration::from_secs(2)).await.is_none()
+    );
+    assert_eq!(app.sim.request_count(), before);
+    subscriptions_become(&app, 0.0).await;
+}
+
+async fn send_raw(ws: &mut Ws, message: Value) -> Result<(), String> {
+    ws.send(Message::Text(message.to_string().into()))
+        .await
+        .map_err(|e| e.to_string())
+}

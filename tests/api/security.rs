@@ -172,16 +172,16 @@ async fn a_rotated_jwt_secret_applies_without_restart() {
     );
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-const HS_SECRET: &str = "a-very-long-hs256-secret-for-the-tests-0123456789";
+pub(crate) const HS_SECRET: &str = "a-very-long-hs256-secret-for-the-tests-0123456789";
 
-async fn jwt_app() -> TestApp {
+pub(crate) async fn jwt_app() -> TestApp {
     jwt_app_with_file().await.0
 }
 
@@ -213,7 +213,7 @@ async fn accepted_eventually(app: &TestApp, bearer: &str) -> bool {
     false
 }
 
-fn hs256(claims: &Value, secret: &[u8]) -> String {
+pub(crate) fn hs256(claims: &Value, secret: &[u8]) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -222,7 +222,7 @@ fn hs256(claims: &Value, secret: &[u8]) -> String {
     .unwrap()
 }
 
-fn claims(exp: u64, activities: Value) -> Value {
+pub(crate) fn claims(exp: u64, activities: Value) -> Value {
     json!({ "sub": "frontend-1", "exp": exp, "iss": "https://auth.example.com", "aud": "visits-gateway", "activities": activities })
 }
 

@@ -1,7 +1,8 @@
 // Opens the gateway's GraphiQL playground in Debian's chromium (driven by
 // playwright-core, which downloads no browser), runs the default query with
 // GraphiQL's run button and checks that visits appear in the result pane;
-// then reloads, pastes an anonymous query over the example and runs it at once.
+// then reloads, pastes an anonymous query over the example and runs it at once,
+// runs the statistics tab, and runs a subscription until a live visit shows.
 //
 //   node tests/browser/playground.mjs http://127.0.0.1:PORT/graphql [screenshot.png]
 //
@@ -241,6 +242,47 @@ try {
     problem(`the statistics tab showed no statistics: ${statsText.slice(0, 500)}`);
   }
   console.log(`   statistics: ${stats?.visits} visits, ${stats?.uniqueVisitors} visitors`);
+
+  // A subscription runs over a WebSocket to the same /graphql; the demo adds
+  // a visit to 10024069 every few seconds, and the result pane shows it.
+  step('running a subscription and waiting for a live visit');
+  const sockets = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
+  const subscription =
+    'subscription { userVisitAdded(activityId: "10024069") { nickname isAnonymous visitAt device } }';
+  await page.evaluate((text) => {
+    document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue(text);
+    document.querySelector('.graphiql-editor-tool .CodeMirror')?.CodeMirror?.setValue('{}');
+  }, subscription);
+  await page.waitForTimeout(1000); // GraphiQL re-reads the editor after a debounce
+  await page.locator('button.graphiql-execute-button').click();
+  const liveText = await (
+    await page.waitForFunction(
+      () => {
+        const value = document.querySelector('.result-window .CodeMirror')?.CodeMirror?.getValue() ?? '';
+        return value.includes('"userVisitAdded"') || value.includes('"errors"') ? value : false;
+      },
+      undefined,
+      { timeout: 60_000 }
+    )
+  ).jsonValue();
+  let live;
+  try {
+    live = JSON.parse(liveText);
+  } catch (e) {
+    problem(`the result pane does not hold JSON: ${liveText.slice(0, 500)}`);
+  }
+  const visit = live?.data?.userVisitAdded;
+  if (live?.errors) problem(`the subscription answered errors: ${JSON.stringify(live.errors)}`);
+  if (typeof visit?.nickname !== 'string' || !visit?.visitAt) {
+    problem(`no live visit in the result pane: ${liveText.slice(0, 500)}`);
+  }
+  const wsUrl = new URL(url);
+  wsUrl.protocol = wsUrl.protocol === 'https:' ? 'wss:' : 'ws:';
+  if (!sockets.includes(wsUrl.href)) problem(`the subscription did not go over ${wsUrl.href}: ${sockets}`);
+  const liveShown = await page.locator('.result-window').innerText();
+  if (!liveShown.includes('userVisitAdded')) problem('the result pane does not show userVisitAdded');
+  console.log(`   live visit: ${visit?.nickname} at ${visit?.visitAt} over ${sockets.join(', ')}`);
 } catch (e) {
   problem(`${e.stack ?? e}`);
 } finally {
@@ -253,7 +295,7 @@ if (problems.length > 0) {
   for (const p of problems) console.error(`  - ${p}`);
   process.exit(1);
 }
-console.log('ok: GraphiQL loaded from the gateway alone and showed visits');
+console.log('ok: GraphiQL loaded from the gateway alone and showed visits, also live');
 
 async function waitFor(poll, what) {
   const deadline = Date.now() + TIMEOUT_MS;
