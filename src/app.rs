@@ -156,7 +156,6 @@ impl App {
                     .is_some()
                     .then(|| crate::graphql::persisted::Guard {
                         persisted: persisted.clone(),
-                        metrics: metrics.clone(),
                     }),
             ),
             resolver,

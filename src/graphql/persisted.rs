@@ -27,7 +27,6 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::Manifest;
 use crate::error::{ErrorCode, GatewayError};
-use crate::telemetry::Metrics;
 
 /// Bytes of query text kept at most.
 pub const MAX_BYTES: u64 = 8 * 1024 * 1024;
@@ -179,24 +178,22 @@ impl PersistedQueries {
 /// instead of a query, and with `PERSISTED_QUERIES_ONLY` its query must be a
 /// manifest operation. (An HTTP request arrives here already resolved: its
 /// text passes.)
+/// Its refusals are counted in `graphql_errors` by the socket, which counts
+/// every error a subscription sends.
 pub struct Guard {
     pub persisted: PersistedQueries,
-    /// Refusals are counted like the HTTP handler's.
-    pub metrics: Arc<Metrics>,
 }
 
 impl ExtensionFactory for Guard {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(GuardExtension {
             persisted: self.persisted.clone(),
-            metrics: self.metrics.clone(),
         })
     }
 }
 
 struct GuardExtension {
     persisted: PersistedQueries,
-    metrics: Arc<Metrics>,
 }
 
 #[async_trait::async_trait]
@@ -218,7 +215,6 @@ impl Extension for GuardExtension {
             return next.run(ctx, request).await;
         }
         let refused = |code: ErrorCode, message: String| {
-            self.metrics.graphql_error(code.as_str());
             let mut e = ServerError::new(message.clone(), None);
             e.extensions = GatewayError::new(code, message).extend().extensions;
             e
