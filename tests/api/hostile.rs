@@ -421,8 +421,17 @@ async fn exchange(
         format!("no HTTP answer ({e}): the request task panicked, or hangs\n{sent}")
     })?;
     let answered_at = Utc::now();
-    let expect = (probe.verdict)(sent_at).at_both((probe.verdict)(answered_at));
-    judge(app, probe, &answer, cost, expect, answered_at).map_err(|why| {
+    let (early, late) = ((probe.verdict)(sent_at), (probe.verdict)(answered_at));
+    let expect = early.at_both(late);
+    // The gateway judged at an instant in between: where one of the two
+    // verdicts is not a free refusal (a `to` that became the past while the
+    // request waited, say), the gateway may have read the platform before
+    // refusing.
+    let may_cost = early != late
+        && [early, late]
+            .iter()
+            .any(|v| !matches!(v, Expect::Refused { free: true, .. }));
+    judge(app, probe, &answer, cost, expect, may_cost, answered_at).map_err(|why| {
         format!(
             "{why}\nexpected: {expect:?}\n{sent}\nanswered {}: {}\nplatform requests: {cost}",
             answer.status,
@@ -520,6 +529,7 @@ fn judge(
     answer: &Answer,
     cost: usize,
     expect: Expect,
+    may_cost: bool,
     answered_at: DateTime<Utc>,
 ) -> Result<(), String> {
     let status = answer.status;
@@ -554,7 +564,7 @@ fn judge(
         || (!codes.is_empty()
             && !served
             && codes.iter().all(|c| REFUSAL_CODES.contains(&c.as_str())));
-    let needs_the_platform = matches!(expect, Expect::Refused { free: false, .. });
+    let needs_the_platform = may_cost || matches!(expect, Expect::Refused { free: false, .. });
     if refused && cost > 0 && !needs_the_platform {
         return Err(format!(
             "refused ({codes:?}) yet it cost {cost} platform request(s)"
