@@ -165,6 +165,10 @@ expect_failure "an unknown log format" "logFormat" --set gateway.logFormat=xml
 expect_failure "a grace period within drain + timeout" "terminationGracePeriodSeconds" --set terminationGracePeriodSeconds=20
 expect_failure "no client authentication" "no client authentication" --set auth.apiKeys.enabled=false
 expect_failure "the token in the ConfigMap" "secrets" --set config.UPSTREAM_TOKEN=oops
+expect_failure "a Redis password in the URL (ConfigMap)" "redis.url" --set redis.url=redis://:pw@redis:6379
+expect_failure "a Redis password in config.REDIS_URL" "redis.urlSecret" --set config.REDIS_URL=redis://:pw@redis:6379
+expect_failure "a Redis URL in two places" "exclusive" --set redis.url=redis://redis:6379 --set redis.urlSecret.name=redis-url
+expect_failure "a Redis password file without its password" "secrets.redisPassword" --set redis.url=redis://redis:6379 --set redis.passwordFile=true
 if "$HELM" template vg "$CHART" --kube-version 1.26.0 >"$WORK/neg.out" 2>&1; then
     die "rendered for Kubernetes 1.26, below kubeVersion"
 fi
