@@ -24,12 +24,22 @@ use crate::helpers::{TestApp, identities, metric, spawn_app_with, spawn_replica,
 struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// `requirepass`, when the server has one.
+    password: Option<String>,
 }
 
 impl RedisServer {
     fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    fn start_with(password: Option<&str>) -> Self {
         let port = free_port();
-        let mut server = Self { port, child: None };
+        let mut server = Self {
+            port,
+            child: None,
+            password: password.map(str::to_owned),
+        };
         server.restart();
         server
     }
@@ -39,6 +49,11 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_owned(), p.clone()]),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -77,6 +92,11 @@ impl RedisServer {
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--no-auth-warning".to_owned(), "-a".to_owned(), p.clone()]),
+            )
             .args(args)
             .output()
             .expect("redis-cli runs (it comes with redis-server)");
@@ -484,4 +504,42 @@ async fn a_redis_that_never_answers_does_not_stall_requests() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(probes_failed >= 1.0, "the probe timed out and said so");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_redis_password_comes_from_its_file_and_a_corrected_file_is_picked_up() {
+    let password = format!("redis-pass-{:016x}", fastrand::u64(..));
+    let redis = RedisServer::start_with(Some(&password));
+    let file = crate::helpers::temp_dir().join("redis-password");
+    std::fs::write(&file, "not-the-password\n").unwrap();
+    let url = redis.url();
+    let app = spawn_app_with(|s| {
+        s.shared.redis_url = Some(url.clone());
+        s.shared.redis_password_file = Some(file.clone());
+        s.client.secrets_reload = Duration::from_secs(1);
+    })
+    .await;
+    // Refused by Redis: the replica works alone, and says so.
+    let mut refused = 0.0;
+    for _ in 0..100 {
+        let m = app.metrics().await;
+        refused = metric(&m, r#"visits_gateway_redis_errors_total{op="connect"}"#);
+        if refused >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused >= 1.0, "a wrong password fails the probe");
+    assert!(ok(&app.user_visits(distinct_query(&app, 50_000)).await));
+
+    // The Secret is fixed (surrounding whitespace ignored): sharing starts.
+    std::fs::write(&file, format!("  {password}\n")).unwrap();
+    assert!(redis_state(&app, 1.0).await, "the new password is used");
+    assert!(ok(&app.user_visits(distinct_query(&app, 50_001)).await));
+    let keys = redis.cli(&["--scan", "--pattern", "visits-gateway:v1:page:*"]);
+    assert_eq!(keys.lines().count(), 1, "the page is shared: {keys}");
+    assert!(
+        !crate::helpers::logs().contains(&password),
+        "the Redis password leaked into the logs"
+    );
 }
