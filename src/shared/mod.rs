@@ -289,6 +289,9 @@ impl Inner {
 /// While the circuit is open, a fresh connection and a PING every
 /// [`PROBE_EVERY`]; while closed, a new connection when the password changed.
 async fn probe_loop(inner: Weak<Inner>) {
+    // A rotated password is tried at most once a probe interval: a new one
+    // Redis does not take yet must not become a connection storm.
+    let mut rotation_tried = Instant::now();
     loop {
         let Some(inner) = inner.upgrade() else {
             return;
@@ -297,7 +300,11 @@ async fn probe_loop(inner: Weak<Inner>) {
             let c = lock(&inner.circuit);
             (c.probe_due(Instant::now()), c.allows())
         };
-        if due || (up && inner.password_rotated()) {
+        let rotate = up && rotation_tried.elapsed() >= PROBE_EVERY && inner.password_rotated();
+        if rotate {
+            rotation_tried = Instant::now();
+        }
+        if due || rotate {
             match inner.connect().await {
                 Ok((manager, password)) => {
                     *lock(&inner.conn) = Connection {
