@@ -543,3 +543,90 @@ async fn the_redis_password_comes_from_its_file_and_a_corrected_file_is_picked_u
         "the Redis password leaked into the logs"
     );
 }
+
+/// A TCP proxy to `port` that can go silent: while `silent` is set, what
+/// clients send is read and dropped, so Redis never answers (a hung Redis,
+/// or a network that drops packets), on connections old and new.
+async fn silenceable_proxy(port: u16, silent: Arc<AtomicBool>) -> RedisUrl {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                continue;
+            };
+            let silent = silent.clone();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = client_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if !silent.load(Ordering::SeqCst)
+                        && server_write.write_all(&buf[..n]).await.is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    RedisUrl::parse(&format!("redis://127.0.0.1:{proxy_port}")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_that_stops_answering_mid_run_stalls_nothing_and_sharing_resumes() {
+    let redis = RedisServer::start();
+    let silent = Arc::new(AtomicBool::new(false));
+    let url = silenceable_proxy(redis.port, silent.clone()).await;
+    let app = spawn_app_with(|s| {
+        s.shared.redis_url = Some(url.clone());
+        // A stalled request would be cut here and answered 504.
+        s.server.request_timeout = Duration::from_secs(3);
+        s.upstream.deadline = Duration::from_millis(2500);
+    })
+    .await;
+    assert!(redis_state(&app, 1.0).await);
+    assert!(ok(&app.user_visits(distinct_query(&app, 60_000)).await));
+
+    silent.store(true, Ordering::SeqCst);
+    for n in 1..=6 {
+        let r = app.user_visits(distinct_query(&app, 60_000 + n)).await;
+        assert!(ok(&r), "served while Redis hangs: {r}");
+    }
+    assert!(redis_state(&app, 0.0).await, "reported down");
+    assert_eq!(app.status("/readyz").await, 200, "ready all along");
+    let m = app.metrics().await;
+    let timed_out: f64 = ["page_get", "budget", "page_lock", "page_set", "page_unlock"]
+        .iter()
+        .map(|op| {
+            metric(
+                &m,
+                &format!(r#"visits_gateway_redis_errors_total{{op="{op}"}}"#),
+            )
+        })
+        .sum();
+    assert!(
+        timed_out >= 3.0,
+        "commands timed out before the circuit opened"
+    );
+
+    silent.store(false, Ordering::SeqCst);
+    assert!(redis_state(&app, 1.0).await, "sharing resumes");
+    let before = redis
+        .cli(&["--scan", "--pattern", "visits-gateway:v1:page:*"])
+        .lines()
+        .count();
+    assert!(ok(&app.user_visits(distinct_query(&app, 60_100)).await));
+    let after = redis
+        .cli(&["--scan", "--pattern", "visits-gateway:v1:page:*"])
+        .lines()
+        .count();
+    assert_eq!(after, before + 1, "the new page is shared again");
+}
