@@ -4,8 +4,9 @@
 //! They come in groups by concern, each handed to the part that needs it
 //! (`App::build` wires them): [`ServerSettings`] (the HTTP surface),
 //! [`UpstreamSettings`] (the platform client), [`PagingSettings`] (ranges
-//! and pages), [`CacheSettings`] (page and response caches) and
-//! [`ClientSettings`] (client authentication and rate limits).
+//! and pages), [`CacheSettings`] (page and response caches),
+//! [`ClientSettings`] (client authentication and rate limits) and
+//! [`SharedSettings`] (Redis, shared by the replicas).
 //!
 //! Each argument's `id` is its environment variable, which clap also shows
 //! as the value's placeholder, so an error names the variable (`invalid
@@ -484,8 +485,8 @@ pub struct SharedSettings {
     #[arg(id = "REDIS_PASSWORD_FILE", long = "redis-password-file", env)]
     pub redis_password_file: Option<PathBuf>,
 
-    /// Replicas expected to run: each takes this share of the platform
-    /// budget when it cannot share it through Redis.
+    /// Replicas expected to run: each takes 1/N of the platform budget when
+    /// it cannot share it through Redis.
     #[arg(id = "EXPECTED_REPLICAS", long = "expected-replicas", env, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub expected_replicas: u32,
 }
