@@ -24,6 +24,14 @@
 #           WebSocket (examples/live_bench.rs against the simulated platform):
 #           platform requests per idle poll, RSS per idle subscriber, delay
 #           from the poll to each subscriber (--short: 200 subscribers)
+#   hotredis   the hot query on a gateway with REDIS_URL (shared state on; its
+#              rounds interleaved with hot's)
+#   walkredis  the paging walk on a gateway with REDIS_URL (interleaved with walk's)
+#   walk3   platform requests of the paging walk on one gateway, then spread
+#           over three gateways sharing one Redis (each a third of the requests)
+#
+# The Redis workloads start a redis-server of their own (installed when missing)
+# on BENCH_PORT_BASE+40, on the load generator's core.
 #
 # Pinning: the server under test on core 0; wrk, the pacer and the stand-in
 # platform on core 1. Needs wrk (installed when missing), taskset, curl.
@@ -40,7 +48,7 @@ LIVE_SUBSCRIBERS=10000
 LIVE_ROUNDS=10
 LIVE_IDLE_POLLS=10
 PORT_BASE=${BENCH_PORT_BASE:-19180}
-WORKLOADS=hot,hotkey,mixed,walk,walknc,memory,live
+WORKLOADS=hot,hotkey,mixed,walk,walknc,memory,live,hotredis,walkredis,walk3
 ONLY=$WORKLOADS
 
 usage() {
@@ -94,6 +102,9 @@ apt_install() {
 command -v wrk >/dev/null || { say "installing wrk"; apt_install wrk >/dev/null; }
 command -v taskset >/dev/null || { say "installing util-linux (taskset)"; apt_install util-linux >/dev/null; }
 command -v curl >/dev/null || { say "installing curl"; apt_install curl >/dev/null; }
+if wanted hotredis || wanted walkredis || wanted walk3; then
+  command -v redis-server >/dev/null || { say "installing redis-server"; apt_install redis-server >/dev/null; }
+fi
 
 if [ "$(nproc)" -ge 2 ]; then SERVER_CPU=0; LOAD_CPU=1
 else SERVER_CPU=0; LOAD_CPU=0; say "WARNING: one core only: server and load share it; figures are not comparable"; fi
@@ -167,6 +178,28 @@ MIXED=$WORK/mixed.txt
 BENCH_KEY=vgk_bench_0123456789abcdef0123456789abcdef
 BENCH_AUTHORIZATION="Bearer $BENCH_KEY"
 printf 'bench %s 10024069,10024070,10024072,20000001\n' "$(printf %s "$BENCH_KEY" | sha256sum | cut -d' ' -f1)" >"$WORK/api-keys"
+
+REDIS_PORT=$((PORT_BASE + 40))
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+if wanted hotredis || wanted walkredis || wanted walk3; then
+  say "starting redis-server on 127.0.0.1:$REDIS_PORT (core $LOAD_CPU)"
+  taskset -c "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 1 100); do
+    [ "$(redis-cli -p "$REDIS_PORT" PING 2>/dev/null)" = PONG ] && break
+    sleep 0.1
+  done
+  [ "$(redis-cli -p "$REDIS_PORT" PING 2>/dev/null)" = PONG ] || { cat "$WORK/redis.log" >&2; die "redis-server did not start"; }
+fi
+# Waits until the gateway at $GATEWAY_URL shares through Redis.
+wait_redis_up() {
+  local _
+  for _ in $(seq 1 100); do
+    curl -sf "${GATEWAY_URL%/graphql}/metrics" | grep -q '^visits_gateway_redis_up 1' && return 0
+    sleep 0.1
+  done
+  die "the gateway did not reach Redis"
+}
 
 say "measuring the page cache's memory per visit"
 MEMORY_LINE=$("$TOOLS_BIN" memory) || die "the memory measurement failed"
@@ -337,6 +370,8 @@ W_MIXED="mixed (64 queries)"
 W_WALK="paging walk"
 W_WALKNC="paging walk, response cache off"
 W_MEMORY="hot, response cache off"
+W_HOTREDIS="hot, Redis"
+W_WALKREDIS="paging walk, Redis"
 
 # The hot query without and with a credential: their rounds are interleaved.
 # With a key, the gateway runs as in production: API_KEYS_FILE and no
@@ -346,11 +381,13 @@ SPEC_HOTKEY="$W_HOTKEY|$HOT|$HOT|$BENCH_AUTHORIZATION|API_KEYS_FILE=$WORK/api-ke
 HOT_SPECS=()
 if wanted hot; then HOT_SPECS+=("$SPEC_HOT"); fi
 if wanted hotkey; then HOT_SPECS+=("$SPEC_HOTKEY"); fi
+# With shared state on: moka answers first, so it should cost (almost) nothing.
+if wanted hotredis; then HOT_SPECS+=("$W_HOTREDIS|$HOT|$HOT||REDIS_URL=$REDIS_URL"); fi
 if [ "${#HOT_SPECS[@]}" -gt 0 ]; then workloads "${HOT_SPECS[@]}"; fi
 
 if wanted mixed; then workloads "$W_MIXED|$MIXED|$MIXED||"; fi
 
-if wanted walk || wanted walknc; then
+if wanted walk || wanted walknc || wanted walkredis || wanted walk3; then
   say "building the paging walk through a scout gateway"
   start_gateway scout
   WALK_INFO=$("$TOOLS_BIN" walk --url "$GATEWAY_URL" --out "$WORK/walk.txt") || die "the paging walk failed (above)"
@@ -359,11 +396,43 @@ if wanted walk || wanted walknc; then
   WALK_BODIES=$(grep -o 'bodies=[0-9]*' <<<"$WALK_INFO" | cut -d= -f2)
   # No warm-up: the first round meets a cold gateway with every connection
   # asking for pages of the same range at once.
-  if wanted walk; then workloads "$W_WALK|$WORK/walk.txt|-||"; fi
+  WALK_SPECS=()
+  if wanted walk; then WALK_SPECS+=("$W_WALK|$WORK/walk.txt|-||"); fi
+  if wanted walkredis; then WALK_SPECS+=("$W_WALKREDIS|$WORK/walk.txt|-||REDIS_URL=$REDIS_URL"); fi
+  if [ "${#WALK_SPECS[@]}" -gt 0 ]; then workloads "${WALK_SPECS[@]}"; fi
   # Every request of the walk carries a cursor (or range) of its own, and
   # with the response cache off each is parsed, validated and executed over
   # the page cache (which stays on): the no-cache path of issue 12.
   if wanted walknc; then workloads "$W_WALKNC|$WORK/walk.txt|-||RESPONSE_CACHE_MAX_BYTES=0"; fi
+fi
+
+# The walk's platform requests: one gateway alone, then three sharing Redis,
+# each sent a third of the walk's requests (every third line), concurrently.
+if wanted walk3; then
+  say "paging walk: one gateway, then three sharing Redis"
+  start_gateway walk-one
+  p0=$(platform_count)
+  "$TOOLS_BIN" check --url "$GATEWAY_URL" --bodies "$WORK/walk.txt" >/dev/null || die "walk3: a request failed (above)"
+  WALK_ONE=$(($(platform_count) - p0))
+  stop_gateway
+  redis-cli -p "$REDIS_PORT" FLUSHALL >/dev/null
+  W3_URLS=(); W3_PIDS=()
+  for i in 0 1 2; do
+    awk -v i="$i" 'NR % 3 == i' "$WORK/walk.txt" >"$WORK/walk-$i.txt"
+    start_gateway "walk-replica-$i" REDIS_URL="$REDIS_URL"
+    wait_redis_up
+    W3_URLS+=("$GATEWAY_URL"); W3_PIDS+=("$GATEWAY_PID")
+  done
+  p0=$(platform_count)
+  CHECKS=()
+  for i in 0 1 2; do
+    "$TOOLS_BIN" check --url "${W3_URLS[i]}" --bodies "$WORK/walk-$i.txt" >/dev/null &
+    CHECKS+=("$!")
+  done
+  for c in "${CHECKS[@]}"; do wait "$c" || die "walk3: a request failed (above)"; done
+  WALK_THREE=$(($(platform_count) - p0))
+  for p in "${W3_PIDS[@]}"; do GATEWAY_PID=$p; stop_gateway; done
+  say "  walk3: $WALK_ONE platform requests on one gateway, $WALK_THREE over three sharing Redis"
 fi
 
 # "From memory": the hot query, page cache warm, response cache off.
@@ -393,6 +462,10 @@ us_per_req() { # key
   if [ "${REQS[$k]}" -gt 0 ]; then calc "%.1f" "${TICKS[$k]} * 1000000 / $CLK_TCK / ${REQS[$k]}"; else echo "-"; fi
 }
 mib() { if [ -n "${1:-}" ]; then calc "%.1f MiB" "$1 / 1024"; else echo "-"; fi; }
+ratio_between() { # label other: one gateway's median req/s over another's
+  # shellcheck disable=SC2086
+  calc "%.2f" "$(median ${RPS[$1|gateway]}) / $(median ${RPS[$2|gateway]})"
+}
 ratio_of() { # label: the gateway's median req/s over the reference's
   # shellcheck disable=SC2086
   calc "%.2f" "$(median ${RPS[$1|gateway]}) / $(median ${RPS[$1|reference]})"
@@ -437,6 +510,14 @@ ratio_of() { # label: the gateway's median req/s over the reference's
   fi
   if wanted live; then
     echo "- **Live visits vs. issue 14's targets:** $(live_field subscribers) subscribers on one activity, each on its own WebSocket, LIVE_POLL_SECONDS=$(live_field poll_seconds): $(live_field idle_platform_requests_per_poll) platform requests per poll interval with nothing new ($(live_field idle_platform_requests) over $(live_field idle_polls) polls; target ≤ 1); $(live_field rss_per_subscriber_kib) KiB of gateway RSS per idle subscriber (target < 16); delivery delay from the poll to each subscriber p50 $(live_field delay_p50_ms) ms, p99 $(live_field delay_p99_ms) ms (target < 100), to the last subscriber $(live_field last_subscriber_median_ms) ms (median of $(live_field rounds) visits), at worst $(live_field last_subscriber_max_ms) ms; connecting them all took $(live_field connect_seconds) s."
+  if wanted hotredis && wanted hot; then
+    echo "- **Hot query with Redis configured:** $(ratio_between "$W_HOTREDIS" "$W_HOT") of the req/s without it, their rounds interleaved (target ≥ 0.90: the first level, moka, answers first); p99 ${P99[$W_HOTREDIS|gateway]} µs vs ${P99[$W_HOT|gateway]} µs at $RATE req/s."
+  fi
+  if wanted walkredis && wanted walk; then
+    echo "- **Paging walk with Redis configured:** $(ratio_between "$W_WALKREDIS" "$W_WALK") of the req/s without it, their rounds interleaved (target ≥ 0.90); ${PLAT[$W_WALKREDIS|gateway]} platform requests vs ${PLAT[$W_WALK|gateway]} for $DISTINCT_PAGES distinct upstream pages."
+  fi
+  if wanted walk3; then
+    echo "- **Paging walk over three replicas sharing Redis:** $WALK_THREE platform requests, against $WALK_ONE on one gateway alone ($DISTINCT_PAGES distinct upstream pages; $WALK_BODIES requests, every third to each replica, the three concurrently)."
   fi
   echo "- **Page cache memory per visit** (\`bench_servers memory\`; issue 12's target: no larger than the JSON): ${MEMORY_LINE#page cache memory per visit: }."
   total_errs=0

@@ -182,6 +182,10 @@ expect_failure "the token in the ConfigMap" "secrets" --set config.UPSTREAM_TOKE
 expect_failure "only trusted documents without a manifest" "persistedQueries.only needs a manifest" --set persistedQueries.only=true
 expect_failure "a threshold of the wrong type" "platformErrorRatio" --set metrics.prometheusRule.thresholds.platformErrorRatio=high
 expect_failure "a runbook base that is not a URL" "runbookBaseUrl" --set metrics.prometheusRule.runbookBaseUrl=wiki
+expect_failure "a Redis password in the URL (ConfigMap)" "redis.url" --set redis.url=redis://:pw@redis:6379
+expect_failure "a Redis password in config.REDIS_URL" "redis.urlSecret" --set config.REDIS_URL=redis://:pw@redis:6379
+expect_failure "a Redis URL in two places" "exclusive" --set redis.url=redis://redis:6379 --set redis.urlSecret.name=redis-url
+expect_failure "a Redis password file without its password" "secrets.redisPassword" --set redis.url=redis://redis:6379 --set redis.passwordFile=true
 if "$HELM" template vg "$CHART" --kube-version 1.26.0 >"$WORK/neg.out" 2>&1; then
     die "rendered for Kubernetes 1.26, below kubeVersion"
 fi

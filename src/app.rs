@@ -21,6 +21,8 @@ use crate::paging::RangePolicy;
 use crate::playground::{self, Playground};
 use crate::response_cache::ResponseCache;
 use crate::secret::TokenSource;
+use crate::shared::Redis;
+use crate::shared::pages::SharedPages;
 use crate::stats::load::StatsLoader;
 use crate::telemetry::Metrics;
 use crate::upstream::UpstreamClient;
@@ -70,6 +72,8 @@ pub struct App {
     shutdown: ShutdownPolicy,
     /// The platform token, followed while serving like the other secrets.
     token: TokenSource,
+    /// Shared state, when `REDIS_URL` is set; connected once serving.
+    pub redis: Option<Redis>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,12 +91,26 @@ impl App {
             paging,
             cache,
             client,
+            shared,
         } = settings;
         let auth = Authenticator::from_settings(client)?;
         let metrics = Metrics::new();
+        let redis = shared
+            .redis()
+            .map(|config| Redis::new(&config, metrics.clone()))
+            .transpose()?;
         let upstream_client =
             UpstreamClient::new(upstream.config(), token.clone(), metrics.clone())
-                .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+                .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?
+                .share_budget(redis.as_ref(), shared.expected_replicas);
+        let shared_pages = redis.as_ref().map(|r| {
+            SharedPages::new(
+                r.clone(),
+                &upstream.base_url,
+                cache.stale_grace,
+                metrics.clone(),
+            )
+        });
         let page_cache = PageCache::new(
             Arc::new(upstream_client),
             cache.page_cache_max_bytes,
@@ -104,7 +122,8 @@ impl App {
                 negative: cache.negative_ttl,
             },
             metrics.clone(),
-        );
+        )
+        .with_shared(shared_pages);
         let pin_granularity = ChronoDuration::from_std(paging.pin_granularity)
             .map_err(|e| format!("PIN_GRANULARITY_SECONDS: {e}"))?;
         let range_policy = RangePolicy {
@@ -199,6 +218,7 @@ impl App {
             metrics_router,
             shutdown,
             token,
+            redis,
         })
     }
 
@@ -215,6 +235,9 @@ impl App {
         self.token
             .spawn_reload(state.limits.secrets_reload, "upstream token");
         state.auth.spawn_reload(state.limits.secrets_reload);
+        if let Some(redis) = &self.redis {
+            redis.start(state.limits.secrets_reload);
+        }
         let limiter_state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));

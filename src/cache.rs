@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::error::{ErrorCode, GatewayError};
 use crate::paging::ActivityId;
+use crate::shared::pages::{Claim, SharedPages};
 use crate::telemetry::Metrics;
 use crate::upstream::{PageRequest, UpstreamPage};
 
@@ -167,6 +168,8 @@ pub struct PageCache {
     /// expiry is coarse and runs on another clock).
     refusals: Option<Cache<ActivityId, (GatewayError, Instant)>>,
     source: Arc<dyn PageSource>,
+    /// The second level in Redis, shared with the other replicas.
+    shared: Option<SharedPages>,
     ttl: TtlPolicy,
     metrics: Arc<Metrics>,
 }
@@ -201,9 +204,17 @@ impl PageCache {
             refreshes,
             refusals,
             source,
+            shared: None,
             ttl,
             metrics,
         }
+    }
+
+    /// Adds the second level in Redis (not when the cache is off: that
+    /// setting is for measuring the platform path).
+    pub fn with_shared(mut self, shared: Option<SharedPages>) -> Self {
+        self.shared = shared.filter(|_| self.enabled);
+        self
     }
 
     /// The page for `req`: fresh from the cache, or from one upstream call
@@ -307,12 +318,41 @@ impl PageCache {
         Some(refusal)
     }
 
+    /// A page from the second level (another replica fetched it, or is
+    /// fetching it), else from the platform, shared once fetched.
     async fn fetch(
         &self,
         req: PageRequest,
         deadline: Instant,
     ) -> Result<Arc<CachedPage>, GatewayError> {
-        let page = match self.source.fetch(req, deadline).await {
+        let mut lock = None;
+        if let Some(shared) = &self.shared {
+            match shared.claim(&req, deadline).await {
+                Claim::Found(found) => {
+                    return Ok(Arc::new(CachedPage {
+                        page: found.page,
+                        fetched_at: Instant::now()
+                            .checked_sub(found.age)
+                            .unwrap_or_else(Instant::now),
+                        ttl: found.ttl,
+                    }));
+                }
+                Claim::Fetch(held) => lock = held,
+            }
+        }
+        let fetched = self.source.fetch(req, deadline).await;
+        let ttl = self.ttl.ttl_for(req.window.to, Utc::now());
+        if let Some(shared) = &self.shared {
+            match &fetched {
+                Ok(page) => shared.store(&req, page, ttl, lock).await,
+                Err(_) => {
+                    if let Some(lock) = lock {
+                        shared.release(lock).await;
+                    }
+                }
+            }
+        }
+        let page = match fetched {
             Ok(page) => page,
             Err(e) => {
                 if let Some(refusals) = &self.refusals
@@ -325,7 +365,6 @@ impl PageCache {
                 return Err(e);
             }
         };
-        let ttl = self.ttl.ttl_for(req.window.to, Utc::now());
         Ok(Arc::new(CachedPage {
             page,
             fetched_at: Instant::now(),

@@ -4,8 +4,9 @@
 //! They come in groups by concern, each handed to the part that needs it
 //! (`App::build` wires them): [`ServerSettings`] (the HTTP surface),
 //! [`UpstreamSettings`] (the platform client), [`PagingSettings`] (ranges
-//! and pages), [`CacheSettings`] (page and response caches) and
-//! [`ClientSettings`] (client authentication and rate limits).
+//! and pages), [`CacheSettings`] (page and response caches),
+//! [`ClientSettings`] (client authentication and rate limits) and
+//! [`SharedSettings`] (Redis, shared by the replicas).
 //!
 //! Each argument's `id` is its environment variable, which clap also shows
 //! as the value's placeholder, so an error names the variable (`invalid
@@ -27,6 +28,7 @@ use reqwest::Url;
 use crate::graphql::manifest::Manifest;
 use crate::limits::Rate;
 use crate::secret::{Secret, TokenSource};
+use crate::shared::{RedisConfig, RedisUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -160,6 +162,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     #[command(flatten)]
     pub client: ClientSettings,
+    #[command(flatten)]
+    pub shared: SharedSettings,
 }
 
 /// The HTTP surface: listeners, shutdown, request limits, CORS, GraphQL
@@ -469,6 +473,59 @@ pub struct ClientSettings {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// Parses REDIS_URL without ever echoing the value: it may hold a password.
+#[derive(Clone)]
+struct RedisUrlParser;
+
+impl TypedValueParser for RedisUrlParser {
+    type Value = RedisUrl;
+
+    fn parse_ref(
+        &self,
+        _: &clap::Command,
+        _: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<RedisUrl, clap::Error> {
+        let text = value.to_str().unwrap_or_default();
+        RedisUrl::parse(text).map_err(|e| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '--redis-url <REDIS_URL>': {e} (value not shown: it may hold a password)\n"),
+            )
+        })
+    }
+}
+
+/// State shared by replicas through Redis (SPEC §3): optional.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Shared state (Redis)")]
+pub struct SharedSettings {
+    /// Redis shared by the replicas (redis:// or rediss://): the platform
+    /// budget, a second page cache level and coalescing. None: each replica
+    /// works alone.
+    #[arg(id = "REDIS_URL", long = "redis-url", env, hide_env_values = true, value_parser = RedisUrlParser)]
+    pub redis_url: Option<RedisUrl>,
+
+    /// A file holding the Redis password (re-read like the token file).
+    #[arg(id = "REDIS_PASSWORD_FILE", long = "redis-password-file", env)]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// Replicas expected to run: each takes 1/N of the platform budget when
+    /// it cannot share it through Redis.
+    #[arg(id = "EXPECTED_REPLICAS", long = "expected-replicas", env, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub expected_replicas: u32,
+}
+
+impl SharedSettings {
+    /// The Redis connection's settings, when Redis is configured.
+    pub fn redis(&self) -> Option<RedisConfig> {
+        self.redis_url.clone().map(|url| RedisConfig {
+            url,
+            password_file: self.redis_password_file.clone(),
+        })
+    }
+}
+
 impl Settings {
     /// The defaults, without reading the environment (for tests and tools;
     /// the same as `Settings::default()`).
@@ -507,6 +564,9 @@ impl Settings {
         }
         if upstream.deadline >= self.server.request_timeout {
             return Err("UPSTREAM_DEADLINE_MS must be below REQUEST_TIMEOUT_MS".into());
+        }
+        if self.shared.redis_password_file.is_some() && self.shared.redis_url.is_none() {
+            return Err("REDIS_PASSWORD_FILE needs REDIS_URL".into());
         }
         if upstream.connect_timeout > upstream.timeout {
             return Err("UPSTREAM_CONNECT_TIMEOUT_MS must not exceed UPSTREAM_TIMEOUT_MS".into());
@@ -592,7 +652,8 @@ defaults_from_clap!(
     UpstreamSettings,
     PagingSettings,
     CacheSettings,
-    ClientSettings
+    ClientSettings,
+    SharedSettings
 );
 
 #[cfg(test)]
@@ -808,6 +869,36 @@ mod tests {
         assert!(e.contains("UPSTREAM_DEADLINE_MS"), "{e}");
         let e = parse(&["--cache-ttl-recent-seconds", "7200"]).unwrap_err();
         assert!(e.contains("CACHE_TTL_RECENT_SECONDS"), "{e}");
+    }
+
+    #[test]
+    fn redis_settings_are_optional_checked_and_redacted() {
+        let s = parse(&[]).unwrap();
+        assert!(s.shared.redis().is_none());
+        assert_eq!(s.shared.expected_replicas, 1);
+        let s = parse(&[
+            "--redis-url",
+            "rediss://:hunter2@redis.internal:6380/1",
+            "--expected-replicas",
+            "3",
+        ])
+        .unwrap();
+        assert!(s.shared.redis().is_some());
+        assert_eq!(s.shared.expected_replicas, 3);
+        assert!(!format!("{s:?}").contains("hunter2"));
+        for (flag, bad, name) in [
+            ("--redis-url", "http://:hunter2@redis:6379", "REDIS_URL"),
+            ("--expected-replicas", "0", "EXPECTED_REPLICAS"),
+            (
+                "--redis-password-file",
+                "/run/secrets/redis",
+                "REDIS_PASSWORD_FILE",
+            ),
+        ] {
+            let e = parse(&[flag, bad]).unwrap_err();
+            assert!(e.contains(name), "{flag} {bad}: {e}");
+            assert!(!e.contains("hunter2"));
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   statistics of a range, from the same pages.
 //! - [`cache`]: the moka page cache with coalescing and TTL by window age.
 //! - [`upstream`]: the platform's REST client and its JSON.
+//! - [`shared`]: what replicas share through Redis (platform budget, second
+//!   page cache level, coalescing), with its circuit breaker.
 //!
 //! Around it: [`config`] (settings), [`auth`] (API keys, JWT, scopes),
 //! [`limits`] (per-client rate), [`telemetry`] (metrics, access log), [`secret`] (redacted secrets, token reload), [`error`] (codes of SPEC §4), [`app`] (wiring and serving),
@@ -34,6 +36,7 @@ pub mod paging;
 pub mod playground;
 pub mod response_cache;
 pub mod secret;
+pub mod shared;
 pub mod stats;
 pub mod telemetry;
 pub mod time;

@@ -49,6 +49,12 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// What was asked of Redis (`budget`, `page_get`, `connect`...).
+    pub op: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~26 s.
     Histogram::new(exponential_buckets(0.0001, 2.5, 14))
@@ -97,6 +103,10 @@ metrics! {
     live_subscriptions: Gauge = Gauge::default(), "live_subscriptions", "Open userVisitAdded subscriptions";
     live_pollers: Gauge = Gauge::default(), "live_pollers", "Activities polled for live subscribers (one poller each)";
     live_events_sent: Counter = Counter::default(), "live_events_sent", "Visits sent to subscribers (a visit sent to 3 subscribers counts 3)";
+    redis_up: Gauge = Gauge::default(), "redis_up", "1 while replicas share the platform budget and page cache through Redis, 0 while this replica works alone (Redis down, slow or not configured)";
+    redis_errors: Family<OpLabel, Counter> = Family::default(), "redis_errors", "Redis commands that failed or timed out, by operation (connect counts failed probes)";
+    shared_cache_lookups: Family<OutcomeLabel, Counter> = Family::default(), "shared_cache_lookups", "Second-level (Redis) page lookups on a moka miss by outcome (hit, coalesced: waited for another replica's fetch, miss, garbage: unreadable value, deleted)";
+    shared_budget_waits: Counter = Counter::default(), "shared_budget_waits", "Platform requests that queued for the budget shared by the replicas";
     live_closed_slow: Counter = Counter::default(), "live_subscribers_closed_slow", "Subscriptions closed because their client fell behind (SUBSCRIBER_TOO_SLOW or a stuck socket)";
 }
 

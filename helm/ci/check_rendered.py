@@ -262,6 +262,8 @@ def assert_contract(profile, docs):
         check(not kinds & {"Ingress", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"}, "default: no optional objects")
         check(len(by_kind(docs, "ConfigMap")) == 1, "default: one ConfigMap (no dashboard, no manifest)")
         check("PERSISTED_QUERIES_FILE" not in env and "PERSISTED_QUERIES_ONLY" not in env, "default: no trusted documents")
+        check(not {"REDIS_URL", "REDIS_PASSWORD_FILE", "EXPECTED_REPLICAS"} & set(env) and "env" not in ctr,
+              "default: no Redis settings")
     elif profile == "all-on":
         check("replicas" not in spec, "all-on: no replicas in the Deployment when the HPA is on")
         check(len(hpa) == 1 and hpa[0]["apiVersion"] == "autoscaling/v2", "all-on: autoscaling/v2 HPA")
@@ -291,8 +293,9 @@ def assert_contract(profile, docs):
         sm = by_kind(docs, "ServiceMonitor")[0]
         check(sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["spec"]["endpoints"][0]["path"] == "/metrics",
               "all-on: ServiceMonitor scrapes /metrics on the metrics port")
-        check(len(secrets) == 1 and set(secrets[0]["data"]) == {"upstream-token", "api-keys", "jwt-hs256-secret"},
-              "all-on: Secret holds upstream-token, api-keys, jwt-hs256-secret")
+        check(len(secrets) == 1
+              and set(secrets[0]["data"]) == {"upstream-token", "api-keys", "jwt-hs256-secret", "redis-password"},
+              "all-on: Secret holds upstream-token, api-keys, jwt-hs256-secret, redis-password")
         check(env.get("JWT_HS256_SECRET_FILE") == f"{SECRET_DIR}/jwt-hs256-secret", "all-on: JWT_HS256_SECRET_FILE")
         for name in ("JWT_ISSUER", "JWT_AUDIENCE", "CORS_ALLOWED_ORIGINS", "CACHE_MAX_BYTES",
                      "UPSTREAM_RATE_PER_SECOND", "UPSTREAM_BURST"):
@@ -303,6 +306,12 @@ def assert_contract(profile, docs):
         check((53, "UDP") in egress_ports and (53, "TCP") in egress_ports, "all-on: egress to DNS on 53 UDP+TCP")
         check((443, "TCP") in egress_ports, "all-on: egress to the platform on 443")
         check(len(by_kind(docs, "Secret", hook=True)) == 1, "all-on: test API key in a hook Secret")
+        check(env.get("REDIS_URL", "").startswith("rediss://") and "@" not in env["REDIS_URL"],
+              "all-on: REDIS_URL from values, without credentials")
+        check(env.get("REDIS_PASSWORD_FILE") == f"{SECRET_DIR}/redis-password", "all-on: REDIS_PASSWORD_FILE")
+        check(env.get("EXPECTED_REPLICAS") == "8", "all-on: EXPECTED_REPLICAS defaults to autoscaling.maxReplicas")
+        redis_rules = [r for r in np["egress"] if any(p.get("port") == 6380 for p in r.get("ports", []))]
+        check(len(redis_rules) == 1 and redis_rules[0].get("to"), "all-on: egress to Redis on its port, to its peers")
     elif profile == "existing-secret":
         check(not secrets, "existing-secret: the chart creates no Secret")
         check(secret_name == "visits-gateway-credentials", "existing-secret: the existing Secret is mounted")
@@ -311,6 +320,12 @@ def assert_contract(profile, docs):
         check(env.get("JWT_PUBLIC_KEY_FILE") == f"{SECRET_DIR}/jwt-public-key", "existing-secret: JWT_PUBLIC_KEY_FILE")
         sm = by_kind(docs, "ServiceMonitor")
         check(sm and sm[0]["spec"]["endpoints"][0]["port"] == "http", "existing-secret: metrics scraped on the http port")
+        check("REDIS_URL" not in env and ctr.get("env") == [{"name": "REDIS_URL", "valueFrom": {"secretKeyRef": {
+              "name": "visits-gateway-redis", "key": "url"}}}], "existing-secret: REDIS_URL from its Secret")
+        check(env.get("EXPECTED_REPLICAS") == "1", "existing-secret: EXPECTED_REPLICAS defaults to replicaCount")
+        np = by_kind(docs, "NetworkPolicy")[0]["spec"]
+        check(any("to" not in r and [p.get("port") for p in r["ports"]] == [6379] for r in np["egress"]),
+              "existing-secret: egress to Redis on 6379")
     else:
         failures.append(f"unknown profile {profile}")
 

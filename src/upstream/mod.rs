@@ -16,6 +16,8 @@ use crate::cache::PageSource;
 use crate::error::{ErrorCode, GatewayError};
 use crate::paging::{ActivityId, Window};
 use crate::secret::TokenSource;
+use crate::shared::Redis;
+use crate::shared::budget::SharedBudget;
 use crate::telemetry::{Metrics, RequestStats, StatusLabel};
 use budget::Budget;
 pub use dto::Visit;
@@ -72,7 +74,11 @@ pub struct UpstreamClient {
     http: reqwest::Client,
     config: Arc<UpstreamConfig>,
     token: TokenSource,
+    /// This process's bucket: the whole budget, or its share of it
+    /// (`EXPECTED_REPLICAS`) when it cannot be shared through Redis.
     budget: Arc<Budget>,
+    /// The budget of all replicas together, when Redis is configured.
+    shared_budget: Option<SharedBudget>,
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -106,11 +112,54 @@ impl UpstreamClient {
                 config.burst,
                 config.retry_after_cap,
             )),
+            shared_budget: None,
             slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             config: Arc::new(config),
             token,
             metrics,
         })
+    }
+
+    /// Splits the budget between `replicas`: this process's own bucket gets
+    /// its share, and with Redis the whole budget is shared by all of them
+    /// (the bucket is then what the process falls back to when Redis is not
+    /// there).
+    pub fn share_budget(mut self, redis: Option<&Redis>, replicas: u32) -> Self {
+        let replicas = replicas.max(1);
+        let c = &self.config;
+        self.budget = Arc::new(Budget::new(
+            c.rate_per_second / f64::from(replicas),
+            c.burst.div_ceil(replicas),
+            c.retry_after_cap,
+        ));
+        self.shared_budget =
+            redis.map(|r| SharedBudget::new(r.clone(), &c.base, c.rate_per_second, c.burst));
+        self
+    }
+
+    /// A slot in the shared budget, or in this process's share of it when
+    /// Redis cannot be asked. `Err(wait)` when the slot is too far away.
+    async fn acquire_budget(&self, max_wait: Duration) -> Result<Duration, Duration> {
+        if let Some(shared) = &self.shared_budget
+            && let Some(answer) = shared.reserve(max_wait).await
+        {
+            let wait = answer?;
+            if !wait.is_zero() {
+                self.metrics.shared_budget_waits.inc();
+                tokio::time::sleep(wait).await;
+            }
+            return Ok(wait);
+        }
+        self.budget.acquire(max_wait).await
+    }
+
+    /// The platform said "too many requests": pause this process's bucket
+    /// and, through Redis, every replica's.
+    async fn pause_budget(&self, r#for: Duration) {
+        self.budget.pause(r#for);
+        if let Some(shared) = &self.shared_budget {
+            shared.pause(r#for.min(self.config.retry_after_cap)).await;
+        }
     }
 
     /// `{base}/api/activity/{id}/stats/user-visits?page=..&pageSize=..&startedAt=..&endedAt=..`
@@ -147,7 +196,7 @@ impl UpstreamClient {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let max_wait = self.config.max_budget_wait.min(remaining);
-            let waited = self.budget.acquire(max_wait).await.map_err(|_| {
+            let waited = self.acquire_budget(max_wait).await.map_err(|_| {
                 GatewayError::new(
                     ErrorCode::UpstreamRateLimited,
                     "the gateway's platform request budget is exhausted; try again shortly",
@@ -164,8 +213,8 @@ impl UpstreamClient {
             };
             if error.code == ErrorCode::UpstreamRateLimited {
                 // Slow everyone down rather than retry at once.
-                self.budget
-                    .pause(error.retry_after.unwrap_or(self.config.retry_base));
+                self.pause_budget(error.retry_after.unwrap_or(self.config.retry_base))
+                    .await;
             }
             let ceiling = self.config.retry_base.saturating_mul(1 << attempt.min(16));
             let backoff = ceiling.mul_f64(0.5 + fastrand::f64() / 2.0);

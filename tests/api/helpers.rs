@@ -71,6 +71,21 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let sim = SimPlatform::start(([127, 0, 0, 1], 0).into(), Secret::new(token.as_str()), now)
         .await
         .expect("simulated platform starts");
+    spawn_gateway(sim, token, now, configure).await
+}
+
+/// Another gateway in front of `app`'s simulated platform, with its own
+/// caches and budget (a replica).
+pub async fn spawn_replica(app: &TestApp, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_gateway(app.sim.clone(), app.token.clone(), app.now, configure).await
+}
+
+async fn spawn_gateway(
+    sim: SimPlatform,
+    token: String,
+    now: DateTime<Utc>,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = Settings::defaults();
     settings.upstream.base_url = sim.base_url().parse().unwrap();
     settings.upstream.timeout = Duration::from_millis(3000);

@@ -13,6 +13,7 @@ mod ops;
 mod over_http;
 mod paging;
 mod playground;
+mod replicas;
 mod resilience;
 mod security;
 mod settings;

@@ -197,13 +197,47 @@ then `config` merged over them. Secrets never go through here.
 {{- if .Values.persistedQueries.only }}
 {{- $_ := set $env "PERSISTED_QUERIES_ONLY" "true" }}
 {{- end }}
+{{- $r := .Values.redis }}
+{{- with $r.url }}
+{{- $_ := set $env "REDIS_URL" . }}
+{{- end }}
+{{- if $r.passwordFile }}
+{{- $_ := set $env "REDIS_PASSWORD_FILE" (printf "%s/redis-password" $dir) }}
+{{- end }}
+{{- if include "visits-gateway.redis" . }}
+{{- $_ := set $env "EXPECTED_REPLICAS" (include "visits-gateway.expectedReplicas" .) }}
+{{- end }}
 {{- range $k, $v := .Values.config }}
+{{- if and (eq $k "REDIS_URL") (contains "@" (toString $v)) }}
+{{- fail "config.REDIS_URL holds credentials and would put them into a ConfigMap: use redis.urlSecret or redis.passwordFile" }}
+{{- end }}
 {{- if has $k (list "UPSTREAM_TOKEN" "JWT_HS256_SECRET") }}
 {{- fail (printf "config.%s would put a secret into a ConfigMap: use the secrets.* values (mounted files) instead" $k) }}
 {{- end }}
 {{- $_ := set $env $k (toString $v) }}
 {{- end }}
 {{- toYaml $env }}
+{{- end }}
+
+{{/*
+"true" when the pods share state through Redis (a URL in values or in a Secret).
+*/}}
+{{- define "visits-gateway.redis" -}}
+{{- if or .Values.redis.url .Values.redis.urlSecret.name }}true{{ end }}
+{{- end }}
+
+{{/*
+EXPECTED_REPLICAS: as given, else the most pods that may run (so the pods'
+fallback shares never add up to more than the platform's allowance).
+*/}}
+{{- define "visits-gateway.expectedReplicas" -}}
+{{- if not (kindIs "invalid" .Values.redis.expectedReplicas) }}
+{{- int64 .Values.redis.expectedReplicas }}
+{{- else if .Values.autoscaling.enabled }}
+{{- int64 .Values.autoscaling.maxReplicas }}
+{{- else }}
+{{- int64 .Values.replicaCount }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -229,6 +263,15 @@ Render-time checks of combinations the schema cannot express.
 {{- end }}
 {{- if and .Values.persistedQueries.manifest .Values.persistedQueries.existingConfigMap }}
 {{- fail "persistedQueries.manifest and persistedQueries.existingConfigMap are exclusive" }}
+{{- end }}
+{{- if and .Values.redis.url .Values.redis.urlSecret.name }}
+{{- fail "redis.url and redis.urlSecret.name are exclusive: give the URL in one place" }}
+{{- end }}
+{{- if and .Values.redis.passwordFile (not (include "visits-gateway.redis" .)) }}
+{{- fail "redis.passwordFile needs redis.url or redis.urlSecret.name" }}
+{{- end }}
+{{- if and .Values.redis.passwordFile (not .Values.secrets.existingSecret) (not .Values.secrets.redisPassword) }}
+{{- fail "redis.passwordFile is true but secrets.redisPassword is empty (or use secrets.existingSecret)" }}
 {{- end }}
 {{- if and .Values.metrics.dedicatedPort.enabled (eq (int64 .Values.metrics.dedicatedPort.port) (int64 .Values.gateway.port)) }}
 {{- fail "metrics.dedicatedPort.port must differ from gateway.port" }}

@@ -1,0 +1,120 @@
+//! The platform budget of all replicas together, in Redis: GCRA (the
+//! "theoretical arrival time" form of a token bucket) in one Lua script, on
+//! Redis's own clock (`TIME`), so replicas with skewed clocks still agree and
+//! a reservation is atomic. A caller is told how long to wait for its slot
+//! (a queue, not a refusal) or, when that is longer than it may wait, is
+//! refused without taking one. A 429's pause moves the arrival time forward
+//! for everyone: nothing before the pause ends, then one request per
+//! interval, no burst, exactly like the local bucket ([`crate::upstream`]).
+
+use std::time::Duration;
+
+use redis::Script;
+use reqwest::Url;
+
+use super::{KEY_PREFIX, Redis};
+
+/// KEYS[1]: the budget. ARGV: operation (`take` or `pause`), the interval
+/// between requests (µs), the burst, then `take`'s longest wait or `pause`'s
+/// length (µs). `take` answers the wait in µs, or `-1 - wait` when refused;
+/// `pause` answers 0. A value that is not a number counts as an idle budget.
+const SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local arg = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or 0
+if tat < now then tat = now end
+local new_tat
+local answer = 0
+if ARGV[1] == 'pause' then
+  new_tat = now + arg + (burst - 1) * interval
+  if new_tat <= tat then return 0 end
+else
+  new_tat = tat + interval
+  local wait = new_tat - burst * interval - now
+  if wait < 0 then wait = 0 end
+  if wait > arg then return -1 - math.floor(wait) end
+  answer = math.floor(wait)
+end
+local ttl_ms = math.ceil((new_tat - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+return answer
+";
+
+/// The shared budget; `None` answers mean "Redis unavailable: use your share".
+#[derive(Debug, Clone)]
+pub struct SharedBudget {
+    redis: Redis,
+    key: String,
+    interval_us: u64,
+    burst: u32,
+}
+
+fn script() -> &'static Script {
+    static SCRIPT_: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT_.get_or_init(|| Script::new(SCRIPT))
+}
+
+/// One budget per platform: the base URL names it.
+pub fn budget_key(base: &Url) -> String {
+    format!(
+        "{KEY_PREFIX}:budget:{}",
+        base.as_str().trim_end_matches('/')
+    )
+}
+
+impl SharedBudget {
+    pub fn new(redis: Redis, base: &Url, rate_per_second: f64, burst: u32) -> Self {
+        Self {
+            redis,
+            key: budget_key(base),
+            interval_us: ((1_000_000.0 / rate_per_second).round() as u64).max(1),
+            burst: burst.max(1),
+        }
+    }
+
+    /// Reserves a slot: `Some(Ok(wait))` to wait before sending,
+    /// `Some(Err(wait))` when the slot is further than `max_wait` (nothing
+    /// taken), `None` when Redis cannot be asked.
+    pub async fn reserve(&self, max_wait: Duration) -> Option<Result<Duration, Duration>> {
+        let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX / 2);
+        let answer: i64 = self
+            .redis
+            .run("budget", |mut c| async move {
+                script()
+                    .key(&self.key)
+                    .arg("take")
+                    .arg(self.interval_us)
+                    .arg(self.burst)
+                    .arg(max_wait_us)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Some(if answer >= 0 {
+            Ok(Duration::from_micros(answer.unsigned_abs()))
+        } else {
+            Err(Duration::from_micros((-1 - answer).unsigned_abs()))
+        })
+    }
+
+    /// Pauses every replica for `r#for` (already capped by the caller).
+    pub async fn pause(&self, r#for: Duration) {
+        let pause_us = u64::try_from(r#for.as_micros()).unwrap_or(u64::MAX / 2);
+        let _: Option<i64> = self
+            .redis
+            .run("budget_pause", |mut c| async move {
+                script()
+                    .key(&self.key)
+                    .arg("pause")
+                    .arg(self.interval_us)
+                    .arg(self.burst)
+                    .arg(pause_us)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+}

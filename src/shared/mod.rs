@@ -1,0 +1,398 @@
+//! State shared by the replicas through Redis (SPEC §3 "Shared state across
+//! replicas"): the connection, its circuit breaker and its metrics. What is
+//! shared lives beside it: [`budget`] (the platform budget, one Lua script)
+//! and [`pages`] (the page cache's second level and cross-replica coalescing).
+//!
+//! Redis is never required to serve. Every command has a short timeout; a
+//! few failures in a row open the circuit, after which commands skip Redis
+//! at once and callers fall back to their own cache and their share of the
+//! budget; a probe on a fresh connection every second closes it again.
+//! Readiness does not look at any of this.
+
+pub mod budget;
+pub mod circuit;
+pub mod pages;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, RedisResult};
+use reqwest::Url;
+use tokio::time::Instant;
+
+use crate::secret::{Secret, Watched, read_secret_file};
+use crate::telemetry::{Metrics, OpLabel};
+use circuit::{Change, Circuit};
+
+/// Every key starts with this: the format's version and the namespace, so a
+/// new format or another application never reads ours.
+pub const KEY_PREFIX: &str = "visits-gateway:v1";
+
+/// A command's own limit: Redis answers in well under a millisecond on a
+/// local network, so anything slower is treated as down.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
+/// Connecting (TCP, TLS, AUTH) to a reachable Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Failures in a row that open the circuit.
+const FAILURE_THRESHOLD: u32 = 3;
+/// How often an open circuit probes Redis: sharing resumes within about
+/// this long of Redis coming back (SPEC: 10 s at most).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// `redis://` or `rediss://` URL; its password never shows in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(Url);
+
+impl RedisUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = Url::parse(s.trim()).map_err(|_| {
+            "not a URL: expected redis://host:6379 or rediss://host:6379".to_owned()
+        })?;
+        if !matches!(url.scheme(), "redis" | "rediss") || url.host().is_none() {
+            return Err("must be a redis:// or rediss:// URL with a host".into());
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("must have no query or fragment".into());
+        }
+        Ok(Self(url))
+    }
+
+    /// The URL with any password replaced, for logs.
+    pub fn redacted(&self) -> String {
+        let mut url = self.0.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("redacted"));
+        }
+        url.to_string()
+    }
+
+    pub fn host(&self) -> Option<String> {
+        self.0.host_str().map(str::to_owned)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port().unwrap_or(6379)
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
+}
+
+/// What `App::build` hands over: the URL, the password file, the replicas.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: RedisUrl,
+    pub password_file: Option<PathBuf>,
+}
+
+/// The shared connection: cheap to clone.
+#[derive(Clone)]
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: RedisUrl,
+    /// Followed like the platform token (`SECRETS_RELOAD_SECONDS`).
+    password: Option<Watched<Secret>>,
+    conn: Mutex<Connection>,
+    circuit: Mutex<Circuit>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Connection {
+    manager: Option<ConnectionManager>,
+    /// The password the manager was built with, to notice a rotation.
+    password: Option<Arc<Secret>>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &self.inner.url)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Reads the password file (a missing or empty one stops the start with a
+    /// message naming the setting); connects later, in [`Redis::start`].
+    pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let password = config
+            .password_file
+            .clone()
+            .map(|path| Watched::load(path, read_secret_file))
+            .transpose()
+            .map_err(|e| format!("REDIS_PASSWORD_FILE: {e}"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: config.url.clone(),
+                password,
+                conn: Mutex::new(Connection::default()),
+                circuit: Mutex::new(Circuit::new(FAILURE_THRESHOLD, PROBE_EVERY, Instant::now())),
+                metrics,
+            }),
+        })
+    }
+
+    /// Connects in the background and keeps probing while Redis is down; also
+    /// follows the password file. Never blocks the start.
+    pub fn start(&self, secrets_reload: Duration) {
+        if let Some(p) = &self.inner.password {
+            p.spawn_reload(secrets_reload, "Redis password");
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(probe_loop(weak));
+    }
+
+    /// Whether commands go to Redis now (the circuit is closed).
+    pub fn is_up(&self) -> bool {
+        lock(&self.inner.circuit).allows()
+    }
+
+    /// Runs one command (or script, or pipeline) on Redis within the command
+    /// timeout. `None` when the circuit is open or the command failed: the
+    /// caller falls back to what it does alone. `op` names it in metrics.
+    pub async fn run<T, F, Fut>(&self, op: &'static str, command: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let manager = {
+            if !self.is_up() {
+                return None;
+            }
+            lock(&self.inner.conn).manager.clone()?
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, command(manager)).await {
+            Ok(Ok(value)) => {
+                let change = lock(&self.inner.circuit).success();
+                self.inner.publish(change);
+                Some(value)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(op, error = %e, "Redis command failed");
+                self.inner.failed(op);
+                None
+            }
+            Err(_) => {
+                tracing::debug!(op, "Redis command timed out");
+                self.inner.failed(op);
+                None
+            }
+        }
+    }
+
+    /// For tests: waits until the circuit is closed (at most `within`).
+    pub async fn wait_until_up(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if self.is_up() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.is_up()
+    }
+}
+
+impl Inner {
+    fn failed(&self, op: &'static str) {
+        self.metrics
+            .redis_errors
+            .get_or_create(&OpLabel { op })
+            .inc();
+        let change = lock(&self.circuit).failure(Instant::now());
+        self.publish(change);
+    }
+
+    /// One log line and the gauge per change of state.
+    fn publish(&self, change: Option<Change>) {
+        match change {
+            Some(Change::Up) => {
+                self.metrics.redis_up.set(1);
+                tracing::info!(
+                    redis = %self.url.redacted(),
+                    "Redis reachable: sharing the platform budget and the page cache with the other replicas"
+                );
+            }
+            Some(Change::Down) => {
+                self.metrics.redis_up.set(0);
+                tracing::warn!(
+                    redis = %self.url.redacted(),
+                    "Redis unavailable: serving from this replica's own cache and its share of the platform budget until it is back"
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// A manager on a fresh connection with the current password, checked
+    /// with a PING.
+    async fn connect(&self) -> Result<(ConnectionManager, Option<Arc<Secret>>), String> {
+        let password = self.password.as_ref().map(Watched::get);
+        let mut info = self
+            .url
+            .0
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| e.to_string())?;
+        if let Some(p) = &password {
+            let settings = info.redis_settings().clone().set_password(p.expose());
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            // Reconnection is the probe's job: one quick retry, no long
+            // backoff that commands would wait behind.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        let mut manager =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        let ping = async {
+            redis::cmd("PING")
+                .query_async::<String>(&mut manager)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT, ping).await {
+            Ok(Ok(_)) => Ok((manager, password)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// Whether the password file changed since the connection was made.
+    fn password_rotated(&self) -> bool {
+        let Some(watched) = &self.password else {
+            return false;
+        };
+        let current = watched.get();
+        lock(&self.conn)
+            .password
+            .as_ref()
+            .is_none_or(|used| !Arc::ptr_eq(used, &current))
+    }
+}
+
+/// While the circuit is open, a fresh connection and a PING every
+/// [`PROBE_EVERY`]; while closed, a new connection when the password changed.
+async fn probe_loop(inner: Weak<Inner>) {
+    // A rotated password is tried at most once a probe interval: a new one
+    // Redis does not take yet must not become a connection storm.
+    let mut rotation_tried = Instant::now();
+    loop {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let (due, up) = {
+            let c = lock(&inner.circuit);
+            (c.probe_due(Instant::now()), c.allows())
+        };
+        let rotate = up && rotation_tried.elapsed() >= PROBE_EVERY && inner.password_rotated();
+        if rotate {
+            rotation_tried = Instant::now();
+        }
+        if due || rotate {
+            match inner.connect().await {
+                Ok((manager, password)) => {
+                    *lock(&inner.conn) = Connection {
+                        manager: Some(manager),
+                        password,
+                    };
+                    let change = lock(&inner.circuit).success();
+                    inner.publish(change);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "Redis probe failed");
+                    if due {
+                        inner.failed("connect");
+                    }
+                }
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A handle that is never started: every command is skipped.
+    pub(crate) fn redis_nowhere() -> Redis {
+        Redis::new(
+            &RedisConfig {
+                url: RedisUrl::parse("redis://127.0.0.1:1").unwrap(),
+                password_file: None,
+            },
+            Metrics::new(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn urls_are_redis_ones_and_their_password_never_shows() {
+        let url = RedisUrl::parse("rediss://:hunter2@redis.internal:6380/2").unwrap();
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(url.redacted().contains("redis.internal:6380"));
+        assert_eq!(url.port(), 6380);
+        for bad in [
+            "http://redis:6379",
+            "redis://",
+            "unix:///tmp/redis.sock",
+            "redis://h:1/?x=1",
+            "not a url",
+        ] {
+            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(RedisUrl::parse("redis://127.0.0.1:6379").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_is_not_there_is_reported_down_and_skipped() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let metrics = Metrics::new();
+        let redis = Redis::new(
+            &RedisConfig {
+                url,
+                password_file: None,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        redis.start(Duration::from_secs(10));
+        assert!(!redis.wait_until_up(Duration::from_millis(500)).await);
+        let r = redis
+            .run("get", |mut c| async move {
+                redis::cmd("GET")
+                    .arg("k")
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            })
+            .await;
+        assert_eq!(r, None, "skipped");
+        assert!(metrics.encode().contains("visits_gateway_redis_up 0"));
+    }
+}
