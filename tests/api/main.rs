@@ -18,4 +18,5 @@ mod security;
 mod settings;
 mod stats;
 mod surface;
+mod traces;
 mod upstream_economy;
