@@ -225,13 +225,20 @@ pub async fn observe(
     let route = route_of(req.uri().path());
     let method = method_of(req.method());
     let stats = Arc::new(RequestStats::default());
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.to_str().unwrap_or("-"),
-        otel.name = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-    );
-    let traced = crate::otel::enabled();
+    // Probes and scrapes are neither logged nor traced: a trace every few
+    // seconds per kubelet would bury the requests.
+    let quiet = matches!(route, "/healthz" | "/readyz" | "/metrics");
+    let traced = crate::otel::enabled() && !quiet;
+    let span = if crate::otel::enabled() && quiet {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "request",
+            request_id = id.to_str().unwrap_or("-"),
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+        )
+    };
     if traced {
         // The server span (SPEC §6): a child of the client's `traceparent`.
         crate::otel::adopt_parent(&span, req.headers());
@@ -284,7 +291,7 @@ pub async fn observe(
     } else {
         None
     };
-    if route != "/healthz" && route != "/readyz" && route != "/metrics" {
+    if !quiet {
         span.in_scope(|| {
             tracing::info!(
                 trace_id,

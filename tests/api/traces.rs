@@ -227,6 +227,9 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
         let answer: Value = response.json().await.unwrap();
         assert!(answer["errors"].is_null(), "{answer}");
     }
+    // Probes are not traced.
+    let probe = gateway.url.replace("/graphql", "/healthz");
+    assert_eq!(http.get(probe).send().await.unwrap().status(), 200);
     let log = gateway.stop().await;
 
     let exports = exports.lock().unwrap().clone();
@@ -246,7 +249,8 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
     let hex = |bytes: &[u8]| hex::encode(bytes);
     let by_id: HashMap<String, &Span> = spans.iter().map(|s| (hex(&s.span_id), s)).collect();
 
-    // Two server spans, children of the client's span in the client's trace.
+    // Two server spans (none for the probe), children of the client's span
+    // in the client's trace.
     let servers: Vec<&Span> = spans
         .iter()
         .filter(|s| s.kind == SpanKind::Server as i32)
