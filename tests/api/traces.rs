@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::routing::post;
 use chrono::Utc;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -25,30 +26,51 @@ use visits_gateway::secret::Secret;
 
 use crate::helpers::{USER_VISITS, keys_line, temp_dir, ts};
 
-type Exports = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
+/// What the receiver got: each export's content type and body.
+type Exports = Arc<Mutex<Vec<(String, Bytes)>>>;
 
-/// An OTLP/HTTP receiver (protobuf): keeps every export request.
+/// An OTLP/HTTP receiver: keeps every export, answers that all was accepted
+/// (an empty ExportTraceServiceResponse, in the request's encoding).
 async fn receiver() -> (String, Exports) {
     let exports: Exports = Arc::default();
     let app = axum::Router::new()
         .route(
             "/v1/traces",
-            post(|State(exports): State<Exports>, body: Bytes| async move {
-                let request =
-                    ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf export");
-                exports.lock().unwrap().push(request);
-                // An empty ExportTraceServiceResponse: all accepted.
-                (
-                    [("content-type", "application/x-protobuf")],
-                    Vec::<u8>::new(),
-                )
-            }),
+            post(
+                |State(exports): State<Exports>, headers: HeaderMap, body: Bytes| async move {
+                    let content_type = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let answer = if content_type == "application/json" {
+                        b"{}".to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    exports.lock().unwrap().push((content_type.clone(), body));
+                    ([("content-type", content_type)], answer)
+                },
+            ),
         )
         .with_state(exports.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}"), exports)
+}
+
+/// The exports, decoded: all of them protobuf.
+fn decoded(exports: &Exports) -> Vec<ExportTraceServiceRequest> {
+    exports
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(content_type, body)| {
+            assert_eq!(content_type, "application/x-protobuf");
+            ExportTraceServiceRequest::decode(body.clone()).expect("an OTLP protobuf export")
+        })
+        .collect()
 }
 
 /// `visits-gateway serve` as a child process, its JSON log lines collected.
@@ -232,7 +254,7 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
     assert_eq!(http.get(probe).send().await.unwrap().status(), 200);
     let log = gateway.stop().await;
 
-    let exports = exports.lock().unwrap().clone();
+    let exports = decoded(&exports);
     let service = exports[0].resource_spans[0].resource.as_ref().unwrap();
     assert_eq!(
         attribute(&service.attributes, "service.name"),
@@ -398,4 +420,60 @@ async fn with_tracing_off_nothing_is_propagated_and_the_log_has_no_trace_id() {
     let access: Vec<&Value> = log.iter().filter(|l| l["message"] == "request").collect();
     assert_eq!(access.len(), 1);
     assert!(access[0].get("trace_id").is_none(), "{}", access[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_go_out_as_json_when_the_protocol_says_so() {
+    let token = format!("platform-token-{:016x}", fastrand::u64(..));
+    let sim = SimPlatform::start(
+        ([127, 0, 0, 1], 0).into(),
+        Secret::new(token.as_str()),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let (otlp, exports) = receiver().await;
+    let base = sim.base_url();
+    let endpoint = format!("{otlp}/v1/traces");
+    let gateway = Gateway::start(&[
+        ("UPSTREAM_BASE_URL", base.as_str()),
+        ("UPSTREAM_TOKEN", token.as_str()),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+        // The signal's own endpoint is used as it is.
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ])
+    .await;
+    let trace_id = format!("{:032x}", fastrand::u128(1..));
+    let response = reqwest::Client::new()
+        .post(&gateway.url)
+        .header(
+            "traceparent",
+            format!("00-{trace_id}-{:016x}-01", fastrand::u64(1..)),
+        )
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gateway.stop().await;
+    let exports = exports.lock().unwrap().clone();
+    assert!(!exports.is_empty());
+    let mut server_spans = 0;
+    for (content_type, body) in &exports {
+        assert_eq!(content_type, "application/json");
+        let export: Value = serde_json::from_slice(body).expect("OTLP JSON");
+        for span in export["resourceSpans"][0]["scopeSpans"][0]["spans"]
+            .as_array()
+            .unwrap()
+        {
+            if span["name"] == "POST /graphql" {
+                server_spans += 1;
+                // OTLP JSON: ids in hex.
+                assert_eq!(span["traceId"], trace_id.as_str(), "{span}");
+            }
+        }
+    }
+    assert_eq!(server_spans, 1);
 }
