@@ -102,8 +102,16 @@ pub fn start() -> Result<Option<(Tracing, opentelemetry_sdk::trace::SdkTracer)>,
     let Some(protocol) = wanted(|name| std::env::var(name).ok())? else {
         return Ok(None);
     };
+    // Each attempt's timeout; the exporter also bounds its retries by it.
+    let timeout = [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis);
     let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(timeout)
         .build()
         .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
     let exporter = SpanExporter::builder()
