@@ -4,8 +4,8 @@
 //! the gateway creates for tracing alone exists, while [`enabled`] is false.
 //!
 //! Attributes are set with [`OpenTelemetrySpanExt::set_attribute`] rather than
-//! as `tracing` fields, so the access log's span fields stay as they were and
-//! nothing is formatted for a span no exporter will see.
+//! as `tracing` fields, so the log formats none of them (only the server
+//! span's `otel.name` and `otel.kind` are fields, recorded while tracing is on).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
