@@ -73,9 +73,10 @@ fn decoded(exports: &Exports) -> Vec<ExportTraceServiceRequest> {
         .collect()
 }
 
-/// `visits-gateway serve` as a child process, its JSON log lines collected.
+/// `visits-gateway serve` as a child process, its JSON log lines collected;
+/// killed if a test fails before stopping it.
 struct Gateway {
-    child: Child,
+    child: Option<Child>,
     url: String,
     log: Arc<Mutex<Vec<Value>>>,
 }
@@ -108,6 +109,12 @@ impl Gateway {
                 let _ = tx.send(line);
             }
         });
+        // Killed on drop from here on, if it never listens.
+        let mut gateway = Self {
+            child: Some(child),
+            url: String::new(),
+            log,
+        };
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = rx.recv().await {
                 if line["message"] == "visits-gateway listening" {
@@ -118,24 +125,45 @@ impl Gateway {
         })
         .await
         .expect("the gateway listens");
-        Self {
-            child,
-            url: format!("http://{addr}/graphql"),
-            log,
-        }
+        gateway.url = format!("http://{addr}/graphql");
+        gateway
     }
 
     /// SIGTERM, then the exit: a graceful shutdown.
     async fn stop(mut self) -> Vec<Value> {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
-        let status = tokio::task::spawn_blocking(move || self.child.wait())
-            .await
-            .unwrap()
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        // The shell's builtin: no procps needed.
+        let killed = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status()
             .unwrap();
+        assert!(killed.success());
+        let waiting = async {
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let exited = tokio::time::timeout(Duration::from_secs(60), waiting).await;
+        let Ok(status) = exited else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway did not exit after SIGTERM");
+        };
         assert!(status.success(), "{status}");
         self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
