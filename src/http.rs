@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use std::time::Duration;
 
-use async_graphql::parser::types::OperationType;
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
@@ -18,6 +18,8 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::app::AppState;
 use crate::auth::{AuthError, Principal};
@@ -260,9 +262,9 @@ async fn answer(
         Err(message) => return request_error(state, media, &message),
     };
     let mut request = params.request(query.to_string());
-    if let Some(doc) = parsed {
+    if let Some(doc) = &parsed {
         if form == Form::QueryString
-            && graphql_http::operation_type(&doc, params.operation_name.as_deref())
+            && graphql_http::operation_type(doc, params.operation_name.as_deref())
                 .is_some_and(|ty| ty != OperationType::Query)
         {
             let mut r = refuse_as(
@@ -278,7 +280,7 @@ async fn answer(
         }
         let cost = crate::graphql::cost::worst_case(
             &state.resolver,
-            &doc,
+            doc,
             params.operation_name.as_deref(),
             &request.variables,
             now,
@@ -287,12 +289,18 @@ async fn answer(
         if cost > limit {
             return too_expensive(state, media, cost, limit);
         }
-        request.set_parsed_query((*doc).clone());
+        request.set_parsed_query((**doc).clone());
     }
     let scope = RequestScope::new(now, state.limits.window_concurrency);
+    let operation = if crate::otel::enabled() {
+        operation_span(parsed.as_deref(), params.operation_name.as_deref())
+    } else {
+        tracing::Span::none()
+    };
     let execution = state
         .schema
-        .execute(request.data(principal).data(scope.clone()));
+        .execute(request.data(principal).data(scope.clone()))
+        .instrument(operation);
     let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
     else {
         return refuse_as(
@@ -351,6 +359,33 @@ async fn answer(
             .insert(key, body.clone(), facts.activities, ttl);
     }
     finish(form, media, status, body, fresh)
+}
+
+/// The GraphQL operation's span, with the semantic conventions' type and
+/// name when the document settles them. The document itself is left out: its
+/// literals may hold what a client would not want in a trace backend.
+fn operation_span(doc: Option<&ExecutableDocument>, name: Option<&str>) -> tracing::Span {
+    let ty = doc.and_then(|doc| graphql_http::operation_type(doc, name));
+    let ty = ty.map(|ty| match ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
+    });
+    // Named like the conventions' `{type} {name}`, the name only when the
+    // request gives one (a client's `operationName` is a label, not data).
+    let span_name = match (ty, name) {
+        (Some(ty), Some(name)) => format!("{ty} {name}"),
+        (Some(ty), None) => ty.to_owned(),
+        (None, _) => "GraphQL Operation".to_owned(),
+    };
+    let span = tracing::info_span!("graphql", otel.name = span_name);
+    if let Some(ty) = ty {
+        span.set_attribute("graphql.operation.type", ty);
+    }
+    if let Some(name) = name {
+        span.set_attribute("graphql.operation.name", name.to_owned());
+    }
+    span
 }
 
 /// The response; for a GET with its caching headers (SPEC §6): a response
@@ -595,6 +630,7 @@ fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<
         .response_cache_lookups
         .get_or_create(&OutcomeLabel { outcome })
         .inc();
+    crate::otel::cache_event("response", outcome);
     let hit = hit?;
     RequestStats::with(|s| s.response_cached.store(true, Ordering::Relaxed));
     let left = hit

@@ -17,7 +17,7 @@
 //!   page cache level, coalescing), with its circuit breaker.
 //!
 //! Around it: [`config`] (settings), [`auth`] (API keys, JWT, scopes),
-//! [`limits`] (per-client rate), [`telemetry`] (metrics, access log), [`secret`] (redacted secrets, token reload), [`error`] (codes of SPEC §4), [`app`] (wiring and serving),
+//! [`limits`] (per-client rate), [`telemetry`] (metrics, access log), [`otel`] (OpenTelemetry traces), [`secret`] (redacted secrets, token reload), [`error`] (codes of SPEC §4), [`app`] (wiring and serving),
 //! [`demo`] (the simulated platform), [`time`] (the timestamp format).
 
 pub mod app;
@@ -32,6 +32,7 @@ pub mod graphql_http;
 pub mod http;
 pub mod limits;
 pub mod live;
+pub mod otel;
 pub mod paging;
 pub mod playground;
 pub mod response_cache;

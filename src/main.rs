@@ -5,10 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, fmt};
 use visits_gateway::app::App;
 use visits_gateway::config::{Cli, Command, LogFormat, Settings};
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, SimPlatform};
+use visits_gateway::otel;
 use visits_gateway::secret::{Secret, TokenSource};
 
 fn main() -> ExitCode {
@@ -31,7 +35,13 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    init_tracing(settings.server.log_format);
+    let traces = match init_tracing(settings.server.log_format) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -39,7 +49,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings, demo)) {
+    let result = runtime.block_on(run(settings, demo));
+    // The server has stopped: export the spans still queued.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -48,13 +63,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs as `RUST_LOG` says; with OpenTelemetry on, the gateway's spans also
+/// go to the exporter, whatever `RUST_LOG` lets through to the log.
+fn init_tracing(format: LogFormat) -> Result<Option<otel::Tracing>, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    let Some((traces, tracer)) = otel::start()? else {
+        // Tracing off: the subscriber as it always was, nothing added.
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        match format {
+            LogFormat::Json => builder.json().flatten_event(true).init(),
+            LogFormat::Text => builder.init(),
+        }
+        return Ok(None);
+    };
+    let log = match format {
+        LogFormat::Json => fmt::layer().json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt::layer().boxed(),
+    };
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(Targets::new().with_target("visits_gateway", Level::INFO));
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(spans)
+        .init();
+    Ok(Some(traces))
 }
 
 async fn run(mut settings: Settings, demo: bool) -> Result<(), String> {

@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::ErrorCode;
 
@@ -121,6 +122,7 @@ impl Metrics {
     }
 
     pub fn cache_lookup(&self, outcome: &'static str) {
+        crate::otel::cache_event("page", outcome);
         self.cache_lookups
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
@@ -187,6 +189,15 @@ pub fn route_of(path: &str) -> &'static str {
     }
 }
 
+/// The path of a known route as it was asked; any other path is `other`, so
+/// nothing a client invents (or pastes by mistake) lands in a span.
+fn path_of(path: &str) -> &str {
+    match route_of(path) {
+        "other" => "other",
+        _ => path,
+    }
+}
+
 /// Bounded label values: a client can send any method name, and each would
 /// otherwise be a new metric series.
 fn method_of(method: &axum::http::Method) -> &'static str {
@@ -224,7 +235,34 @@ pub async fn observe(
     let route = route_of(req.uri().path());
     let method = method_of(req.method());
     let stats = Arc::new(RequestStats::default());
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"));
+    // Probes and scrapes are neither logged nor traced: a trace every few
+    // seconds per kubelet would bury the requests.
+    let quiet = matches!(route, "/healthz" | "/readyz" | "/metrics");
+    let traced = crate::otel::enabled() && !quiet;
+    let span = if crate::otel::enabled() && quiet {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "request",
+            request_id = id.to_str().unwrap_or("-"),
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+        )
+    };
+    if traced {
+        // The server span (SPEC §6): a child of the client's `traceparent`.
+        crate::otel::adopt_parent(&span, req.headers());
+        span.record("otel.kind", "server");
+        span.record("otel.name", format!("{method} {route}"));
+        crate::otel::attributes(
+            &span,
+            [
+                ("http.request.method", method.into()),
+                ("http.route", route.into()),
+                ("url.path", path_of(req.uri().path()).to_owned().into()),
+            ],
+        );
+    }
     metrics.http_in_flight.inc();
     let mut response = STATS
         .scope(stats.clone(), next.run(req).instrument(span.clone()))
@@ -245,14 +283,33 @@ pub async fn observe(
         .get_or_create(&RouteLabel { route })
         .observe(elapsed.as_secs_f64());
     response.headers_mut().insert(REQUEST_ID.clone(), id);
-    if route != "/healthz" && route != "/readyz" && route != "/metrics" {
+    let cache = stats.cache_outcome();
+    // `trace_id` is in the access log only while traces are exported: an id
+    // that leads nowhere would only mislead.
+    let trace_id = if traced {
+        crate::otel::attributes(
+            &span,
+            [
+                ("http.response.status_code", i64::from(status).into()),
+                ("cache.outcome", cache.into()),
+            ],
+        );
+        if status >= 500 {
+            span.set_status(opentelemetry::trace::Status::error(""));
+        }
+        crate::otel::trace_id(&span)
+    } else {
+        None
+    };
+    if !quiet {
         span.in_scope(|| {
             tracing::info!(
+                trace_id,
                 method,
                 route,
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                cache = stats.cache_outcome(),
+                cache,
                 upstream_requests = stats.upstream_requests.load(Ordering::Relaxed),
                 "request"
             )

@@ -60,6 +60,8 @@ pub struct SeenRequest {
     pub started_at: String,
     pub ended_at: String,
     pub authorization: Option<String>,
+    /// The W3C trace context the gateway sent, when tracing is on.
+    pub traceparent: Option<String>,
 }
 
 struct Activity {
@@ -307,6 +309,10 @@ async fn user_visits(
         started_at: query.get("startedAt").cloned().unwrap_or_default(),
         ended_at: query.get("endedAt").cloned().unwrap_or_default(),
         authorization: authorization.clone(),
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     });
 
     let now_in_flight = sim.in_flight.fetch_add(1, Ordering::SeqCst) + 1;

@@ -11,6 +11,8 @@ use futures::future::BoxFuture;
 use reqwest::{StatusCode, Url};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::cache::PageSource;
 use crate::error::{ErrorCode, GatewayError};
@@ -185,31 +187,84 @@ impl UpstreamClient {
         url
     }
 
-    /// One page, within the request budget, retrying transient failures with
-    /// jittered exponential backoff until `deadline`.
+    /// One page: with tracing on, inside a client span whose context goes to
+    /// the platform (SPEC §6).
     async fn fetch_page(
         &self,
         req: &PageRequest,
         deadline: Instant,
     ) -> Result<UpstreamPage, GatewayError> {
+        if !crate::otel::enabled() {
+            return self.fetch_retrying(req, deadline).await.0;
+        }
+        let span = tracing::info_span!(
+            "platform request",
+            otel.kind = "client",
+            otel.name = "GET /api/activity/{activityId}/stats/user-visits"
+        );
+        let window = |t| crate::time::format(t).into();
+        crate::otel::attributes(
+            &span,
+            [
+                ("http.request.method", "GET".into()),
+                (
+                    "server.address",
+                    self.config.base.host_str().unwrap_or("").to_owned().into(),
+                ),
+                ("visits.activity_id", req.activity.to_string().into()),
+                ("visits.page", (req.page as i64).into()),
+                ("visits.page_size", (req.page_size as i64).into()),
+                ("visits.window.from", window(req.window.from)),
+                ("visits.window.to", window(req.window.to)),
+            ],
+        );
+        let (result, retries) = self
+            .fetch_retrying(req, deadline)
+            .instrument(span.clone())
+            .await;
+        crate::otel::attributes(&span, [("visits.retries", i64::from(retries).into())]);
+        match &result {
+            Ok(_) => crate::otel::attributes(&span, [("http.response.status_code", 200i64.into())]),
+            Err(e) => {
+                if let Some(status) = e.status {
+                    crate::otel::attributes(
+                        &span,
+                        [("http.response.status_code", i64::from(status).into())],
+                    );
+                }
+                crate::otel::attributes(&span, [("error.type", e.code.as_str().into())]);
+                span.set_status(opentelemetry::trace::Status::error(e.code.as_str()));
+            }
+        }
+        result
+    }
+
+    /// One page, within the request budget, retrying transient failures with
+    /// jittered exponential backoff until `deadline`; and how many retries
+    /// it took.
+    async fn fetch_retrying(
+        &self,
+        req: &PageRequest,
+        deadline: Instant,
+    ) -> (Result<UpstreamPage, GatewayError>, u32) {
         let mut attempt = 0u32;
-        loop {
+        let result = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let max_wait = self.config.max_budget_wait.min(remaining);
-            let waited = self.acquire_budget(max_wait).await.map_err(|_| {
-                GatewayError::new(
+            let Ok(waited) = self.acquire_budget(max_wait).await else {
+                break Err(GatewayError::new(
                     ErrorCode::UpstreamRateLimited,
                     "the gateway's platform request budget is exhausted; try again shortly",
-                )
-            })?;
+                ));
+            };
             self.metrics
                 .upstream_budget_wait
                 .observe(waited.as_secs_f64());
             let result = self.attempt(req, deadline).await;
             let error = match result {
-                Ok(page) => return Ok(page),
+                Ok(page) => break Ok(page),
                 Err(e) if e.code.is_transient() && attempt < self.config.max_retries => e,
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             };
             if error.code == ErrorCode::UpstreamRateLimited {
                 // Slow everyone down rather than retry at once.
@@ -219,7 +274,7 @@ impl UpstreamClient {
             let ceiling = self.config.retry_base.saturating_mul(1 << attempt.min(16));
             let backoff = ceiling.mul_f64(0.5 + fastrand::f64() / 2.0);
             if Instant::now() + backoff >= deadline {
-                return Err(error);
+                break Err(error);
             }
             self.metrics.upstream_retries.inc();
             tracing::debug!(
@@ -230,7 +285,8 @@ impl UpstreamClient {
             );
             tokio::time::sleep(backoff).await;
             attempt += 1;
-        }
+        };
+        (result, attempt)
     }
 
     /// One request: a concurrency slot, a timeout bounded by the deadline,
@@ -288,9 +344,13 @@ impl UpstreamClient {
     }
 
     async fn send(&self, req: &PageRequest) -> Result<UpstreamPage, GatewayError> {
-        let mut response = self
-            .http
-            .get(self.url(req))
+        let mut request = self.http.get(self.url(req));
+        if crate::otel::enabled() {
+            let mut headers = reqwest::header::HeaderMap::new();
+            crate::otel::inject(&tracing::Span::current(), &mut headers);
+            request = request.headers(headers);
+        }
+        let mut response = request
             .bearer_auth(self.token.get().expose())
             .send()
             .await

@@ -65,6 +65,9 @@ fn serve_and_demo_name_a_bad_environment_variable_and_exit_non_zero() {
         ("serve", "MAX_PLATFORM_REQUESTS_PER_QUERY", "0"),
         ("demo", "TRUSTED_PROXIES", "10.0.0.0/8,10.0.0.0/33"),
         ("serve", "CLIENT_BURST", "many"),
+        // Standard OpenTelemetry variables are checked too.
+        ("demo", "OTEL_TRACES_EXPORTER", "zipkin"),
+        ("demo", "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         // Checked across settings, after parsing.
         ("demo", "DEFAULT_PAGE_SIZE", "200"),
         ("serve", "UPSTREAM_DEADLINE_MS", "20000"),

@@ -19,5 +19,6 @@ mod security;
 mod settings;
 mod stats;
 mod surface;
+mod traces;
 mod trusted;
 mod upstream_economy;

@@ -1,0 +1,507 @@
+//! OpenTelemetry traces (SPEC §6). The tracer provider and the subscriber are
+//! process-wide, so the gateway runs here as a child process (`serve`), in
+//! front of the simulated platform and exporting to an OTLP/HTTP receiver,
+//! both inside this test process.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use chrono::Utc;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use visits_gateway::demo::{SMALL_ACTIVITY, SimPlatform};
+use visits_gateway::secret::Secret;
+
+use crate::helpers::{USER_VISITS, keys_line, temp_dir, ts};
+
+/// What the receiver got: each export's content type and body.
+type Exports = Arc<Mutex<Vec<(String, Bytes)>>>;
+
+/// An OTLP/HTTP receiver: keeps every export, answers that all was accepted
+/// (an empty ExportTraceServiceResponse, in the request's encoding).
+async fn receiver() -> (String, Exports) {
+    let exports: Exports = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            post(
+                |State(exports): State<Exports>, headers: HeaderMap, body: Bytes| async move {
+                    let content_type = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let answer = if content_type == "application/json" {
+                        b"{}".to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    exports.lock().unwrap().push((content_type.clone(), body));
+                    ([("content-type", content_type)], answer)
+                },
+            ),
+        )
+        .with_state(exports.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), exports)
+}
+
+/// The exports, decoded: all of them protobuf.
+fn decoded(exports: &Exports) -> Vec<ExportTraceServiceRequest> {
+    exports
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(content_type, body)| {
+            assert_eq!(content_type, "application/x-protobuf");
+            ExportTraceServiceRequest::decode(body.clone()).expect("an OTLP protobuf export")
+        })
+        .collect()
+}
+
+/// `visits-gateway serve` as a child process, its JSON log lines collected;
+/// killed if a test fails before stopping it.
+struct Gateway {
+    child: Option<Child>,
+    url: String,
+    log: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Gateway {
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_visits-gateway"))
+            .arg("serve")
+            .env_clear()
+            .envs(env.iter().copied())
+            .envs([
+                ("LISTEN_ADDR", "127.0.0.1:0"),
+                ("LOG_FORMAT", "json"),
+                ("RUST_LOG", "info"),
+                ("SHUTDOWN_DRAIN_SECONDS", "0"),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        let stdout = child.stdout.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Ok(line) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                lines.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        // Killed on drop from here on, if it never listens.
+        let mut gateway = Self {
+            child: Some(child),
+            url: String::new(),
+            log,
+        };
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = rx.recv().await {
+                if line["message"] == "visits-gateway listening" {
+                    return line["addr"].as_str().unwrap().to_owned();
+                }
+            }
+            panic!("the gateway stopped before listening");
+        })
+        .await
+        .expect("the gateway listens");
+        gateway.url = format!("http://{addr}/graphql");
+        gateway
+    }
+
+    /// SIGTERM, then the exit: a graceful shutdown.
+    async fn stop(mut self) -> Vec<Value> {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        // The shell's builtin: no procps needed.
+        let killed = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let waiting = async {
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let exited = tokio::time::timeout(Duration::from_secs(60), waiting).await;
+        let Ok(status) = exited else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gateway did not exit after SIGTERM");
+        };
+        assert!(status.success(), "{status}");
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+}
+
+fn string(span: &Span, key: &str) -> String {
+    match attribute(&span.attributes, key) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        other => panic!("{key} of {:?}: {other:?}", span.name),
+    }
+}
+
+fn int(span: &Span, key: &str) -> i64 {
+    match attribute(&span.attributes, key) {
+        Some(any_value::Value::IntValue(i)) => *i,
+        other => panic!("{key} of {:?}: {other:?}", span.name),
+    }
+}
+
+fn events(span: &Span) -> Vec<(String, String)> {
+    span.events
+        .iter()
+        .filter(|e| e.name == "cache lookup")
+        .map(|e| {
+            let get = |key| match attribute(&e.attributes, key) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                other => panic!("{key}: {other:?}"),
+            };
+            (get("cache.name"), get("cache.outcome"))
+        })
+        .collect()
+}
+
+/// Every attribute value anywhere in the exports, as text.
+fn all_values(exports: &[ExportTraceServiceRequest]) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut add = |attributes: &[KeyValue]| {
+        for kv in attributes {
+            values.push(format!("{}={:?}", kv.key, kv.value));
+        }
+    };
+    for export in exports {
+        for rs in &export.resource_spans {
+            if let Some(resource) = &rs.resource {
+                add(&resource.attributes);
+            }
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    add(&span.attributes);
+                    for event in &span.events {
+                        add(&event.attributes);
+                    }
+                }
+            }
+        }
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
+    let token = format!("platform-token-{:016x}", fastrand::u64(..));
+    let sim = SimPlatform::start(
+        ([127, 0, 0, 1], 0).into(),
+        Secret::new(token.as_str()),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let (otlp, exports) = receiver().await;
+    let key = format!("key-{:016x}", fastrand::u64(..));
+    let keys = temp_dir().join("keys");
+    std::fs::write(&keys, keys_line("tracer", &key, "*")).unwrap();
+    let base = sim.base_url();
+    let gateway = Gateway::start(&[
+        ("UPSTREAM_BASE_URL", base.as_str()),
+        ("UPSTREAM_TOKEN", token.as_str()),
+        ("API_KEYS_FILE", keys.to_str().unwrap()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        ("OTEL_SERVICE_NAME", "visits-gateway-under-test"),
+        // Nothing is exported before the shutdown: what arrives proves the
+        // flush on the way out.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ])
+    .await;
+
+    let trace_id = format!("{:032x}", fastrand::u128(1..));
+    let parent_id = format!("{:016x}", fastrand::u64(1..));
+    let from = ts(Utc::now() - chrono::Duration::days(10));
+    let body = json!({
+        "query": USER_VISITS.replacen("query(", "query Recent(", 1),
+        "operationName": "Recent",
+        "variables": { "id": SMALL_ACTIVITY.to_string(), "range": { "from": from }, "first": 3 },
+    });
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let response = http
+            .post(&gateway.url)
+            .bearer_auth(&key)
+            .header("traceparent", format!("00-{trace_id}-{parent_id}-01"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        assert!(answer["errors"].is_null(), "{answer}");
+    }
+    // Probes are not traced.
+    let probe = gateway.url.replace("/graphql", "/healthz");
+    assert_eq!(http.get(probe).send().await.unwrap().status(), 200);
+    let log = gateway.stop().await;
+
+    let exports = decoded(&exports);
+    let service = exports[0].resource_spans[0].resource.as_ref().unwrap();
+    assert_eq!(
+        attribute(&service.attributes, "service.name"),
+        Some(&any_value::Value::StringValue(
+            "visits-gateway-under-test".into()
+        ))
+    );
+    let spans: Vec<Span> = exports
+        .iter()
+        .flat_map(|e| &e.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| ss.spans.clone())
+        .collect();
+    let hex = |bytes: &[u8]| hex::encode(bytes);
+    let by_id: HashMap<String, &Span> = spans.iter().map(|s| (hex(&s.span_id), s)).collect();
+
+    // Two server spans (none for the probe), children of the client's span
+    // in the client's trace.
+    let servers: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Server as i32)
+        .collect();
+    assert_eq!(servers.len(), 2, "{spans:#?}");
+    for server in &servers {
+        assert_eq!(hex(&server.trace_id), trace_id);
+        assert_eq!(hex(&server.parent_span_id), parent_id);
+        assert_eq!(server.name, "POST /graphql");
+        assert_eq!(string(server, "http.request.method"), "POST");
+        assert_eq!(string(server, "http.route"), "/graphql");
+        assert_eq!(string(server, "url.path"), "/graphql");
+        assert_eq!(int(server, "http.response.status_code"), 200);
+    }
+    // The first ran the operation; the second came whole from the response
+    // cache, before any parsing.
+    let (first, second) = if string(servers[0], "cache.outcome") == "miss" {
+        (servers[0], servers[1])
+    } else {
+        (servers[1], servers[0])
+    };
+    assert_eq!(string(first, "cache.outcome"), "miss");
+    assert_eq!(string(second, "cache.outcome"), "response-hit");
+    assert!(events(first).contains(&("response".into(), "miss".into())));
+    assert_eq!(events(second), [("response".into(), "hit".into())]);
+
+    let operations: Vec<&Span> = spans
+        .iter()
+        .filter(|s| attribute(&s.attributes, "graphql.operation.type").is_some())
+        .collect();
+    assert_eq!(operations.len(), 1, "{spans:#?}");
+    let operation = operations[0];
+    assert_eq!(operation.parent_span_id, first.span_id);
+    assert_eq!(operation.name, "query Recent");
+    assert_eq!(string(operation, "graphql.operation.type"), "query");
+    assert_eq!(string(operation, "graphql.operation.name"), "Recent");
+    assert!(
+        attribute(&operation.attributes, "graphql.document").is_none(),
+        "the document is not exported"
+    );
+
+    // A client span per platform request, under the operation, with what
+    // it asked and how it went; the page cache said miss on the way.
+    let clients: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    assert!(clients.len() >= 2, "ten days are two windows: {spans:#?}");
+    let under_operation = |span: &Span| {
+        let mut parent = hex(&span.parent_span_id);
+        while let Some(p) = by_id.get(&parent) {
+            if p.span_id == operation.span_id {
+                return true;
+            }
+            parent = hex(&p.parent_span_id);
+        }
+        false
+    };
+    for client in &clients {
+        assert_eq!(hex(&client.trace_id), trace_id);
+        assert!(under_operation(client), "{client:#?}");
+        assert_eq!(string(client, "http.request.method"), "GET");
+        assert_eq!(int(client, "http.response.status_code"), 200);
+        assert_eq!(int(client, "visits.retries"), 0);
+        assert_eq!(int(client, "visits.page"), 1);
+        assert!(int(client, "visits.page_size") > 0);
+        assert_eq!(
+            string(client, "visits.activity_id"),
+            SMALL_ACTIVITY.to_string()
+        );
+        assert!(!string(client, "visits.window.from").is_empty());
+        assert!(!string(client, "visits.window.to").is_empty());
+    }
+    let page_events: Vec<_> = spans
+        .iter()
+        .flat_map(events)
+        .filter(|(cache, _)| cache == "page")
+        .collect();
+    assert!(
+        page_events.contains(&("page".into(), "miss".into())),
+        "{page_events:?}"
+    );
+
+    // The platform got each client span's context in `traceparent`.
+    let seen = sim.seen();
+    assert_eq!(seen.len(), clients.len());
+    let client_ids: Vec<String> = clients.iter().map(|c| hex(&c.span_id)).collect();
+    for request in &seen {
+        let traceparent = request.traceparent.as_deref().expect("a traceparent");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!(parts[1], trace_id);
+        assert!(client_ids.iter().any(|id| id == parts[2]), "{traceparent}");
+    }
+
+    // No secret in any attribute, the resource's and the events' included.
+    for value in all_values(&exports) {
+        assert!(!value.contains(&token), "the platform token in {value}");
+        assert!(!value.contains(&key), "the API key in {value}");
+        assert!(!value.contains("Bearer"), "a credential in {value}");
+    }
+
+    // The access log line carries the trace id.
+    let access: Vec<&Value> = log.iter().filter(|l| l["message"] == "request").collect();
+    assert_eq!(access.len(), 2);
+    for line in access {
+        assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tracing_off_nothing_is_propagated_and_the_log_has_no_trace_id() {
+    let token = format!("platform-token-{:016x}", fastrand::u64(..));
+    let sim = SimPlatform::start(
+        ([127, 0, 0, 1], 0).into(),
+        Secret::new(token.as_str()),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    let gateway = Gateway::start(&[
+        ("UPSTREAM_BASE_URL", base.as_str()),
+        ("UPSTREAM_TOKEN", token.as_str()),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+        // An endpoint, but the standard switch says no.
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+        ("OTEL_SDK_DISABLED", "true"),
+    ])
+    .await;
+    let response = reqwest::Client::new()
+        .post(&gateway.url)
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .json(&json!({ "query": USER_VISITS, "variables": { "id": SMALL_ACTIVITY.to_string(), "first": 1 } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let log = gateway.stop().await;
+    assert!(!sim.seen().is_empty());
+    assert!(sim.seen().iter().all(|r| r.traceparent.is_none()));
+    let access: Vec<&Value> = log.iter().filter(|l| l["message"] == "request").collect();
+    assert_eq!(access.len(), 1);
+    assert!(access[0].get("trace_id").is_none(), "{}", access[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_go_out_as_json_when_the_protocol_says_so() {
+    let token = format!("platform-token-{:016x}", fastrand::u64(..));
+    let sim = SimPlatform::start(
+        ([127, 0, 0, 1], 0).into(),
+        Secret::new(token.as_str()),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let (otlp, exports) = receiver().await;
+    let base = sim.base_url();
+    let endpoint = format!("{otlp}/v1/traces");
+    let gateway = Gateway::start(&[
+        ("UPSTREAM_BASE_URL", base.as_str()),
+        ("UPSTREAM_TOKEN", token.as_str()),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+        // The signal's own endpoint is used as it is.
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ])
+    .await;
+    let trace_id = format!("{:032x}", fastrand::u128(1..));
+    let response = reqwest::Client::new()
+        .post(&gateway.url)
+        .header(
+            "traceparent",
+            format!("00-{trace_id}-{:016x}-01", fastrand::u64(1..)),
+        )
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    gateway.stop().await;
+    let exports = exports.lock().unwrap().clone();
+    assert!(!exports.is_empty());
+    let mut server_spans = 0;
+    for (content_type, body) in &exports {
+        assert_eq!(content_type, "application/json");
+        let export: Value = serde_json::from_slice(body).expect("OTLP JSON");
+        for span in export["resourceSpans"][0]["scopeSpans"][0]["spans"]
+            .as_array()
+            .unwrap()
+        {
+            if span["name"] == "POST /graphql" {
+                server_spans += 1;
+                // OTLP JSON: ids in hex.
+                assert_eq!(span["traceId"], trace_id.as_str(), "{span}");
+            }
+        }
+    }
+    assert_eq!(server_spans, 1);
+}
