@@ -155,6 +155,17 @@ async fn visits(ws: &mut Ws, id: &str, n: usize, wait: Duration) -> Vec<Identity
     got
 }
 
+/// A visit added to `activity` now reaches subscription `id`, alone.
+async fn a_new_visit_arrives(app: &TestApp, ws: &mut Ws, id: &str, activity: u64, wait: Duration) {
+    let t = Utc::now();
+    add_visits(app, activity, &[t]);
+    let got = visits(ws, id, 1, wait).await;
+    assert_eq!(
+        got,
+        app.expected(activity, t, t + chrono::Duration::days(1))
+    );
+}
+
 fn add_visits(app: &TestApp, activity: u64, at: &[DateTime<Utc>]) {
     for t in at {
         app.sim.add_visit(activity, *t);
@@ -352,13 +363,14 @@ async fn live_subscriptions_need_credentials_and_are_scoped_per_subscription() {
     // The same socket's subscription in scope works.
     subscribe(&mut ws, "inside", EXAMPLE_ACTIVITY).await;
     started(&app, before, 1).await;
-    let t = Utc::now();
-    add_visits(&app, EXAMPLE_ACTIVITY, &[t]);
-    let got = visits(&mut ws, "inside", 1, Duration::from_secs(3)).await;
-    assert_eq!(
-        got,
-        app.expected(EXAMPLE_ACTIVITY, t, t + chrono::Duration::days(1))
-    );
+    a_new_visit_arrives(
+        &app,
+        &mut ws,
+        "inside",
+        EXAMPLE_ACTIVITY,
+        Duration::from_secs(3),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -387,13 +399,7 @@ async fn live_a_definitive_platform_error_ends_the_subscription_and_a_transient_
         m["payload"]["errors"][0]["extensions"]["code"], "UPSTREAM_UNAVAILABLE",
         "{m}"
     );
-    let t = Utc::now();
-    add_visits(&app, SMALL_ACTIVITY, &[t]);
-    let got = visits(&mut ws, "on", 1, Duration::from_secs(3)).await;
-    assert_eq!(
-        got,
-        app.expected(SMALL_ACTIVITY, t, t + chrono::Duration::days(1))
-    );
+    a_new_visit_arrives(&app, &mut ws, "on", SMALL_ACTIVITY, Duration::from_secs(3)).await;
 }
 
 #[tokio::test]
@@ -746,13 +752,14 @@ async fn live_jwts_in_connection_init_are_checked_for_signature_expiry_and_scope
 
     subscribe(&mut ws, "inside", EXAMPLE_ACTIVITY).await;
     started(&app, before, 1).await;
-    let t = Utc::now();
-    add_visits(&app, EXAMPLE_ACTIVITY, &[t]);
-    let got = visits(&mut ws, "inside", 1, Duration::from_secs(5)).await;
-    assert_eq!(
-        got,
-        app.expected(EXAMPLE_ACTIVITY, t, t + chrono::Duration::days(1))
-    );
+    a_new_visit_arrives(
+        &app,
+        &mut ws,
+        "inside",
+        EXAMPLE_ACTIVITY,
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -29,6 +29,19 @@ use crate::helpers::{USER_VISITS, keys_line, temp_dir, ts};
 /// What the receiver got: each export's content type and body.
 type Exports = Arc<Mutex<Vec<(String, Bytes)>>>;
 
+/// A simulated platform with a token of its own, to look for in the spans.
+async fn platform() -> (SimPlatform, String) {
+    let token = format!("platform-token-{:016x}", fastrand::u64(..));
+    let sim = SimPlatform::start(
+        ([127, 0, 0, 1], 0).into(),
+        Secret::new(token.as_str()),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    (sim, token)
+}
+
 /// An OTLP/HTTP receiver: keeps every export, answers that all was accepted
 /// (an empty ExportTraceServiceResponse, in the request's encoding).
 async fn receiver() -> (String, Exports) {
@@ -230,14 +243,7 @@ fn all_values(exports: &[ExportTraceServiceRequest]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
-    let token = format!("platform-token-{:016x}", fastrand::u64(..));
-    let sim = SimPlatform::start(
-        ([127, 0, 0, 1], 0).into(),
-        Secret::new(token.as_str()),
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let (sim, token) = platform().await;
     let (otlp, exports) = receiver().await;
     let key = format!("key-{:016x}", fastrand::u64(..));
     let keys = temp_dir().join("keys");
@@ -413,14 +419,7 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_tracing_off_nothing_is_propagated_and_the_log_has_no_trace_id() {
-    let token = format!("platform-token-{:016x}", fastrand::u64(..));
-    let sim = SimPlatform::start(
-        ([127, 0, 0, 1], 0).into(),
-        Secret::new(token.as_str()),
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let (sim, token) = platform().await;
     let base = sim.base_url();
     let gateway = Gateway::start(&[
         ("UPSTREAM_BASE_URL", base.as_str()),
@@ -452,14 +451,7 @@ async fn with_tracing_off_nothing_is_propagated_and_the_log_has_no_trace_id() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn traces_go_out_as_json_when_the_protocol_says_so() {
-    let token = format!("platform-token-{:016x}", fastrand::u64(..));
-    let sim = SimPlatform::start(
-        ([127, 0, 0, 1], 0).into(),
-        Secret::new(token.as_str()),
-        Utc::now(),
-    )
-    .await
-    .unwrap();
+    let (sim, token) = platform().await;
     let (otlp, exports) = receiver().await;
     let base = sim.base_url();
     let endpoint = format!("{otlp}/v1/traces");
