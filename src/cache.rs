@@ -334,7 +334,9 @@ impl PageCache {
                         fetched_at: Instant::now()
                             .checked_sub(found.age)
                             .unwrap_or_else(Instant::now),
-                        ttl: found.ttl,
+                        // Never longer than this replica's own TTL: a value
+                        // from Redis is not trusted to keep a page fresh.
+                        ttl: found.ttl.min(self.ttl.ttl_for(req.window.to, Utc::now())),
                     }));
                 }
                 Claim::Fetch(held) => lock = held,

@@ -17,15 +17,19 @@ use super::{KEY_PREFIX, Redis};
 /// KEYS[1]: the budget. ARGV: operation (`take` or `pause`), the interval
 /// between requests (µs), the burst, then `take`'s longest wait or `pause`'s
 /// length (µs). `take` answers the wait in µs, or `-1 - wait` when refused;
-/// `pause` answers 0. A value that is not a number counts as an idle budget.
+/// `pause` answers 0. Garbage under the key (not a string, not a number, or
+/// an arrival time more than an hour ahead, which no pause reaches) counts as
+/// an idle budget and is overwritten.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local arg = tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '') or 0
-if tat < now then tat = now end
+local stored = redis.pcall('GET', KEYS[1])
+if type(stored) ~= 'string' then stored = '' end
+local tat = tonumber(stored) or 0
+if tat < now or tat > now + 3600000000 then tat = now end
 local new_tat
 local answer = 0
 if ARGV[1] == 'pause' then

@@ -178,6 +178,18 @@ impl Redis {
                 self.inner.publish(change);
                 Some(value)
             }
+            // Redis answered, refusing the data (a key of another type, a
+            // value that is not what we stored): it is up; the caller treats
+            // the answer as a miss, and the next write replaces the value.
+            Ok(Err(e)) if redis_answered(&e) => {
+                tracing::debug!(op, error = %e, "Redis refused a command");
+                self.inner
+                    .metrics
+                    .redis_errors
+                    .get_or_create(&OpLabel { op })
+                    .inc();
+                None
+            }
             Ok(Err(e)) => {
                 tracing::debug!(op, error = %e, "Redis command failed");
                 self.inner.failed(op);
@@ -202,6 +214,17 @@ impl Redis {
         }
         self.is_up()
     }
+}
+
+/// An error that Redis answered about the data (WRONGTYPE, a script's
+/// error, a reply of an unexpected type), as opposed to Redis being away.
+fn redis_answered(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Extension
+            | redis::ErrorKind::UnexpectedReturnType
+            | redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+    )
 }
 
 impl Inner {

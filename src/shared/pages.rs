@@ -92,6 +92,15 @@ impl std::fmt::Debug for SharedPages {
     }
 }
 
+/// What a value under a page's key is to this replica.
+enum Read {
+    Fresh(SharedPage),
+    /// Past its TTL (kept in Redis for stale-if-error grace).
+    Stale,
+    /// Unreadable; deleted.
+    Garbage,
+}
+
 impl SharedPages {
     pub fn new(
         redis: Redis,
@@ -135,14 +144,17 @@ impl SharedPages {
             .redis
             .run("page_get", |mut c| async move { c.get(key).await })
             .await?;
-        self.read(req, key, raw?).await
+        match self.read(req, key, raw?).await {
+            Read::Fresh(found) => Some(found),
+            Read::Stale | Read::Garbage => None,
+        }
     }
 
-    async fn read(&self, req: &PageRequest, key: &str, raw: Vec<u8>) -> Option<SharedPage> {
+    async fn read(&self, req: &PageRequest, key: &str, raw: Vec<u8>) -> Read {
         match decode(&raw, req) {
-            Some(found) if found.age < found.ttl => Some(found),
+            Some(found) if found.age < found.ttl => Read::Fresh(found),
             // Past its TTL: fetch anew; it expires by itself after the grace.
-            Some(_) => None,
+            Some(_) => Read::Stale,
             None => {
                 self.lookup("garbage");
                 tracing::warn!(key, "unreadable page in Redis; deleted");
@@ -150,7 +162,7 @@ impl SharedPages {
                     .redis
                     .run("page_del", |mut c| async move { c.del(key).await })
                     .await;
-                None
+                Read::Garbage
             }
         }
     }
@@ -220,13 +232,16 @@ impl SharedPages {
                 })
                 .await;
             match seen {
-                Some((Some(raw), _)) => {
-                    if let Some(found) = self.read(req, key, raw).await {
+                Some((Some(raw), locked)) => match self.read(req, key, raw).await {
+                    Read::Fresh(found) => {
                         self.lookup("coalesced");
                         return Claim::Found(found);
                     }
-                    break;
-                }
+                    // The page being refreshed is the old one: wait on
+                    // while the lock says a replica is fetching it anew.
+                    Read::Stale | Read::Garbage if locked => {}
+                    Read::Stale | Read::Garbage => break,
+                },
                 Some((None, true)) => {}
                 Some((None, false)) | None => break,
             }

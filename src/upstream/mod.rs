@@ -261,16 +261,19 @@ impl UpstreamClient {
                 .upstream_budget_wait
                 .observe(waited.as_secs_f64());
             let result = self.attempt(req, deadline).await;
+            if let Err(e) = &result
+                && e.code == ErrorCode::UpstreamRateLimited
+            {
+                // The platform throttles us: slow everyone down (every
+                // replica, through Redis), whether this request retries or not.
+                self.pause_budget(e.retry_after.unwrap_or(self.config.retry_base))
+                    .await;
+            }
             let error = match result {
                 Ok(page) => break Ok(page),
                 Err(e) if e.code.is_transient() && attempt < self.config.max_retries => e,
                 Err(e) => break Err(e),
             };
-            if error.code == ErrorCode::UpstreamRateLimited {
-                // Slow everyone down rather than retry at once.
-                self.pause_budget(error.retry_after.unwrap_or(self.config.retry_base))
-                    .await;
-            }
             let ceiling = self.config.retry_base.saturating_mul(1 << attempt.min(16));
             let backoff = ceiling.mul_f64(0.5 + fastrand::f64() / 2.0);
             if Instant::now() + backoff >= deadline {

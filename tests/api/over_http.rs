@@ -567,28 +567,30 @@ async fn automatic_persisted_queries_over_post_and_get() {
     assert_eq!(r["data"], stored["data"]);
 }
 
+/// A successful GET that may be cached. A response with under a second of
+/// freshness left (its pin bucket ending) is not cacheable: ask again in the
+/// next second.
+async fn cacheable_get(app: &TestApp, qs: &str, key: Option<&str>) -> reqwest::Response {
+    for _ in 0..3 {
+        let mut request = app.http.get(app.url(&format!("/graphql?{qs}")));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let got = request.send().await.unwrap();
+        assert_eq!(got.status(), 200);
+        if got.headers()["cache-control"] != "no-store" {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    panic!("no cacheable answer within three seconds");
+}
+
 #[tokio::test]
 async fn a_get_is_cacheable_publicly_only_without_credentials_and_never_for_errors() {
     let app = spawn_app().await;
     let qs = format!("query={}", encode(&total_count_query()));
-    // A response with under a second of freshness left is not cacheable:
-    // ask again in the next second.
-    let mut r = None;
-    for _ in 0..3 {
-        let got = app
-            .http
-            .get(app.url(&format!("/graphql?{qs}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(got.status(), 200);
-        if got.headers()["cache-control"] != "no-store" {
-            r = Some(got);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    }
-    let r = r.expect("a cacheable answer within three seconds");
+    let r = cacheable_get(&app, &qs, None).await;
     let cache_control = r.headers()["cache-control"].to_str().unwrap().to_owned();
     assert!(
         cache_control.starts_with("public, max-age="),
@@ -642,14 +644,7 @@ async fn a_get_is_cacheable_publicly_only_without_credentials_and_never_for_erro
 
     // With a credential: private.
     let (app, key) = keyed_app().await;
-    let r = app
-        .http
-        .get(app.url(&format!("/graphql?{qs}")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = cacheable_get(&app, &qs, Some(&key)).await;
     let cache_control = r.headers()["cache-control"].to_str().unwrap();
     assert!(
         cache_control.starts_with("private, max-age="),

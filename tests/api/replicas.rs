@@ -630,3 +630,109 @@ async fn a_redis_that_stops_answering_mid_run_stalls_nothing_and_sharing_resumes
         .count();
     assert_eq!(after, before + 1, "the new page is shared again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_page_past_its_ttl_refreshed_on_three_replicas_at_once_costs_one_platform_request() {
+    let redis = RedisServer::start();
+    let [a, b, c] = three_replicas(&redis.url(), |s| {
+        s.cache.ttl_recent = Duration::from_secs(1);
+        s.cache.response_cache_max_bytes = 0;
+    })
+    .await;
+    // A window that ends within the last hour: its page lives a second.
+    let query = json!({
+        "id": EXAMPLE_ACTIVITY.to_string(),
+        "range": {
+            "from": ts(a.now - ChronoDuration::minutes(50)),
+            "to": ts(a.now - ChronoDuration::minutes(5)),
+        },
+        "first": 1,
+    });
+    let first = a.user_visits(query.clone()).await;
+    assert!(ok(&first), "{first}");
+    let before = a.sim.request_count();
+    assert_eq!(before, 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // All three need it again at once: A's copy is past its TTL, and so is
+    // the one in Redis. One replica refreshes it (the platform takes its
+    // time); the others wait for it.
+    a.sim.push_fault(Fault::Delay(Duration::from_millis(300)));
+    let (ra, rb, rc) = tokio::join!(
+        a.user_visits(query.clone()),
+        b.user_visits(query.clone()),
+        c.user_visits(query.clone())
+    );
+    for r in [&ra, &rb, &rc] {
+        assert_eq!(*r, first);
+    }
+    assert_eq!(
+        a.sim.request_count() - before,
+        1,
+        "one refresh for the three"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_of_another_type_are_misses_that_leave_redis_up_and_get_overwritten() {
+    let redis = RedisServer::start();
+    let [a, b, _c] = three_replicas(&redis.url(), |_| {}).await;
+    let r = a.user_visits(distinct_query(&a, 50_000)).await;
+    assert!(ok(&r), "{r}");
+    let budget = redis.cli(&["--scan", "--pattern", "visits-gateway:v1:budget:*"]);
+    let budget = budget
+        .lines()
+        .next()
+        .expect("the budget is shared")
+        .to_owned();
+    let page = redis.cli(&["--scan", "--pattern", "visits-gateway:v1:page:*"]);
+    let page = page.lines().next().expect("the page is shared").to_owned();
+    // Another program wrote a hash and a list where the gateway keeps strings.
+    redis.cli(&["DEL", &budget, &page]);
+    redis.cli(&["HSET", &budget, "field", "value"]);
+    redis.cli(&["RPUSH", &page, "an", "item"]);
+
+    // B asks the page (WRONGTYPE on GET: a miss) and more: all served, and
+    // Redis is still up (a refusal of the data is not an outage).
+    let r = b.user_visits(distinct_query(&a, 50_000)).await;
+    assert!(ok(&r), "{r}");
+    for n in 1..6 {
+        let r = b.user_visits(distinct_query(&a, 50_000 + n)).await;
+        assert!(ok(&r), "{r}");
+    }
+    assert_eq!(metric(&b.metrics().await, "visits_gateway_redis_up"), 1.0);
+    // The budget script and the page's store replaced them with their own.
+    assert_eq!(redis.cli(&["TYPE", &budget]), "string");
+    assert_eq!(redis.cli(&["TYPE", &page]), "string");
+    assert!(redis.cli(&["GET", &page]).contains("\"pager\""));
+}
+
+/// A 429 pauses the budget even when the request that met it does not retry
+/// (the pause is what keeps every replica off the platform, SPEC §3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_429_on_a_last_attempt_still_pauses_the_budget() {
+    let app = spawn_app_with(|s| {
+        s.upstream.max_retries = 0;
+        s.upstream.max_budget_wait = Duration::from_secs(6);
+    })
+    .await;
+    app.sim.push_fault(Fault::TooManyRequests(2));
+    let refused = app.user_visits(distinct_query(&app, 60_000)).await;
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "UPSTREAM_RATE_LIMITED",
+        "{refused}"
+    );
+    assert_eq!(app.sim.request_count(), 1);
+    let next = app.user_visits(distinct_query(&app, 60_001));
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        app.sim.request_count()
+    };
+    let (next, during) = futures::future::join(next, during).await;
+    assert_eq!(
+        during, 1,
+        "the next request waited out the platform's pause"
+    );
+    assert!(ok(&next), "{next}");
+    assert_eq!(app.sim.request_count(), 2);
+}
