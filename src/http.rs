@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use std::time::Duration;
 
-use async_graphql::parser::types::{ExecutableDocument, OperationType};
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
@@ -361,6 +361,9 @@ async fn answer(
     finish(form, media, status, body, fresh)
 }
 
+/// The longest operation name a span carries.
+const MAX_OPERATION_NAME: usize = 100;
+
 /// The GraphQL operation's span, with the semantic conventions' type and
 /// name when the document settles them. The document itself is left out: its
 /// literals may hold what a client would not want in a trace backend.
@@ -371,8 +374,19 @@ fn operation_span(doc: Option<&ExecutableDocument>, name: Option<&str>) -> traci
         OperationType::Mutation => "mutation",
         OperationType::Subscription => "subscription",
     });
-    // Named like the conventions' `{type} {name}`, the name only when the
-    // request gives one (a client's `operationName` is a label, not data).
+    // The name the document gives the operation run: the request's
+    // `operationName` when the document defines it, else the name of its one
+    // operation. Cut short, as it names the span.
+    let name = match (ty, name, doc.map(|d| &d.operations)) {
+        (None, _, _) => None,
+        (Some(_), Some(name), _) => Some(name),
+        (Some(_), None, Some(DocumentOperations::Multiple(ops))) if ops.len() == 1 => {
+            ops.keys().next().map(|n| n.as_str())
+        }
+        _ => None,
+    }
+    .map(|name| &name[..name.floor_char_boundary(MAX_OPERATION_NAME)]);
+    // Named like the conventions' `{type} {name}`.
     let span_name = match (ty, name) {
         (Some(ty), Some(name)) => format!("{ty} {name}"),
         (Some(ty), None) => ty.to_owned(),

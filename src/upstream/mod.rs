@@ -187,15 +187,67 @@ impl UpstreamClient {
         url
     }
 
-    /// One page: with tracing on, inside a client span whose context goes to
-    /// the platform (SPEC §6).
+    /// One page, within the request budget, retrying transient failures with
+    /// jittered exponential backoff until `deadline`.
     async fn fetch_page(
         &self,
         req: &PageRequest,
         deadline: Instant,
     ) -> Result<UpstreamPage, GatewayError> {
+        let mut attempt = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let max_wait = self.config.max_budget_wait.min(remaining);
+            let Ok(waited) = self.acquire_budget(max_wait).await else {
+                return Err(GatewayError::new(
+                    ErrorCode::UpstreamRateLimited,
+                    "the gateway's platform request budget is exhausted; try again shortly",
+                ));
+            };
+            self.metrics
+                .upstream_budget_wait
+                .observe(waited.as_secs_f64());
+            let result = self.traced_attempt(req, deadline, attempt).await;
+            if let Err(e) = &result
+                && e.code == ErrorCode::UpstreamRateLimited
+            {
+                // The platform throttles us: slow everyone down (every
+                // replica, through Redis), whether this request retries or not.
+                self.pause_budget(e.retry_after.unwrap_or(self.config.retry_base))
+                    .await;
+            }
+            let error = match result {
+                Ok(page) => return Ok(page),
+                Err(e) if e.code.is_transient() && attempt < self.config.max_retries => e,
+                Err(e) => return Err(e),
+            };
+            let ceiling = self.config.retry_base.saturating_mul(1 << attempt.min(16));
+            let backoff = ceiling.mul_f64(0.5 + fastrand::f64() / 2.0);
+            if Instant::now() + backoff >= deadline {
+                return Err(error);
+            }
+            self.metrics.upstream_retries.inc();
+            tracing::debug!(
+                attempt,
+                code = error.code.as_str(),
+                backoff_ms = backoff.as_millis() as u64,
+                "retrying the platform"
+            );
+            tokio::time::sleep(backoff).await;
+            attempt += 1;
+        }
+    }
+
+    /// One platform request: with tracing on, inside a client span of its own
+    /// whose context goes to the platform (SPEC §6); `resends` before it.
+    async fn traced_attempt(
+        &self,
+        req: &PageRequest,
+        deadline: Instant,
+        resends: u32,
+    ) -> Result<UpstreamPage, GatewayError> {
         if !crate::otel::enabled() {
-            return self.fetch_retrying(req, deadline).await.0;
+            return self.attempt(req, deadline).await;
         }
         let span = tracing::info_span!(
             "platform request",
@@ -211,6 +263,7 @@ impl UpstreamClient {
                     "server.address",
                     self.config.base.host_str().unwrap_or("").to_owned().into(),
                 ),
+                ("http.request.resend_count", i64::from(resends).into()),
                 ("visits.activity_id", req.activity.to_string().into()),
                 ("visits.page", (req.page as i64).into()),
                 ("visits.page_size", (req.page_size as i64).into()),
@@ -218,11 +271,7 @@ impl UpstreamClient {
                 ("visits.window.to", window(req.window.to)),
             ],
         );
-        let (result, retries) = self
-            .fetch_retrying(req, deadline)
-            .instrument(span.clone())
-            .await;
-        crate::otel::attributes(&span, [("visits.retries", i64::from(retries).into())]);
+        let result = self.attempt(req, deadline).instrument(span.clone()).await;
         match &result {
             Ok(_) => crate::otel::attributes(&span, [("http.response.status_code", 200i64.into())]),
             Err(e) => {
@@ -237,59 +286,6 @@ impl UpstreamClient {
             }
         }
         result
-    }
-
-    /// One page, within the request budget, retrying transient failures with
-    /// jittered exponential backoff until `deadline`; and how many retries
-    /// it took.
-    async fn fetch_retrying(
-        &self,
-        req: &PageRequest,
-        deadline: Instant,
-    ) -> (Result<UpstreamPage, GatewayError>, u32) {
-        let mut attempt = 0u32;
-        let result = loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let max_wait = self.config.max_budget_wait.min(remaining);
-            let Ok(waited) = self.acquire_budget(max_wait).await else {
-                break Err(GatewayError::new(
-                    ErrorCode::UpstreamRateLimited,
-                    "the gateway's platform request budget is exhausted; try again shortly",
-                ));
-            };
-            self.metrics
-                .upstream_budget_wait
-                .observe(waited.as_secs_f64());
-            let result = self.attempt(req, deadline).await;
-            if let Err(e) = &result
-                && e.code == ErrorCode::UpstreamRateLimited
-            {
-                // The platform throttles us: slow everyone down (every
-                // replica, through Redis), whether this request retries or not.
-                self.pause_budget(e.retry_after.unwrap_or(self.config.retry_base))
-                    .await;
-            }
-            let error = match result {
-                Ok(page) => break Ok(page),
-                Err(e) if e.code.is_transient() && attempt < self.config.max_retries => e,
-                Err(e) => break Err(e),
-            };
-            let ceiling = self.config.retry_base.saturating_mul(1 << attempt.min(16));
-            let backoff = ceiling.mul_f64(0.5 + fastrand::f64() / 2.0);
-            if Instant::now() + backoff >= deadline {
-                break Err(error);
-            }
-            self.metrics.upstream_retries.inc();
-            tracing::debug!(
-                attempt,
-                code = error.code.as_str(),
-                backoff_ms = backoff.as_millis() as u64,
-                "retrying the platform"
-            );
-            tokio::time::sleep(backoff).await;
-            attempt += 1;
-        };
-        (result, attempt)
     }
 
     /// One request: a concurrency slot, a timeout bounded by the deadline,

@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use visits_gateway::demo::{SMALL_ACTIVITY, SimPlatform};
+use visits_gateway::demo::{Fault, SMALL_ACTIVITY, SimPlatform};
 use visits_gateway::secret::Secret;
 
 use crate::helpers::{USER_VISITS, keys_line, temp_dir, ts};
@@ -265,10 +265,12 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
     let parent_id = format!("{:016x}", fastrand::u64(1..));
     let from = ts(Utc::now() - chrono::Duration::days(10));
     let body = json!({
+        // No `operationName`: the span is named from the document's one operation.
         "query": USER_VISITS.replacen("query(", "query Recent(", 1),
-        "operationName": "Recent",
         "variables": { "id": SMALL_ACTIVITY.to_string(), "range": { "from": from }, "first": 3 },
     });
+    // The first platform request fails once, and is retried.
+    sim.push_fault(Fault::Status(503, "busy".into()));
     let http = reqwest::Client::new();
     for _ in 0..2 {
         let response = http
@@ -369,8 +371,6 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
         assert_eq!(hex(&client.trace_id), trace_id);
         assert!(under_operation(client), "{client:#?}");
         assert_eq!(string(client, "http.request.method"), "GET");
-        assert_eq!(int(client, "http.response.status_code"), 200);
-        assert_eq!(int(client, "visits.retries"), 0);
         assert_eq!(int(client, "visits.page"), 1);
         assert!(int(client, "visits.page_size") > 0);
         assert_eq!(
@@ -380,6 +380,22 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
         assert!(!string(client, "visits.window.from").is_empty());
         assert!(!string(client, "visits.window.to").is_empty());
     }
+    // The platform's one 503 is a span of its own, and its retry another.
+    let status = |c: &&&Span| int(c, "http.response.status_code");
+    let failed: Vec<_> = clients.iter().filter(|c| status(c) == 503).collect();
+    assert_eq!(failed.len(), 1, "{clients:#?}");
+    assert_eq!(int(failed[0], "http.request.resend_count"), 0);
+    assert_eq!(string(failed[0], "error.type"), "UPSTREAM_UNAVAILABLE");
+    let retried: Vec<_> = clients
+        .iter()
+        .filter(|c| int(c, "http.request.resend_count") == 1)
+        .collect();
+    assert_eq!(retried.len(), 1, "{clients:#?}");
+    assert_eq!(status(&retried[0]), 200);
+    assert_eq!(
+        clients.iter().filter(|c| status(c) == 200).count(),
+        clients.len() - 1
+    );
     let page_events: Vec<_> = spans
         .iter()
         .flat_map(events)
@@ -394,12 +410,14 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
     let seen = sim.seen();
     assert_eq!(seen.len(), clients.len());
     let client_ids: Vec<String> = clients.iter().map(|c| hex(&c.span_id)).collect();
+    let mut sent_ids = std::collections::HashSet::new();
     for request in &seen {
         let traceparent = request.traceparent.as_deref().expect("a traceparent");
         let parts: Vec<&str> = traceparent.split('-').collect();
         assert_eq!(parts.len(), 4, "{traceparent}");
         assert_eq!(parts[1], trace_id);
         assert!(client_ids.iter().any(|id| id == parts[2]), "{traceparent}");
+        assert!(sent_ids.insert(parts[2].to_owned()), "one span per request");
     }
 
     // No secret in any attribute, the resource's and the events' included.
