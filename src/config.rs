@@ -456,11 +456,11 @@ pub struct ClientSettings {
     pub allow_unauthenticated: bool,
 
     /// Requests per second one client (key, JWT subject, else IP) may make.
-    #[arg(id = "CLIENT_RATE_PER_SECOND", long = "client-rate-per-second", env, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(id = "CLIENT_RATE_PER_SECOND", long = "client-rate-per-second", env, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub rate_per_second: u32,
 
     /// Burst above the client rate.
-    #[arg(id = "CLIENT_BURST", long = "client-burst", env, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(id = "CLIENT_BURST", long = "client-burst", env, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub burst: u32,
 
     /// Subscriptions one client (key, JWT subject, else IP) may hold at once.
