@@ -61,12 +61,9 @@ fn script() -> &'static Script {
     SCRIPT_.get_or_init(|| Script::new(SCRIPT))
 }
 
-/// One budget per platform: the base URL names it.
+/// One budget per platform.
 pub fn budget_key(base: &Url) -> String {
-    format!(
-        "{KEY_PREFIX}:budget:{}",
-        base.as_str().trim_end_matches('/')
-    )
+    format!("{KEY_PREFIX}:budget:{}", super::platform_id(base))
 }
 
 impl SharedBudget {

@@ -31,6 +31,16 @@ use circuit::{Change, Circuit};
 /// new format or another application never reads ours.
 pub const KEY_PREFIX: &str = "visits-gateway:v1";
 
+/// Names a platform in keys (gateways of several platforms may share one
+/// Redis): a hash of `UPSTREAM_BASE_URL`, never the URL itself, which could
+/// carry credentials.
+pub fn platform_id(base: &reqwest::Url) -> String {
+    format!(
+        "{:016x}",
+        crate::fnv::fnv1a64(base.as_str().trim_end_matches('/').as_bytes())
+    )
+}
+
 /// A command's own limit: Redis answers in well under a millisecond on a
 /// local network, so anything slower is treated as down.
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
@@ -357,6 +367,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn keys_name_a_platform_by_a_hash_never_by_its_url() {
+        let with_user = reqwest::Url::parse("https://user:s3cret@platform.example/").unwrap();
+        let key = budget::budget_key(&with_user);
+        assert!(key.starts_with("visits-gateway:v1:budget:"), "{key}");
+        assert!(
+            !key.contains("s3cret") && !key.contains("platform.example"),
+            "{key}"
+        );
+        let other = reqwest::Url::parse("https://other.example").unwrap();
+        assert_ne!(platform_id(&with_user), platform_id(&other));
+        // A trailing slash names the same platform.
+        let bare = reqwest::Url::parse("https://other.example/").unwrap();
+        assert_eq!(platform_id(&other), platform_id(&bare));
+    }
 
     /// A handle that is never started: every command is skipped.
     pub(crate) fn redis_nowhere() -> Redis {

@@ -110,10 +110,7 @@ impl SharedPages {
     ) -> Self {
         Self {
             redis,
-            platform: format!(
-                "{:016x}",
-                crate::fnv::fnv1a64(base.as_str().trim_end_matches('/').as_bytes())
-            ),
+            platform: super::platform_id(base),
             grace,
             metrics,
         }
