@@ -80,20 +80,7 @@ impl SharedBudget {
     /// `Some(Err(wait))` when the slot is further than `max_wait` (nothing
     /// taken), `None` when Redis cannot be asked.
     pub async fn reserve(&self, max_wait: Duration) -> Option<Result<Duration, Duration>> {
-        let max_wait_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX / 2);
-        let answer: i64 = self
-            .redis
-            .run("budget", |mut c| async move {
-                script()
-                    .key(&self.key)
-                    .arg("take")
-                    .arg(self.interval_us)
-                    .arg(self.burst)
-                    .arg(max_wait_us)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let answer = self.run("budget", "take", max_wait).await?;
         Some(if answer >= 0 {
             Ok(Duration::from_micros(answer.unsigned_abs()))
         } else {
@@ -103,19 +90,23 @@ impl SharedBudget {
 
     /// Pauses every replica for `r#for` (already capped by the caller).
     pub async fn pause(&self, r#for: Duration) {
-        let pause_us = u64::try_from(r#for.as_micros()).unwrap_or(u64::MAX / 2);
-        let _: Option<i64> = self
-            .redis
-            .run("budget_pause", |mut c| async move {
+        let _ = self.run("budget_pause", "pause", r#for).await;
+    }
+
+    /// The script's `operation` with its duration argument, in µs.
+    async fn run(&self, op: &'static str, operation: &str, arg: Duration) -> Option<i64> {
+        let arg_us = u64::try_from(arg.as_micros()).unwrap_or(u64::MAX / 2);
+        self.redis
+            .run(op, |mut c| async move {
                 script()
                     .key(&self.key)
-                    .arg("pause")
+                    .arg(operation)
                     .arg(self.interval_us)
                     .arg(self.burst)
-                    .arg(pause_us)
+                    .arg(arg_us)
                     .invoke_async(&mut c)
                     .await
             })
-            .await;
+            .await
     }
 }

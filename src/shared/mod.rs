@@ -193,11 +193,7 @@ impl Redis {
             // the answer as a miss, and the next write replaces the value.
             Ok(Err(e)) if redis_answered(&e) => {
                 tracing::debug!(op, error = %e, "Redis refused a command");
-                self.inner
-                    .metrics
-                    .redis_errors
-                    .get_or_create(&OpLabel { op })
-                    .inc();
+                self.inner.count_error(op);
                 None
             }
             Ok(Err(e)) => {
@@ -238,11 +234,16 @@ fn redis_answered(e: &redis::RedisError) -> bool {
 }
 
 impl Inner {
-    fn failed(&self, op: &'static str) {
+    fn count_error(&self, op: &'static str) {
         self.metrics
             .redis_errors
             .get_or_create(&OpLabel { op })
             .inc();
+    }
+
+    /// An error that counts against the circuit: Redis away or too slow.
+    fn failed(&self, op: &'static str) {
+        self.count_error(op);
         let change = lock(&self.circuit).failure(Instant::now());
         self.publish(change);
     }

@@ -155,6 +155,19 @@ async fn visits(ws: &mut Ws, id: &str, n: usize, wait: Duration) -> Vec<Identity
     got
 }
 
+/// A subscription to an activity in scope, opened on `ws` after refusals
+/// that cost nothing (the platform had seen `before` requests), is served.
+async fn a_subscription_in_scope_gets_visits(
+    app: &TestApp,
+    ws: &mut Ws,
+    before: usize,
+    wait: Duration,
+) {
+    subscribe(ws, "inside", EXAMPLE_ACTIVITY).await;
+    started(app, before, 1).await;
+    a_new_visit_arrives(app, ws, "inside", EXAMPLE_ACTIVITY, wait).await;
+}
+
 /// A visit added to `activity` now reaches subscription `id`, alone.
 async fn a_new_visit_arrives(app: &TestApp, ws: &mut Ws, id: &str, activity: u64, wait: Duration) {
     let t = Utc::now();
@@ -361,16 +374,7 @@ async fn live_subscriptions_need_credentials_and_are_scoped_per_subscription() {
     );
 
     // The same socket's subscription in scope works.
-    subscribe(&mut ws, "inside", EXAMPLE_ACTIVITY).await;
-    started(&app, before, 1).await;
-    a_new_visit_arrives(
-        &app,
-        &mut ws,
-        "inside",
-        EXAMPLE_ACTIVITY,
-        Duration::from_secs(3),
-    )
-    .await;
+    a_subscription_in_scope_gets_visits(&app, &mut ws, before, Duration::from_secs(3)).await;
 }
 
 #[tokio::test]
@@ -750,16 +754,7 @@ async fn live_jwts_in_connection_init_are_checked_for_signature_expiry_and_scope
     );
     assert_eq!(app.sim.request_count(), before, "a refusal cost a request");
 
-    subscribe(&mut ws, "inside", EXAMPLE_ACTIVITY).await;
-    started(&app, before, 1).await;
-    a_new_visit_arrives(
-        &app,
-        &mut ws,
-        "inside",
-        EXAMPLE_ACTIVITY,
-        Duration::from_secs(5),
-    )
-    .await;
+    a_subscription_in_scope_gets_visits(&app, &mut ws, before, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]

@@ -17,16 +17,25 @@ pub(crate) const JSON: &str = "application/json";
 /// POSTs `body` as `application/json` with `accept`; the status, the
 /// content type and the body.
 pub(crate) async fn post(app: &TestApp, accept: &str, body: &str) -> (StatusCode, String, Value) {
-    let r = app
+    post_as(app, None, accept, body).await
+}
+
+/// [`post`], with `key` as the client's credential when given.
+async fn post_as(
+    app: &TestApp,
+    key: Option<&str>,
+    accept: &str,
+    body: &str,
+) -> (StatusCode, String, Value) {
+    let mut request = app
         .http
         .post(app.url("/graphql"))
         .header(CONTENT_TYPE, JSON)
-        .header(ACCEPT, accept)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    answer(r).await
+        .header(ACCEPT, accept);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    answer(request.body(body.to_owned()).send().await.unwrap()).await
 }
 
 /// GETs `/graphql?<query_string>` with `accept`.
@@ -264,17 +273,7 @@ async fn field_errors_are_200_with_data_in_both_types() {
     let (app, key) = keyed_app().await;
     let body = json!({ "query": format!(r#"{{ userVisits(activityId: "{SMALL_ACTIVITY}", last: 1) {{ totalCount }} }}"#) }).to_string();
     for accept in [GRAPHQL_RESPONSE, JSON] {
-        let r = app
-            .http
-            .post(app.url("/graphql"))
-            .header(CONTENT_TYPE, JSON)
-            .header(ACCEPT, accept)
-            .bearer_auth(&key)
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        let (status, _, r) = answer(r).await;
+        let (status, _, r) = post_as(&app, Some(&key), accept, &body).await;
         assert_eq!(status, 200, "{accept}: {r}");
         assert_eq!(error_code(&r), "FORBIDDEN");
         assert!(r.as_object().unwrap().contains_key("data"), "{r}");
@@ -312,17 +311,7 @@ async fn credential_rate_and_size_refusals_keep_their_statuses_in_both_types() {
             (401, "UNAUTHENTICATED")
         );
         let big = json!({ "query": format!("{{ __typename }} #{}", "x".repeat(40_000)) });
-        let r = app
-            .http
-            .post(app.url("/graphql"))
-            .header(CONTENT_TYPE, JSON)
-            .header(ACCEPT, accept)
-            .bearer_auth(&key)
-            .body(big.to_string())
-            .send()
-            .await
-            .unwrap();
-        let (status, _, r) = answer(r).await;
+        let (status, _, r) = post_as(&app, Some(&key), accept, &big.to_string()).await;
         assert_eq!(
             (status.as_u16(), error_code(&r).as_str()),
             (413, "BAD_USER_INPUT")
