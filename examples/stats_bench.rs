@@ -292,7 +292,7 @@ async fn main() {
         max_page_size: 100,
         stats: StatsLoader::new(32 * 1024 * 1024, 200),
     });
-    let schema = build_schema(Some(resolver), &Settings::defaults().server, None);
+    let schema = build_schema(Some(resolver), &Settings::defaults().server);
     let variables = Variables::from_json(json!({ "from": visits_gateway::time::format(start) }));
     let mut graphql_times = Vec::new();
     let mut body_bytes = 0;

@@ -154,6 +154,7 @@ impl App {
                 buffer: server.live_subscriber_buffer as usize,
                 ping: server.live_ping,
                 max_per_client: client.live_max_subscriptions_per_client as usize,
+                max_connections_per_client: client.live_max_connections_per_client as usize,
                 max_total: server.live_max_subscriptions as usize,
                 page_size: paging.upstream_page_size,
                 deadline: upstream.deadline,
@@ -167,16 +168,7 @@ impl App {
             server.persisted_queries_only,
         );
         let state = Arc::new(AppState {
-            schema: graphql::build_schema(
-                Some(resolver.clone()),
-                server,
-                server
-                    .persisted_queries_file
-                    .is_some()
-                    .then(|| crate::graphql::persisted::Guard {
-                        persisted: persisted.clone(),
-                    }),
-            ),
+            schema: graphql::build_schema(Some(resolver.clone()), server),
             resolver,
             documents: Documents::new(8 * 1024 * 1024),
             persisted,

@@ -467,6 +467,11 @@ pub struct ClientSettings {
     #[arg(id = "LIVE_MAX_SUBSCRIPTIONS_PER_CLIENT", long = "live-max-subscriptions-per-client", env, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub live_max_subscriptions_per_client: u32,
 
+    /// Subscription connections (WebSockets, SSE and multipart streams) one
+    /// client (key, JWT subject, else IP, an IPv6 one by its /64) may hold open.
+    #[arg(id = "LIVE_MAX_CONNECTIONS_PER_CLIENT", long = "live-max-connections-per-client", env, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub live_max_connections_per_client: u32,
+
     /// Proxies whose `X-Forwarded-For` is believed, comma-separated CIDRs
     /// or addresses (none by default).
     #[arg(id = "TRUSTED_PROXIES", long = "trusted-proxies", env, value_delimiter = ',', value_parser = proxy_net)]

@@ -138,21 +138,38 @@ pub struct Params {
     pub document_id: Option<String>,
 }
 
+/// A request object as sent, each member checked for its type by [`Body::params`].
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Body {
+    query: Option<Value>,
+    operation_name: Option<Value>,
+    variables: Option<Value>,
+    extensions: Option<Value>,
+    document_id: Option<Value>,
+    #[serde(rename = "doc_id")]
+    doc_id: Option<Value>,
+}
+
+impl Body {
+    fn params(self) -> Result<Params, String> {
+        Ok(Params {
+            query: string("query", self.query)?,
+            operation_name: string("operationName", self.operation_name)?,
+            variables: object("variables", self.variables)?,
+            extensions: object("extensions", self.extensions)?,
+            document_id: document_id(
+                string("documentId", self.document_id)?,
+                string("doc_id", self.doc_id)?,
+            )?,
+        })
+    }
+}
+
 impl Params {
     /// From a POST body: one JSON object (a batch, a JSON array, is not
     /// supported; serde would also take an array as the struct's fields).
     pub fn from_json(body: &[u8]) -> Result<Self, String> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Body {
-            query: Option<Value>,
-            operation_name: Option<Value>,
-            variables: Option<Value>,
-            extensions: Option<Value>,
-            document_id: Option<Value>,
-            #[serde(rename = "doc_id")]
-            doc_id: Option<Value>,
-        }
         if body.trim_ascii_start().first() != Some(&b'{') {
             return Err(
                 "the body must be a JSON GraphQL request {\"query\": ...}: a JSON object is expected (batches are not supported)"
@@ -162,16 +179,18 @@ impl Params {
         let body: Body = serde_json::from_slice(body).map_err(|e| {
             format!("the body must be a JSON GraphQL request {{\"query\": ...}}: {e}")
         })?;
-        Ok(Self {
-            query: string("query", body.query)?,
-            operation_name: string("operationName", body.operation_name)?,
-            variables: object("variables", body.variables)?,
-            extensions: object("extensions", body.extensions)?,
-            document_id: document_id(
-                string("documentId", body.document_id)?,
-                string("doc_id", body.doc_id)?,
-            )?,
-        })
+        body.params()
+    }
+
+    /// From a JSON object already read (a WebSocket `subscribe`'s payload).
+    pub fn from_value(value: Value) -> Result<Self, String> {
+        if !value.is_object() {
+            return Err("the payload must be a GraphQL request {\"query\": ...}".into());
+        }
+        let body: Body = serde_json::from_value(value).map_err(|e| {
+            format!("the payload must be a GraphQL request {{\"query\": ...}}: {e}")
+        })?;
+        body.params()
     }
 
     /// From a GET's query string: `query`, `operationName`, and `variables`

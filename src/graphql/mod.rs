@@ -338,19 +338,12 @@ pub const EXAMPLE_QUERY: &str = "query NewestVisits($activityId: ID!, $last: Int
 }
 ";
 
-/// The schema; `guard` (when a manifest is configured) checks what
-/// reaches it over WebSocket ([`persisted::Guard`]).
-pub fn build_schema(
-    resolver: Option<Arc<Resolver>>,
-    settings: &ServerSettings,
-    guard: Option<persisted::Guard>,
-) -> GatewaySchema {
+/// The schema. What reaches it has passed the admission pipeline
+/// ([`crate::http::admission`]), whatever door it came through.
+pub fn build_schema(resolver: Option<Arc<Resolver>>, settings: &ServerSettings) -> GatewaySchema {
     let mut builder = Schema::build(Query, EmptyMutation, subscription::Subscription)
         .limit_depth(settings.max_query_depth as usize)
         .limit_complexity(settings.max_query_complexity as usize);
-    if let Some(guard) = guard {
-        builder = builder.extension(guard);
-    }
     if !settings.introspection_enabled {
         builder = builder.disable_introspection();
     }
@@ -362,5 +355,5 @@ pub fn build_schema(
 
 /// The SDL, as committed in `schema/schema.graphql`.
 pub fn sdl() -> String {
-    build_schema(None, &ServerSettings::default(), None).sdl()
+    build_schema(None, &ServerSettings::default()).sdl()
 }

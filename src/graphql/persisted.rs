@@ -17,16 +17,11 @@
 
 use std::sync::Arc;
 
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
-};
-use async_graphql::{ErrorExtensions, ServerError, ServerResult};
 use moka::sync::Cache;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::manifest::Manifest;
-use crate::error::{ErrorCode, GatewayError};
 
 /// Bytes of query text kept at most.
 pub const MAX_BYTES: u64 = 8 * 1024 * 1024;
@@ -169,78 +164,6 @@ impl PersistedQueries {
         self.manifest
             .as_ref()
             .is_some_and(|m| m.contains_text(text))
-    }
-}
-
-/// The same rules for what reaches the schema another way than the HTTP
-/// handler, which resolves before parsing: a subscription over WebSocket.
-/// Its `subscribe` payload may name a manifest operation by APQ hash
-/// instead of a query, and with `PERSISTED_QUERIES_ONLY` its query must be a
-/// manifest operation. (An HTTP request arrives here already resolved: its
-/// text passes.)
-/// Its refusals are counted in `graphql_errors` by the socket, which counts
-/// every error a subscription sends.
-pub struct Guard {
-    pub persisted: PersistedQueries,
-}
-
-impl ExtensionFactory for Guard {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(GuardExtension {
-            persisted: self.persisted.clone(),
-        })
-    }
-}
-
-struct GuardExtension {
-    persisted: PersistedQueries,
-}
-
-#[async_trait::async_trait]
-impl Extension for GuardExtension {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        mut request: async_graphql::Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<async_graphql::Request> {
-        let extensions: Option<Map<String, Value>> = request
-            .extensions
-            .0
-            .get("persistedQuery")
-            .and_then(|v| v.clone().into_json().ok())
-            .map(|v| Map::from_iter([("persistedQuery".to_owned(), v)]));
-        // The common case, and every HTTP request: a text, and any text runs.
-        if extensions.is_none() && !self.persisted.only() {
-            return next.run(ctx, request).await;
-        }
-        let refused = |code: ErrorCode, message: String| {
-            let mut e = ServerError::new(message.clone(), None);
-            e.extensions = GatewayError::new(code, message).extend().extensions;
-            e
-        };
-        match self
-            .persisted
-            .resolve(Some(&request.query), None, extensions.as_ref())
-        {
-            Ok(Some(query)) => {
-                if *query != *request.query {
-                    request.query = query.to_string();
-                }
-            }
-            Ok(None) => {}
-            Err(Refusal::NotFound) => {
-                return Err(refused(
-                    ErrorCode::PersistedQueryNotFound,
-                    "PersistedQueryNotFound: the gateway does not know this hash".into(),
-                ));
-            }
-            Err(Refusal::NotAllowed(m)) => {
-                return Err(refused(ErrorCode::PersistedQueryNotAllowed, m));
-            }
-            Err(Refusal::Invalid(m)) => return Err(refused(ErrorCode::BadUserInput, m)),
-        }
-        next.run(ctx, request).await
     }
 }
 

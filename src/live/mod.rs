@@ -5,7 +5,8 @@
 //!   channel, the subscription limits, the shutdown signal.
 //! - [`poller`] reads what is new on the platform, through the page cache and
 //!   the platform budget, and broadcasts it once per poll.
-//! - [`socket`] serves `graphql-transport-ws` on `GET /graphql` upgrades.
+//! - The doors that serve subscriptions live with the HTTP surface
+//!   ([`crate::http::websocket`]).
 //!
 //! A subscriber holds a receiver of its activity's broadcast channel, whose
 //! capacity (`LIVE_SUBSCRIBER_BUFFER`, in poll results) is its buffer: one
@@ -13,7 +14,6 @@
 //! poller and the other subscribers never wait for it.
 
 pub mod poller;
-pub mod socket;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,6 +49,8 @@ pub struct LivePolicy {
     pub max_per_client: usize,
     /// `LIVE_MAX_SUBSCRIPTIONS`.
     pub max_total: usize,
+    /// `LIVE_MAX_CONNECTIONS_PER_CLIENT`: open sockets and streams.
+    pub max_connections_per_client: usize,
     /// The page size asked of the platform (`UPSTREAM_PAGE_SIZE`).
     pub page_size: u64,
     /// Time one poll may spend on the platform (`UPSTREAM_DEADLINE_MS`).
@@ -82,6 +84,8 @@ type Feed = broadcast::Sender<Arc<Batch>>;
 struct Counts {
     total: usize,
     by_client: HashMap<Arc<str>, usize>,
+    /// Open connections (sockets, streams) by client.
+    connections: HashMap<Arc<str>, usize>,
 }
 
 /// The live subscriptions of the process.
@@ -90,7 +94,7 @@ pub struct Live {
     pub policy: LivePolicy,
     feeds: Mutex<HashMap<ActivityId, Feed>>,
     counts: Mutex<Counts>,
-    metrics: Arc<Metrics>,
+    pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     /// Open subscription sockets, so shutdown can wait for their close.
     sockets: watch::Sender<usize>,
@@ -134,7 +138,7 @@ impl Live {
         *self.shutdown.borrow()
     }
 
-    fn shutdown_signal(&self) -> watch::Receiver<bool> {
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
 
@@ -144,9 +148,32 @@ impl Live {
         let _ = open.wait_for(|n| *n == 0).await;
     }
 
-    fn socket_opened(self: &Arc<Self>) -> SocketGuard {
+    /// Counts a subscription connection of `client` (a socket or a stream)
+    /// until the guard drops, or refuses it when the client holds
+    /// `LIVE_MAX_CONNECTIONS_PER_CLIENT` already.
+    pub fn connection_opened(
+        self: &Arc<Self>,
+        client: &Arc<str>,
+    ) -> Result<ConnectionGuard, GatewayError> {
+        {
+            let mut counts = lock(&self.counts);
+            let mine = counts.connections.entry(client.clone()).or_default();
+            if *mine >= self.policy.max_connections_per_client {
+                return Err(GatewayError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this client already holds {} subscription connections (LIVE_MAX_CONNECTIONS_PER_CLIENT): close one first",
+                        self.policy.max_connections_per_client
+                    ),
+                ));
+            }
+            *mine += 1;
+        }
         self.sockets.send_modify(|n| *n += 1);
-        SocketGuard(self.clone())
+        Ok(ConnectionGuard {
+            live: self.clone(),
+            client: client.clone(),
+        })
     }
 
     /// Activities being polled now.
@@ -260,11 +287,24 @@ impl Drop for Guard {
     }
 }
 
-struct SocketGuard(Arc<Live>);
+/// An open subscription connection, counted until it drops.
+pub struct ConnectionGuard {
+    live: Arc<Live>,
+    client: Arc<str>,
+}
 
-impl Drop for SocketGuard {
+impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.sockets.send_modify(|n| *n = n.saturating_sub(1));
+        {
+            let mut counts = lock(&self.live.counts);
+            if let Some(n) = counts.connections.get_mut(&self.client) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.connections.remove(&self.client);
+                }
+            }
+        }
+        self.live.sockets.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -153,10 +153,21 @@ async fn aliases_that_could_drain_the_budget_are_refused_before_any_platform_req
     assert_eq!(error_code(&r), "QUERY_TOO_EXPENSIVE", "{r}");
     assert_eq!(app.sim.request_count(), 0);
 
-    // One such field is the largest legitimate request: served.
+    // Two different fields under one response name both run: both count.
+    let other = "userVisits(activityId: $id, range: $range, first: 99) { totalCount }";
+    let hidden =
+        format!("query($id: ID!, $range: TimeRange) {{ a: {one} ... on Query {{ a: {other} }} }}");
+    let r = app.graphql(&hidden, vars.clone()).await;
+    assert_eq!(error_code(&r), "QUERY_TOO_EXPENSIVE", "{r}");
+    assert_eq!(app.sim.request_count(), 0);
+
+    // One such field is the largest legitimate request: served, also when a
+    // fragment repeats it (GraphQL merges identical fields: it runs once).
     let r = app
         .graphql(
-            &format!("query($id: ID!, $range: TimeRange) {{ {one} }}"),
+            &format!(
+                "query($id: ID!, $range: TimeRange) {{ {one} ...F }} fragment F on Query {{ {one} }}"
+            ),
             vars,
         )
         .await;

@@ -45,6 +45,7 @@ use visits_gateway::config::Settings;
 use visits_gateway::demo::EXAMPLE_ACTIVITY;
 
 use crate::helpers::{TestApp, USER_VISITS, logs, spawn_app, spawn_app_with, temp_dir, ts};
+use crate::live::Ws;
 
 // ---------------------------------------------------------------------------
 // The harness: send, judge, shrink, check the process.
@@ -238,13 +239,29 @@ struct Client {
     app: Arc<TestApp>,
     runtime: tokio::runtime::Runtime,
     http: reqwest::Client,
+    /// The door the probes go through.
+    door: Door,
+    /// The subscription socket over the WebSocket door, opened when first needed.
+    ws: RefCell<Option<Ws>>,
     sent: Cell<usize>,
     /// The platform's request count when the last answer came.
     platform_count: Cell<usize>,
 }
 
+/// Every category runs through each door: the same checks hold at both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Door {
+    /// A POST.
+    Http,
+    /// A `subscribe` message over a `graphql-transport-ws` socket. A probe
+    /// that is not a JSON GraphQL request within the body limit (a
+    /// content-type or framing case) still goes over HTTP: a socket has no
+    /// such thing.
+    WebSocket,
+}
+
 impl Client {
-    fn new(app: Arc<TestApp>) -> Self {
+    fn new(app: Arc<TestApp>, door: Door) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -259,6 +276,8 @@ impl Client {
                 .pool_max_idle_per_host(0)
                 .build()
                 .expect("an HTTP client"),
+            door,
+            ws: RefCell::new(None),
             sent: Cell::new(0),
             platform_count: Cell::new(0),
         }
@@ -268,9 +287,7 @@ impl Client {
     fn exchange(&self, probe: &Probe, sent_at: DateTime<Utc>) -> Result<(), String> {
         self.settle();
         self.sent.set(self.sent.get() + 1);
-        let outcome = self
-            .runtime
-            .block_on(exchange(&self.app, &self.http, probe, sent_at));
+        let outcome = self.runtime.block_on(exchange(self, probe, sent_at));
         self.platform_count.set(self.app.sim.request_count());
         outcome
     }
@@ -292,13 +309,14 @@ impl Client {
 async fn category(
     app: &Arc<TestApp>,
     name: &'static str,
+    door: Door,
     requests: impl FnOnce(&Client) -> Vec<String> + Send + 'static,
 ) {
     let started = Instant::now();
     let rss_before = rss_mib();
     let app = app.clone();
     let (mut problems, sent) = tokio::task::spawn_blocking(move || {
-        let client = Client::new(app);
+        let client = Client::new(app, door);
         let mut problems = requests(&client);
         problems.extend(client.runtime.block_on(alive(&client.app, &client.http)));
         (problems, client.sent.get())
@@ -307,7 +325,7 @@ async fn category(
     .expect("the client's thread");
     let rss_after = rss_mib();
     eprintln!(
-        "hostile {name}: {sent} requests in {:.1} s; RSS {rss_before:.0} -> {rss_after:.0} MiB",
+        "hostile {name} ({door:?}): {sent} requests in {:.1} s; RSS {rss_before:.0} -> {rss_after:.0} MiB",
         started.elapsed().as_secs_f64(),
     );
     if rss_after - rss_before > MAX_RSS_GROWTH_MIB {
@@ -317,7 +335,7 @@ async fn category(
     }
     assert!(
         problems.is_empty(),
-        "hostile {name}:\n{}",
+        "hostile {name} ({door:?}):\n{}",
         problems.join("\n\n")
     );
 }
@@ -329,74 +347,86 @@ async fn fuzz<S, P>(
     app: &Arc<TestApp>,
     name: &'static str,
     cases: u32,
-    strategy: impl FnOnce() -> S + Send + 'static,
+    strategy: impl Fn() -> S + Send + Sync + 'static,
     probe: P,
 ) where
     S: Strategy,
     S::Value: Debug,
-    P: Fn(&S::Value, DateTime<Utc>) -> Probe + Send + 'static,
+    P: Fn(&S::Value, DateTime<Utc>) -> Probe + Send + Sync + 'static,
 {
     // HOSTILE_KEEP_GOING=1 runs every case and lists every failure, rather
     // than stopping at the first and shrinking it: to see all the holes at once.
     let keep_going = std::env::var_os("HOSTILE_KEEP_GOING").is_some();
-    category(app, name, move |client| {
-        let config = Config {
-            cases,
-            failure_persistence: None,
-            rng_algorithm: RngAlgorithm::ChaCha,
-            max_shrink_iters: 400,
-            max_shrink_time: 30_000,
-            ..Config::default()
-        };
-        let rng = TestRng::from_seed(RngAlgorithm::ChaCha, SEED);
-        let failures = RefCell::new(Vec::new());
-        let outcome = TestRunner::new_with_rng(config, rng).run(&strategy(), |case| {
-            let sent_at = Utc::now();
-            match client.exchange(&probe(&case, sent_at), sent_at) {
-                Err(why) if keep_going => {
-                    failures.borrow_mut().push(format!("{why}\ncase: {case:?}"));
-                    Ok(())
+    let (strategy, probe) = (Arc::new(strategy), Arc::new(probe));
+    for door in [Door::Http, Door::WebSocket] {
+        let (strategy, probe) = (strategy.clone(), probe.clone());
+        category(app, name, door, move |client| {
+            let config = Config {
+                cases,
+                failure_persistence: None,
+                rng_algorithm: RngAlgorithm::ChaCha,
+                max_shrink_iters: 400,
+                max_shrink_time: 30_000,
+                ..Config::default()
+            };
+            let rng = TestRng::from_seed(RngAlgorithm::ChaCha, SEED);
+            let failures = RefCell::new(Vec::new());
+            let outcome = TestRunner::new_with_rng(config, rng).run(&strategy(), |case| {
+                let sent_at = Utc::now();
+                match client.exchange(&probe(&case, sent_at), sent_at) {
+                    Err(why) if keep_going => {
+                        failures.borrow_mut().push(format!("{why}\ncase: {case:?}"));
+                        Ok(())
+                    }
+                    outcome => outcome.map_err(TestCaseError::fail),
                 }
-                outcome => outcome.map_err(TestCaseError::fail),
-            }
-        });
-        let mut problems = failures.into_inner();
-        problems.extend(outcome.err().map(|e| e.to_string()));
-        problems
-    })
-    .await;
+            });
+            let mut problems = failures.into_inner();
+            problems.extend(outcome.err().map(|e| e.to_string()));
+            problems
+        })
+        .await;
+    }
 }
 
 /// `cases` in order, up to the first that fails: where each case is bigger
 /// than the one before, the first failure is the smallest.
 async fn sweep<V, P>(app: &Arc<TestApp>, name: &'static str, cases: Vec<V>, probe: P)
 where
-    V: Debug + Send + 'static,
-    P: Fn(&V) -> Probe + Send + 'static,
+    V: Debug + Send + Sync + 'static,
+    P: Fn(&V) -> Probe + Send + Sync + 'static,
 {
-    category(app, name, move |client| {
-        cases
-            .iter()
-            .find_map(|case| {
-                // Printed first: if this case kills the process, it was the last.
-                eprintln!("hostile {name}: {case:?}");
-                let why = client.exchange(&probe(case), Utc::now()).err()?;
-                Some(format!("{why}\nthe smallest failing case: {case:?}"))
-            })
-            .into_iter()
-            .collect()
-    })
-    .await;
+    let (cases, probe) = (Arc::new(cases), Arc::new(probe));
+    for door in [Door::Http, Door::WebSocket] {
+        let (cases, probe) = (cases.clone(), probe.clone());
+        category(app, name, door, move |client| {
+            cases
+                .iter()
+                .find_map(|case| {
+                    // Printed first: if this case kills the process, it was the last.
+                    eprintln!("hostile {name} ({door:?}): {case:?}");
+                    let why = client.exchange(&probe(case), Utc::now()).err()?;
+                    Some(format!("{why}\nthe smallest failing case: {case:?}"))
+                })
+                .into_iter()
+                .collect()
+        })
+        .await;
+    }
 }
 
-async fn exchange(
-    app: &TestApp,
-    http: &reqwest::Client,
-    probe: &Probe,
-    sent_at: DateTime<Utc>,
-) -> Result<(), String> {
+async fn exchange(client: &Client, probe: &Probe, sent_at: DateTime<Utc>) -> Result<(), String> {
+    let app = &*client.app;
     let before = app.sim.request_count();
-    let answer = send(app, http, probe).await;
+    let payload = match client.door {
+        Door::WebSocket => ws_payload(probe),
+        Door::Http => None,
+    };
+    let over_ws = payload.is_some();
+    let answer = match payload {
+        Some(payload) => send_subscribe(client, payload).await,
+        None => send(app, &client.http, probe).await,
+    };
     let cost = app.sim.request_count() - before;
     let shown = |text: &[u8]| {
         let text = String::from_utf8_lossy(text);
@@ -408,7 +438,12 @@ async fn exchange(
         }
     };
     let mut sent = format!(
-        "sent ({} bytes, {:?}{}): {}",
+        "sent {}({} bytes, {:?}{}): {}",
+        if over_ws {
+            "as a WebSocket subscribe "
+        } else {
+            ""
+        },
         probe.body.len(),
         probe.content_type,
         if probe.chunked { ", chunked" } else { "" },
@@ -431,12 +466,83 @@ async fn exchange(
         && [early, late]
             .iter()
             .any(|v| !matches!(v, Expect::Refused { free: true, .. }));
-    judge(app, probe, &answer, cost, expect, may_cost, answered_at).map_err(|why| {
+    judge(
+        app,
+        probe,
+        &answer,
+        cost,
+        expect,
+        may_cost,
+        answered_at,
+        over_ws,
+    )
+    .map_err(|why| {
         format!(
             "{why}\nexpected: {expect:?}\n{sent}\nanswered {}: {}\nplatform requests: {cost}",
             answer.status,
             shown(answer.text.as_bytes())
         )
+    })
+}
+
+/// The `subscribe` payload of a probe that a socket can carry: a JSON
+/// GraphQL request object within the message size limit.
+fn ws_payload(probe: &Probe) -> Option<Value> {
+    if probe.chunked
+        || probe.content_type != Some("application/json")
+        || probe.body.len() > LIMITS.max_body_bytes
+    {
+        return None;
+    }
+    serde_json::from_slice::<Value>(&probe.body)
+        .ok()
+        .filter(Value::is_object)
+}
+
+/// Sends `payload` as a `subscribe` on the client's socket and reads that
+/// subscription's answer as an HTTP body would carry it: a `next`'s payload
+/// (a GraphQL response), or an `error`'s errors. A subscription that goes
+/// on after its first result is ended from the client's side.
+async fn send_subscribe(client: &Client, payload: Value) -> Result<Answer, String> {
+    // Taken for the exchange, put back after it unless it closed.
+    let mut ws = match client.ws.take() {
+        Some(ws) => ws,
+        None => {
+            let mut ws = crate::live::connect(&client.app, None).await;
+            crate::live::send(&mut ws, json!({"type": "connection_init", "payload": {}})).await;
+            match crate::live::next(&mut ws, ANSWER_WITHIN).await {
+                Some(m) if m["type"] == "connection_ack" => {}
+                other => return Err(format!("connection_init answered {other:?}")),
+            }
+            ws
+        }
+    };
+    let id = client.sent.get().to_string();
+    crate::live::send(
+        &mut ws,
+        json!({"id": id, "type": "subscribe", "payload": payload}),
+    )
+    .await;
+    let answer = loop {
+        let Some(m) = crate::live::next(&mut ws, ANSWER_WITHIN).await else {
+            return Err("the socket closed, or sent nothing in time".into());
+        };
+        if m["id"] != json!(id) {
+            continue;
+        }
+        match m["type"].as_str() {
+            Some("next") => break m["payload"].to_string(),
+            Some("error") => break json!({ "errors": m["payload"] }).to_string(),
+            Some("complete") => return Err("complete before any result".into()),
+            _ => return Err(format!("not a graphql-transport-ws answer: {m}")),
+        }
+    };
+    // A query completes by itself; a subscription is ended here.
+    crate::live::send(&mut ws, json!({"id": id, "type": "complete"})).await;
+    client.ws.replace(Some(ws));
+    Ok(Answer {
+        status: 200,
+        text: answer,
     })
 }
 
@@ -523,6 +629,7 @@ fn parse_http_answer(raw: &str) -> Result<Answer, String> {
 }
 
 /// The invariants every answer keeps, then the SPEC's verdict.
+#[allow(clippy::too_many_arguments)]
 fn judge(
     app: &TestApp,
     probe: &Probe,
@@ -531,6 +638,7 @@ fn judge(
     expect: Expect,
     may_cost: bool,
     answered_at: DateTime<Utc>,
+    over_ws: bool,
 ) -> Result<(), String> {
     let status = answer.status;
     if status >= 500 {
@@ -571,6 +679,7 @@ fn judge(
         ));
     }
     if let Some(allowed) = &probe.status
+        && !over_ws
         && !allowed.contains(&status)
     {
         return Err(format!("HTTP {status}, where the SPEC says {allowed:?}"));

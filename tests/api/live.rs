@@ -979,9 +979,20 @@ async fn live_an_upgrade_is_charged_to_the_clients_rate_and_refused_with_429_ove
     // An upgrade carrying a key is charged to the key, not the address.
     let mut keyed = connect(&app, Some("Bearer live-rate-key")).await;
     init(&mut keyed, json!({})).await;
-    // Sockets already open carry on.
+    // A socket already open carries on, its messages charged like requests:
+    // a subscription over the rate is refused with the code, and served once
+    // the bucket has refilled.
     init(&mut open, json!({})).await;
     subscribe(&mut open, "1", SMALL_ACTIVITY).await;
+    let m = next(&mut open, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (&m["id"], &m["type"]),
+        (&json!("1"), &json!("error")),
+        "{m}"
+    );
+    assert_eq!(m["payload"][0]["extensions"]["code"], "RATE_LIMITED", "{m}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    subscribe(&mut open, "2", SMALL_ACTIVITY).await;
     subscriptions_become(&app, 1.0).await;
 }
 
@@ -1015,4 +1026,107 @@ async fn send_raw(ws: &mut Ws, message: Value) -> Result<(), String> {
     ws.send(Message::Text(message.to_string().into()))
         .await
         .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn live_a_socket_without_connection_init_is_closed_with_4408_whatever_else_it_sends() {
+    let app = live_app(|s| s.server.live_ping = Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let mut ws = connect(&app, None).await;
+    // Busy, but never initialised: pings, and pongs to the gateway's pings.
+    let code = loop {
+        let _ = send_raw(&mut ws, json!({"type": "ping"})).await;
+        match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""ping""#) => {
+                let _ = send_raw(&mut ws, json!({"type": "pong"})).await;
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(Some(Err(_)) | None) => break None,
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never closed");
+    };
+    assert_eq!(code, Some(4408));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9),
+        "closed after {waited:?}, before its 10 s"
+    );
+}
+
+#[tokio::test]
+async fn live_open_sockets_are_bounded_per_client_and_a_closed_one_frees_its_place() {
+    let app = live_app(|s| s.client.live_max_connections_per_client = 2).await;
+    let first = connect(&app, None).await;
+    let _second = connect(&app, None).await;
+    let refused = upgrade_over_http(&app, None).await;
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("LIVE_MAX_CONNECTIONS_PER_CLIENT"),
+        "{body}"
+    );
+    drop(first);
+    for _ in 0..50 {
+        if upgrade_over_http(&app, None).await.status() == 101 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("a closed socket never freed its place");
+}
+
+#[tokio::test]
+async fn live_a_fragment_bomb_or_an_expensive_query_over_the_socket_is_refused_at_once() {
+    let app = live_app(|_| {}).await;
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    let mut bomb = String::from(
+        "subscription { ...F30 } fragment F0 on Subscription { userVisitAdded(activityId: \"1\") { nickname } }\n",
+    );
+    for i in 1..=30 {
+        bomb += &format!(
+            "fragment F{i} on Subscription {{ ...F{j} ...F{j} }}\n",
+            j = i - 1
+        );
+    }
+    let range = json!({ "from": ts(app.now - chrono::Duration::days(91)), "to": ts(app.now) });
+    let one = "userVisits(activityId: \"10024069\", range: $range, first: 100) { totalCount }";
+    let expensive = format!("query($range: TimeRange) {{ a: {one} b: {one} }}");
+    let started = std::time::Instant::now();
+    send(
+        &mut ws,
+        json!({"id": "bomb", "type": "subscribe", "payload": {"query": bomb}}),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!({"id": "dear", "type": "subscribe", "payload": {"query": expensive, "variables": {"range": range}}}),
+    )
+    .await;
+    let mut codes = std::collections::HashMap::new();
+    for m in messages(&mut ws, 2).await {
+        assert_eq!(m["type"], "error", "{m}");
+        codes.insert(
+            m["id"].as_str().unwrap().to_owned(),
+            m["payload"][0]["extensions"]["code"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(codes["bomb"], "BAD_USER_INPUT");
+    assert_eq!(codes["dear"], "QUERY_TOO_EXPENSIVE");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(app.sim.request_count(), 0);
+    // The process kept answering.
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
 }

@@ -664,6 +664,43 @@ async fn bad_zones_and_too_long_timelines_cost_no_platform_request() {
     assert_eq!(app.sim.request_count(), 0);
 }
 
+#[tokio::test]
+async fn the_timeline_bound_holds_for_the_whole_request_at_no_platform_request() {
+    let app = spawn_app().await;
+    // 6,000 minutes each: one is within the bound, two together are not,
+    // whether by alias, fragment or a second `userVisitStats`.
+    let from = app.now - Duration::days(30);
+    let from = from - Duration::milliseconds(from.timestamp_millis() % 60_000);
+    let range = json!({ "from": ts(from), "to": ts(from + Duration::minutes(6000)) });
+    let vars = json!({ "id": EXAMPLE_ACTIVITY.to_string(), "range": range });
+    let field = "userVisitStats(activityId: $id, range: $range)";
+    let aliased = format!(
+        "query($id: ID!, $range: TimeRange) {{ {field} {{ a: timeline(interval: MINUTE) {{ visits }} b: timeline(interval: MINUTE) {{ start }} }} }}"
+    );
+    let spread = format!(
+        "query($id: ID!, $range: TimeRange) {{ {field} {{ timeline(interval: MINUTE) {{ visits }} }} ...F }} \
+         fragment F on Query {{ again: {field} {{ timeline(interval: MINUTE) {{ visits }} }} }}"
+    );
+    for query in [aliased, spread] {
+        let r = app.graphql(&query, vars.clone()).await;
+        assert_eq!(error_code(&r), "BAD_USER_INPUT", "{r}");
+        let message = r["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("12000") && message.contains("10000"),
+            "names the figure and the limit: {message}"
+        );
+    }
+    assert_eq!(app.sim.request_count(), 0);
+    // One of them, or the same one twice (merged: it runs once), is served.
+    let once = format!(
+        "query($id: ID!, $range: TimeRange) {{ {field} {{ timeline(interval: MINUTE) {{ visits }} timeline(interval: MINUTE) {{ visits }} }} }}"
+    );
+    let r = app.graphql(&once, vars).await;
+    assert!(r["errors"].is_null(), "{r}");
+    let buckets = r["data"]["userVisitStats"]["timeline"].as_array().unwrap();
+    assert_eq!(buckets.len(), 6000);
+}
+
 /// Platform requests made by `f`.
 async fn cost<T>(app: &TestApp, f: impl std::future::Future<Output = T>) -> (T, usize) {
     let before = app.sim.request_count();

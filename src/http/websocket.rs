@@ -1,15 +1,21 @@
-//! Subscription sockets: `graphql-transport-ws` (what the npm `graphql-ws`
+//! The WebSocket door: `graphql-transport-ws` (what the npm `graphql-ws`
 //! client speaks) on `GET /graphql` upgrades.
 //!
 //! async-graphql runs the protocol; this loop around it adds what SPEC §2
-//! asks beyond it: the credential from `connection_init` or the upgrade
-//! request (a refusal closes with 4401, where async-graphql would say 1002),
-//! keep-alive pings, a socket that blocks too long is dropped, and on
-//! shutdown every subscription gets `complete` and the socket closes with
-//! 1001.
+//! and §5b ask beyond it:
+//! - every client message is charged to the client's rate like a request,
+//!   and every `subscribe` passes the [`admission`] pipeline before
+//!   async-graphql sees it (a refusal is that subscription's `error`);
+//! - a socket that has not sent `connection_init` within
+//!   [`INIT_TIMEOUT`] is closed with 4408, whatever else it sent;
+//! - open sockets are bounded per client (`LIVE_MAX_CONNECTIONS_PER_CLIENT`);
+//! - the credential from `connection_init` or the upgrade request (a
+//!   refusal closes with 4401, where async-graphql would say 1002);
+//! - keep-alive pings; a socket that blocks too long is dropped; on shutdown
+//!   every subscription gets `complete` and the socket closes with 1001.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_graphql::Data;
@@ -20,12 +26,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::sync::mpsc;
 
-use super::LiveConnection;
+use super::admission::{self, Client, Door};
+use super::refusal::Refusal;
 use crate::app::AppState;
-use crate::auth::AuthError;
+use crate::auth::Principal;
 use crate::error::ErrorCode;
-use crate::http::{admit_upgrade, error_response};
+use crate::graphql_http::Params;
+use crate::live::{ConnectionGuard, LiveConnection};
 use crate::telemetry::Metrics;
 
 /// A client silent (no `pong`, nothing else) for this many of the server's
@@ -36,6 +45,14 @@ const SILENT_PINGS: u32 = 3;
 const READ_BUFFER: usize = 1024;
 /// On shutdown, how long the `complete` messages may take before the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// A socket must send `connection_init` within this, or it is closed with
+/// 4408 (SPEC §5b; the protocol's code for it).
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a `subscribe` message may add to a request body: its id and type.
+const ENVELOPE_BYTES: usize = 1024;
+/// Client messages admitted but not yet read by async-graphql. The client's
+/// rate bounds how fast they come; a client that outruns this is closed.
+const INPUT_QUEUE: usize = 64;
 
 /// Whether `GET /graphql` asks for a WebSocket.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -46,14 +63,22 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Accepts a subscription socket. The upgrade is charged to the client's
-/// rate like any request; credentials are checked at `connection_init`
-/// (browsers cannot set headers on a WebSocket).
+/// rate like any request, to the upgrade's `Authorization` when that one is
+/// valid, else to the client's address (credentials may only come later, in
+/// `connection_init`: browsers cannot set headers on a WebSocket), and
+/// counted against the client's open connections.
 pub async fn upgrade(state: Arc<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
-    let address = match admit_upgrade(&state, &parts) {
-        Ok(address) => address,
-        Err(refusal) => return refusal,
-    };
+    let address = admission::address(&state, &parts);
+    let upgrading = admission::client(&state, admission::authorization(&parts), &address)
+        .unwrap_or_else(|_| Client {
+            principal: Principal::anonymous(),
+            bucket: address.clone(),
+            rate: None,
+        });
+    if let Err(refusal) = admission::charge(&state, &upgrading) {
+        return refusal.into_response(&state.metrics, None);
+    }
     let offered = parts
         .headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -62,15 +87,23 @@ pub async fn upgrade(state: Arc<AppState>, request: Request) -> Response {
         .flat_map(|v| v.split(','))
         .any(|p| p.trim().parse() == Ok(WebSocketProtocols::GraphQLWS));
     if !offered {
-        return error_response(
+        return Refusal::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadUserInput,
             "subscriptions speak graphql-transport-ws: send Sec-WebSocket-Protocol: graphql-transport-ws (the graphql-ws client does)",
-        );
+        )
+        .into_response(&state.metrics, None);
     }
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
+    };
+    let connection = match state.live.connection_opened(&upgrading.bucket) {
+        Ok(guard) => guard,
+        Err(e) => {
+            return Refusal::new(StatusCode::TOO_MANY_REQUESTS, e.code, e.message)
+                .into_response(&state.metrics, None);
+        }
     };
     let header_credential = parts
         .headers
@@ -78,12 +111,14 @@ pub async fn upgrade(state: Arc<AppState>, request: Request) -> Response {
         .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
     // Subscribers send little (a few protocol messages and queries): a small
     // read buffer keeps thousands of idle sockets cheap (it grows for a
-    // larger message), and a message is held to the HTTP body limit.
+    // larger message), and a message is held to the HTTP body limit plus
+    // its envelope (id and type), so what a POST may carry a socket may too.
+    let max_message = state.limits.max_body_bytes + ENVELOPE_BYTES;
     ws.protocols(["graphql-transport-ws"])
         .read_buffer_size(READ_BUFFER)
-        .max_message_size(state.limits.max_body_bytes)
-        .max_frame_size(state.limits.max_body_bytes)
-        .on_upgrade(move |socket| serve(state, socket, header_credential, address))
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| serve(state, socket, header_credential, address, connection))
 }
 
 /// The credential of `connection_init`: its `Authorization` entry (any
@@ -104,60 +139,47 @@ async fn serve(
     socket: WebSocket,
     header_credential: Option<String>,
     address: Arc<str>,
+    _connection: ConnectionGuard,
 ) {
     let live = state.live.clone();
-    let _open_socket = live.socket_opened();
     let open = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicBool::new(false));
-    let (mut sink, input) = socket.split();
-    let input = input
-        .take_while(|m| std::future::ready(m.is_ok()))
-        .filter_map(|m| {
-            std::future::ready(match m {
-                Ok(Message::Text(t)) => Some(t.as_bytes().to_vec()),
-                Ok(Message::Binary(b)) => Some(b.to_vec()),
-                _ => None,
-            })
-        });
+    // The client `connection_init` authenticated: what its messages are
+    // charged to from then on.
+    let client: Arc<OnceLock<Client>> = Arc::new(OnceLock::new());
+    let (mut sink, mut input) = socket.split();
+    let (to_protocol, admitted) = mpsc::channel::<Vec<u8>>(INPUT_QUEUE);
     let init = {
-        let (state, open, refused) = (state.clone(), open.clone(), refused.clone());
+        let (state, open, refused, client) =
+            (state.clone(), open.clone(), refused.clone(), client.clone());
+        let address = address.clone();
         move |payload: Value| async move {
             let credential = init_credential(&payload).or(header_credential);
-            match state.auth.authenticate(credential.as_deref()) {
-                Ok(client) => {
-                    let principal = client.principal;
-                    let client = if principal.is_anonymous() {
-                        address
-                    } else {
-                        principal.name.clone()
-                    };
+            match admission::client(&state, credential.as_deref(), &address) {
+                Ok(authenticated) => {
                     let mut data = Data::default();
+                    // Queries sent over the socket are read as its client.
+                    data.insert(authenticated.principal.clone());
                     data.insert(Arc::new(LiveConnection {
-                        principal,
-                        client,
+                        principal: authenticated.principal.clone(),
+                        client: authenticated.bucket.clone(),
                         open,
                     }));
                     data.insert(state.live.clone());
+                    let _ = client.set(authenticated);
                     Ok(data)
                 }
-                Err(e) => {
+                Err(refusal) => {
                     refused.store(true, Ordering::SeqCst);
-                    state
-                        .metrics
-                        .graphql_error(ErrorCode::Unauthenticated.as_str());
-                    Err(async_graphql::Error::new(match e {
-                        AuthError::Missing => {
-                            "authentication required: send Authorization: Bearer <API key or JWT> in connection_init's payload"
-                        }
-                        AuthError::Invalid(reason) => reason,
-                    }))
+                    state.metrics.graphql_error(refusal.code().as_str());
+                    Err(async_graphql::Error::new(refusal.message()))
                 }
             }
         }
     };
     let mut messages = async_graphql::http::WebSocket::new(
         state.schema.clone(),
-        input,
+        tokio_stream_of(admitted),
         WebSocketProtocols::GraphQLWS,
     )
     .on_connection_init(init)
@@ -165,6 +187,7 @@ async fn serve(
 
     let every = live.policy.ping;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let init_deadline = tokio::time::Instant::now() + INIT_TIMEOUT;
     let mut shutdown = live.shutdown_signal();
     // Made once, not per message: thousands of sockets wait on this channel.
     let mut shutdown = std::pin::pin!(async move {
@@ -173,6 +196,7 @@ async fn serve(
     let mut closing: Option<tokio::time::Instant> = None;
     let stuck = live.policy.stuck_write();
     loop {
+        let initialised = client.get().is_some() || refused.load(Ordering::SeqCst);
         let message = tokio::select! {
             biased;
             () = &mut shutdown, if closing.is_none() => {
@@ -184,6 +208,35 @@ async fn serve(
                 }
             }
             () = tokio::time::sleep_until(closing.unwrap_or_else(tokio::time::Instant::now)), if closing.is_some() => going_away(),
+            () = tokio::time::sleep_until(init_deadline), if !initialised => {
+                state.metrics.graphql_error(ErrorCode::Unauthenticated.as_str());
+                Message::Close(Some(CloseFrame {
+                    code: 4408,
+                    reason: "Connection initialisation timeout".into(),
+                }))
+            }
+            m = input.next() => match m {
+                Some(Ok(Message::Text(t))) => match admit(&state, t.as_bytes(), &client, &address) {
+                    Admit::Pass(bytes) => {
+                        if to_protocol.try_send(bytes).is_err() {
+                            Message::Close(Some(CloseFrame {
+                                code: 1008,
+                                reason: "too many messages at once".into(),
+                            }))
+                        } else {
+                            continue;
+                        }
+                    }
+                    Admit::Drop => continue,
+                    Admit::Reply(text) => Message::Text(text.into()),
+                },
+                Some(Ok(Message::Binary(_))) => Message::Close(Some(CloseFrame {
+                    code: 4400,
+                    reason: "graphql-transport-ws messages are text".into(),
+                })),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => break,
+            },
             m = messages.next() => match m {
                 Some(m) => message(m, refused.load(Ordering::SeqCst), &state.metrics),
                 None => break,
@@ -211,6 +264,77 @@ async fn serve(
         if closing.is_some() && open.load(Ordering::SeqCst) == 0 {
             let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(going_away())).await;
             break;
+        }
+    }
+}
+
+fn tokio_stream_of(mut rx: mpsc::Receiver<Vec<u8>>) -> impl futures::Stream<Item = Vec<u8>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// What becomes of one client message.
+enum Admit {
+    /// On to async-graphql, as it came or with its document resolved.
+    Pass(Vec<u8>),
+    /// Answered here: a subscription's `error`.
+    Reply(String),
+    /// Ignored: a `ping` over the client's rate.
+    Drop,
+}
+
+/// The door's part of [`admission`] for one message: charged to the
+/// client's rate (the address's until `connection_init` names a client);
+/// a `subscribe` after `connection_init` goes through the pipeline. Before
+/// it, async-graphql closes the socket with 4401, as the protocol says.
+fn admit(state: &AppState, text: &[u8], client: &OnceLock<Client>, address: &Arc<str>) -> Admit {
+    let anonymous;
+    let charged = match client.get() {
+        Some(client) => client,
+        None => {
+            anonymous = Client {
+                principal: Principal::anonymous(),
+                bucket: address.clone(),
+                rate: None,
+            };
+            &anonymous
+        }
+    };
+    let over_rate = admission::charge(state, charged).err();
+    // Not the protocol's JSON: async-graphql closes with 4400.
+    let Ok(mut message) = serde_json::from_slice::<Value>(text) else {
+        return Admit::Pass(text.to_vec());
+    };
+    let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
+    if kind != "subscribe" || client.get().is_none() {
+        // `complete` and `pong` free or confirm what is held: always read.
+        return match (over_rate, kind) {
+            (Some(_), "ping") => Admit::Drop,
+            _ => Admit::Pass(text.to_vec()),
+        };
+    }
+    let Some(id) = message.get("id").and_then(Value::as_str).map(str::to_owned) else {
+        return Admit::Pass(text.to_vec());
+    };
+    if let Some(refusal) = over_rate {
+        return Admit::Reply(refusal.into_ws_error(&state.metrics, &id));
+    }
+    let payload = message.get("payload").cloned().unwrap_or(Value::Null);
+    let admitted = Params::from_value(payload)
+        .map_err(Refusal::malformed)
+        .and_then(|params| {
+            let admitted =
+                admission::document(state, &params, Door::WebSocket, chrono::Utc::now())?;
+            Ok((params, admitted))
+        });
+    match admitted {
+        Err(refusal) => Admit::Reply(refusal.into_ws_error(&state.metrics, &id)),
+        Ok((params, admitted)) => {
+            if params.query.as_deref() == Some(&*admitted.query) {
+                return Admit::Pass(text.to_vec());
+            }
+            // A persisted document: async-graphql runs the text it names.
+            message["payload"]["query"] = Value::String(admitted.query.to_string());
+            Admit::Pass(message.to_string().into_bytes())
         }
     }
 }

@@ -1,7 +1,14 @@
-//! The HTTP surface of SPEC §6: GraphQL over POST and GET, the playground,
-//! probes.
+//! The HTTP surface of SPEC §6: the doors (GraphQL over POST and GET,
+//! subscriptions over WebSocket), the playground, probes. Every door hands
+//! its document to the one [`admission`] pipeline; every refusal is a
+//! [`Refusal`], which renders itself.
 
-use std::net::SocketAddr;
+pub mod admission;
+mod refusal;
+pub mod websocket;
+
+pub use refusal::Refusal;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -10,25 +17,24 @@ use std::time::Duration;
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::app::AppState;
-use crate::auth::{AuthError, Principal};
+use crate::auth::Principal;
 use crate::error::ErrorCode;
 use crate::graphql::RequestScope;
-use crate::graphql::persisted::Refusal;
 use crate::graphql_http::{self, MediaType, Params};
 use crate::response_cache::{Facts, ResponseKey};
 use crate::telemetry::{self, Metrics, OutcomeLabel, RequestStats};
+use admission::{Admitted, Door};
 
 /// The main router; `/metrics` is on it unless it has a port of its own.
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
@@ -78,12 +84,12 @@ fn panic_response(
             .unwrap_or_default();
         metrics.panics.inc();
         tracing::error!(panic = %detail, "a request panicked; answered 500 INTERNAL");
-        refuse(
-            &metrics,
+        Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
             "internal error: the gateway logged it with this response's x-request-id",
         )
+        .into_response(&metrics, None)
     }
 }
 
@@ -110,16 +116,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// A GraphQL error body for failures that happen before execution.
-pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    let body =
-        json!({ "errors": [{ "message": message, "extensions": { "code": code.as_str() } }] });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+/// A GraphQL error body for what is not a GraphQL request (not counted).
+fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    Refusal::new(status, code, message).render(None)
 }
 
 /// `POST /graphql`: a GraphQL request as a JSON body (`application/json`).
@@ -128,31 +127,27 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Res
 async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let Some(media) = graphql_http::negotiate(&parts.headers) else {
-        return not_acceptable(&state);
+        return not_acceptable().into_response(&state.metrics, None);
     };
-    let principal = match admit(&state, &parts, media) {
+    let refused = |r: Refusal| r.into_response(&state.metrics, Some(media));
+    let principal = match admit(&state, &parts) {
         Ok(principal) => principal,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refused(refusal),
     };
     if !graphql_http::is_json_content_type(&parts.headers) {
-        return refuse_as(
-            &state.metrics,
-            media,
+        return refused(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::BadUserInput,
             "send a GraphQL request as `Content-Type: application/json` (UTF-8)",
-        );
+        ));
     }
     let limit = state.limits.max_body_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
-        let message = format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)");
-        return refuse_as(
-            &state.metrics,
-            media,
+        return refused(Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::BadUserInput,
-            &message,
-        );
+            format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)"),
+        ));
     };
     answer(&state, principal, media, Form::Body, body).await
 }
@@ -194,6 +189,7 @@ async fn answer(
     if let Some((body, left)) = key.as_ref().and_then(|k| cached(state, k, &principal)) {
         return finish(form, media, StatusCode::OK, body, Some((left, public)));
     }
+    let refused = |r: Refusal| r.into_response(&state.metrics, Some(media));
     let params = match form {
         Form::Body => Params::from_json(&raw),
         Form::QueryString => Params::from_query_string(&String::from_utf8_lossy(&raw)),
@@ -201,96 +197,20 @@ async fn answer(
     // A body or query string that is not a GraphQL request is a 400 in
     // both media types (SPEC §4; GraphQL over HTTP: a request that is not
     // well-formed).
-    let malformed = |message: &str| {
-        refuse_as(
-            &state.metrics,
-            media,
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadUserInput,
-            message,
-        )
-    };
     let params = match params {
         Ok(params) => params,
-        Err(message) => return malformed(&message),
+        Err(message) => return refused(Refusal::malformed(message)),
     };
-    let query = match state.persisted.resolve(
-        params.query.as_deref(),
-        params.document_id.as_deref(),
-        params.extensions.as_ref(),
-    ) {
-        Ok(Some(query)) => query,
-        Ok(None) => {
-            return malformed(match form {
-                Form::Body => "the request has no `query`: send {\"query\": \"{ ... }\"}",
-                Form::QueryString => "the request has no `query`: GET /graphql?query={...}",
-            });
-        }
-        Err(Refusal::NotFound) => {
-            return refuse_as(
-                &state.metrics,
-                media,
-                media.request_error_status(),
-                ErrorCode::PersistedQueryNotFound,
-                if state.persisted.only() {
-                    "PersistedQueryNotFound: this id or hash is not an operation of the gateway's manifest (PERSISTED_QUERIES_FILE)"
-                } else {
-                    "PersistedQueryNotFound: the gateway does not know this id or hash; send the query with it"
-                },
-            );
-        }
-        // A refusal by the operator's policy, like a credential's: the same
-        // 403 in both media types, so it stands out among answers.
-        Err(Refusal::NotAllowed(message)) => {
-            return refuse_as(
-                &state.metrics,
-                media,
-                StatusCode::FORBIDDEN,
-                ErrorCode::PersistedQueryNotAllowed,
-                &message,
-            );
-        }
-        Err(Refusal::Invalid(message)) => return request_error(state, media, &message),
+    let door = match form {
+        Form::Body => Door::Post,
+        Form::QueryString => Door::Get,
     };
-    #[cfg(feature = "test-hooks")]
-    if query.contains("__testPanic") {
-        panic!("a panic provoked by a test");
-    }
-
-    let parsed = match state.documents.parse(&query) {
-        Ok(parsed) => parsed,
-        Err(message) => return request_error(state, media, &message),
+    let Admitted {
+        request, parsed, ..
+    } = match admission::document(state, &params, door, now) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(refusal),
     };
-    let mut request = params.request(query.to_string());
-    if let Some(doc) = &parsed {
-        if form == Form::QueryString
-            && graphql_http::operation_type(doc, params.operation_name.as_deref())
-                .is_some_and(|ty| ty != OperationType::Query)
-        {
-            let mut r = refuse_as(
-                &state.metrics,
-                media,
-                StatusCode::METHOD_NOT_ALLOWED,
-                ErrorCode::BadUserInput,
-                "a GET may only run a query: send mutations and subscriptions with POST",
-            );
-            r.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return r;
-        }
-        let cost = crate::graphql::cost::worst_case(
-            &state.resolver,
-            doc,
-            params.operation_name.as_deref(),
-            &request.variables,
-            now,
-        );
-        let limit = state.limits.max_platform_requests;
-        if cost > limit {
-            return too_expensive(state, media, cost, limit);
-        }
-        request.set_parsed_query((**doc).clone());
-    }
     let scope = RequestScope::new(now, state.limits.window_concurrency);
     let operation = if crate::otel::enabled() {
         operation_span(parsed.as_deref(), params.operation_name.as_deref())
@@ -303,13 +223,11 @@ async fn answer(
         .instrument(operation);
     let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
     else {
-        return refuse_as(
-            &state.metrics,
-            media,
+        return refused(Refusal::new(
             StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::UpstreamTimeout,
             "the request did not complete within the gateway's deadline",
-        );
+        ));
     };
     let facts = scope.facts();
     annotate(state, &mut response, &facts);
@@ -338,13 +256,11 @@ async fn answer(
         Ok(body) => Bytes::from(body),
         Err(e) => {
             tracing::error!(error = %e, "cannot serialise a GraphQL response");
-            return refuse_as(
-                &state.metrics,
-                media,
+            return refused(Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
                 "internal error",
-            );
+            ));
         }
     };
     let fresh = response
@@ -454,185 +370,22 @@ fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
     list.split(',').any(|t| t.trim() == "*" || strip(t) == etag)
 }
 
-/// QUERY_TOO_EXPENSIVE: refused before any platform request, with the
-/// figure and the limit. Answered like the validation errors it resembles:
-/// a 200 with `data: null` in `application/json`, a 400 without `data` in
-/// `application/graphql-response+json`.
-fn too_expensive(state: &AppState, media: MediaType, cost: u64, limit: u64) -> Response {
-    state
-        .metrics
-        .graphql_error(ErrorCode::QueryTooExpensive.as_str());
-    let message = format!(
-        "this request could need {cost} platform requests; one request may need at most {limit} \
-         (MAX_PLATFORM_REQUESTS_PER_QUERY): ask for shorter ranges, smaller pages or fewer fields"
-    );
-    let mut body = json!({ "errors": [{ "message": message, "extensions": {
-        "code": ErrorCode::QueryTooExpensive.as_str(), "cost": cost, "limit": limit } }] });
-    if media == MediaType::Json {
-        body["data"] = serde_json::Value::Null;
-    }
-    respond(
-        media,
-        media.request_error_status(),
-        Bytes::from(body.to_string()),
-    )
-}
-
-/// A refusal, counted in the error metrics.
-fn refuse(metrics: &Metrics, status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    metrics.graphql_error(code.as_str());
-    error_response(status, code, message)
-}
-
-/// A refusal in the response's media type.
-fn refuse_as(
-    metrics: &Metrics,
-    media: MediaType,
-    status: StatusCode,
-    code: ErrorCode,
-    message: &str,
-) -> Response {
-    let mut r = refuse(metrics, status, code, message);
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, media.content_type());
-    r
-}
-
-/// A well-formed request refused before async-graphql sees it (nesting,
-/// selections, a persisted query's hash that does not match): like a
-/// validation error, a 200 in `application/json`, a 400 in
-/// `application/graphql-response+json`.
-fn request_error(state: &AppState, media: MediaType, message: &str) -> Response {
-    refuse_as(
-        &state.metrics,
-        media,
-        media.request_error_status(),
-        ErrorCode::BadUserInput,
-        message,
-    )
-}
-
 /// 406: the client accepts neither GraphQL response type.
-fn not_acceptable(state: &AppState) -> Response {
-    refuse(
-        &state.metrics,
+fn not_acceptable() -> Refusal {
+    Refusal::new(
         StatusCode::NOT_ACCEPTABLE,
         ErrorCode::BadUserInput,
         "GraphQL responses are application/graphql-response+json or application/json: accept one of them",
     )
 }
 
-static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
-
-/// Who is asking, and whether they may ask now: checked before any GraphQL
-/// work (and before a POST's body is read).
-// The refusal is the response itself, built once on the way out.
-#[allow(clippy::result_large_err)]
-fn admit(
-    state: &AppState,
-    parts: &axum::http::request::Parts,
-    media: MediaType,
-) -> Result<Principal, Response> {
-    // A header that is not visible ASCII cannot be a valid credential.
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let client = state.auth.authenticate(authorization).map_err(|e| {
-        let message = match e {
-            AuthError::Missing => {
-                "authentication required: send `Authorization: Bearer <API key or JWT>`"
-            }
-            AuthError::Invalid(reason) => reason,
-        };
-        let mut r = refuse_as(
-            &state.metrics,
-            media,
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthenticated,
-            message,
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        r
-    })?;
-    let principal = client.principal;
-    let bucket = client_bucket(state, parts, &principal);
-    charge(state, &bucket, client.rate, media)?;
-    Ok(principal)
-}
-
-/// What a client's rate and subscriptions are counted by: its key's name or
-/// JWT subject; an anonymous client by address (behind trusted proxies, the
-/// one they forwarded).
-pub(crate) fn client_bucket(
-    state: &AppState,
-    parts: &axum::http::request::Parts,
-    principal: &Principal,
-) -> Arc<str> {
-    if !principal.is_anonymous() {
-        return principal.name.clone();
-    }
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(
-            || "ip:unknown".into(),
-            |c| {
-                let forwarded = parts.headers.get_all(&X_FORWARDED_FOR).iter();
-                let ip = state
-                    .trusted_proxies
-                    .client_ip(c.0.ip(), forwarded.map(HeaderValue::as_bytes));
-                format!("ip:{ip}").into()
-            },
-        )
-}
-
-/// Takes one request from `bucket`, or refuses with 429 and `Retry-After`.
-#[allow(clippy::result_large_err)]
-fn charge(
-    state: &AppState,
-    bucket: &Arc<str>,
-    rate: Option<crate::limits::Rate>,
-    media: MediaType,
-) -> Result<(), Response> {
-    if let Err(wait) = state.client_limiter.check(bucket, rate) {
-        let secs = wait.as_secs().max(1);
-        let mut r = refuse_as(
-            &state.metrics,
-            media,
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            &format!("too many requests from this client; retry in {secs} s"),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return Err(r);
-    }
-    Ok(())
-}
-
-/// A subscription socket's upgrade is a request like any other: charged to
-/// the client's bucket. Its credential may only come later (in
-/// `connection_init`), so it is charged to the upgrade's `Authorization`
-/// when that one is valid, else to the client's address; a refusal is a
-/// 429 with a GraphQL error body, before the upgrade.
-#[allow(clippy::result_large_err)]
-pub(crate) fn admit_upgrade(
-    state: &AppState,
-    parts: &axum::http::request::Parts,
-) -> Result<Arc<str>, Response> {
-    let authorization = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
-    let (principal, rate) = match state.auth.authenticate(authorization) {
-        Ok(client) => (client.principal, client.rate),
-        Err(_) => (Principal::anonymous(), None),
-    };
-    let bucket = client_bucket(state, parts, &principal);
-    charge(state, &bucket, rate, MediaType::Json)?;
-    Ok(client_bucket(state, parts, &Principal::anonymous()))
+/// Stage 1 of [`admission`] for an HTTP request: who is asking, and whether
+/// they may ask now; before any GraphQL work (and before a POST's body is read).
+fn admit(state: &AppState, parts: &axum::http::request::Parts) -> Result<Principal, Refusal> {
+    let address = admission::address(state, parts);
+    let client = admission::client(state, admission::authorization(parts), &address)?;
+    admission::charge(state, &client)?;
+    Ok(client.principal)
 }
 
 /// A cached response for `key`, if this client may see all it touched.
@@ -706,8 +459,8 @@ fn respond(media: MediaType, status: StatusCode, body: Bytes) -> Response {
 /// GraphQL query over HTTP, its parameters in the query string, answered
 /// like a POST ([`answer`]) except that it may only run a query.
 async fn get_graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    if crate::live::socket::is_upgrade(request.headers()) {
-        return crate::live::socket::upgrade(state, request).await;
+    if websocket::is_upgrade(request.headers()) {
+        return websocket::upgrade(state, request).await;
     }
     let (parts, _body) = request.into_parts();
     let wants_html = parts
@@ -726,9 +479,9 @@ async fn get_graphql(State(state): State<Arc<AppState>>, request: Request) -> Re
         };
     }
     let mut response = match graphql_http::negotiate(&parts.headers) {
-        None => not_acceptable(&state),
-        Some(media) => match admit(&state, &parts, media) {
-            Err(refusal) => refusal,
+        None => not_acceptable().into_response(&state.metrics, None),
+        Some(media) => match admit(&state, &parts) {
+            Err(refusal) => refusal.into_response(&state.metrics, Some(media)),
             Ok(principal) => {
                 let raw = Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes());
                 answer(&state, principal, media, Form::QueryString, raw).await
