@@ -29,6 +29,7 @@ use crate::graphql::persisted::Refusal;
 use crate::graphql_http::{self, MediaType, Params};
 use crate::response_cache::{Facts, ResponseKey};
 use crate::telemetry::{self, Metrics, OutcomeLabel, RequestStats};
+use crate::upstream::fair::{Caller, Priority};
 
 /// The main router; `/metrics` is on it unless it has a port of its own.
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
@@ -130,8 +131,8 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
     let Some(media) = graphql_http::negotiate(&parts.headers) else {
         return not_acceptable(&state);
     };
-    let principal = match admit(&state, &parts, media) {
-        Ok(principal) => principal,
+    let (principal, client) = match admit(&state, &parts, media) {
+        Ok(admitted) => admitted,
         Err(refusal) => return refusal,
     };
     if !graphql_http::is_json_content_type(&parts.headers) {
@@ -154,7 +155,7 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
             &message,
         );
     };
-    answer(&state, principal, media, Form::Body, body).await
+    answer(&state, principal, client, media, Form::Body, body).await
 }
 
 /// How a request came: a POST's JSON body or a GET's query string. Part of
@@ -173,6 +174,7 @@ enum Form {
 async fn answer(
     state: &AppState,
     principal: Principal,
+    client: Arc<str>,
     media: MediaType,
     form: Form,
     raw: Bytes,
@@ -297,10 +299,15 @@ async fn answer(
     } else {
         tracing::Span::none()
     };
-    let execution = state
-        .schema
-        .execute(request.data(principal).data(scope.clone()))
-        .instrument(operation);
+    // Its platform requests take turns with other clients' (SPEC §5b);
+    // `userVisitStats` lowers its own priority.
+    let caller = Caller::new(client, Priority::Interactive);
+    let execution = caller.scope(
+        state
+            .schema
+            .execute(request.data(principal).data(scope.clone()))
+            .instrument(operation),
+    );
     let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
     else {
         return refuse_as(
@@ -524,15 +531,15 @@ fn not_acceptable(state: &AppState) -> Response {
 
 static X_FORWARDED_FOR: header::HeaderName = header::HeaderName::from_static("x-forwarded-for");
 
-/// Who is asking, and whether they may ask now: checked before any GraphQL
-/// work (and before a POST's body is read).
+/// Who is asking (and the bucket they are counted by), and whether they may
+/// ask now: checked before any GraphQL work (and before a POST's body is read).
 // The refusal is the response itself, built once on the way out.
 #[allow(clippy::result_large_err)]
 fn admit(
     state: &AppState,
     parts: &axum::http::request::Parts,
     media: MediaType,
-) -> Result<Principal, Response> {
+) -> Result<(Principal, Arc<str>), Response> {
     // A header that is not visible ASCII cannot be a valid credential.
     let authorization = parts
         .headers
@@ -559,7 +566,7 @@ fn admit(
     let principal = client.principal;
     let bucket = client_bucket(state, parts, &principal);
     charge(state, &bucket, client.rate, media)?;
-    Ok(principal)
+    Ok((principal, bucket))
 }
 
 /// What a client's rate and subscriptions are counted by: its key's name or
@@ -729,9 +736,9 @@ async fn get_graphql(State(state): State<Arc<AppState>>, request: Request) -> Re
         None => not_acceptable(&state),
         Some(media) => match admit(&state, &parts, media) {
             Err(refusal) => refusal,
-            Ok(principal) => {
+            Ok((principal, client)) => {
                 let raw = Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes());
-                answer(&state, principal, media, Form::QueryString, raw).await
+                answer(&state, principal, client, media, Form::QueryString, raw).await
             }
         },
     };
