@@ -440,6 +440,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_head_dropped_while_waiting_for_its_slot_passes_the_turn_and_the_slot_on() {
+        let queue = FairQueue::new(100);
+        let budget = slow();
+        budget.acquire(Duration::ZERO).await.unwrap();
+        // The head's slot is 1 s away; it gives up after 100 ms.
+        let head = tokio::time::timeout(
+            Duration::from_millis(100),
+            queue.take(
+                caller("a", Priority::Interactive),
+                Duration::from_secs(5),
+                |l| budget.acquire(l),
+            ),
+        );
+        let next = async {
+            tokio::task::yield_now().await;
+            queue
+                .take(caller("b", Priority::Stats), Duration::from_secs(5), |l| {
+                    budget.acquire(l)
+                })
+                .await
+        };
+        let (head, next) = tokio::join!(head, next);
+        assert!(head.is_err());
+        assert_eq!(next, Ok(Duration::from_secs(1)), "the head's slot, at 1 s");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn time_queued_counts_against_the_wait() {
         let queue = Arc::new(FairQueue::new(100));
         let budget = Arc::new(slow());
