@@ -310,6 +310,12 @@ pub struct UpstreamSettings {
     #[arg(id = "UPSTREAM_MAX_BUDGET_WAIT_MS", long = "upstream-max-budget-wait-ms", env, default_value = "3000", value_parser = millis(0..=600_000))]
     pub max_budget_wait: Duration,
 
+    /// Platform requests one client may have queued for the budget; beyond
+    /// it, its own requests get UPSTREAM_RATE_LIMITED at once. At least
+    /// WINDOW_CONCURRENCY (what one request may have in flight).
+    #[arg(id = "UPSTREAM_MAX_QUEUED_PER_CLIENT", long = "upstream-max-queued-per-client", env, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_queued_per_client: u32,
+
     /// Upstream requests in flight at once, for the whole process.
     #[arg(id = "UPSTREAM_MAX_CONCURRENCY", long = "upstream-max-concurrency", env, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_concurrency: u32,
@@ -576,6 +582,12 @@ impl Settings {
         if upstream.connect_timeout > upstream.timeout {
             return Err("UPSTREAM_CONNECT_TIMEOUT_MS must not exceed UPSTREAM_TIMEOUT_MS".into());
         }
+        if upstream.max_queued_per_client < paging.window_concurrency {
+            return Err(format!(
+                "UPSTREAM_MAX_QUEUED_PER_CLIENT ({}) must be at least WINDOW_CONCURRENCY ({}): one request may queue that many platform requests",
+                upstream.max_queued_per_client, paging.window_concurrency
+            ));
+        }
         Ok(())
     }
 }
@@ -603,6 +615,7 @@ impl UpstreamSettings {
             rate_per_second: self.rate_per_second,
             burst: self.burst,
             max_budget_wait: self.max_budget_wait,
+            max_queued_per_client: self.max_queued_per_client as usize,
             max_concurrency: self.max_concurrency as usize,
             max_retries: self.max_retries,
             retry_base: self.retry_base,

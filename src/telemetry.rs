@@ -51,6 +51,11 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     /// What was asked of Redis (`budget`, `page_get`, `connect`...).
     pub op: &'static str,
@@ -93,6 +98,7 @@ metrics! {
     upstream_duration: Histogram = latency_histogram(), "upstream_request_duration_seconds", "Platform request latency";
     upstream_retries: Counter = Counter::default(), "upstream_retries", "Platform requests retried";
     upstream_budget_wait: Histogram = latency_histogram(), "upstream_budget_wait_seconds", "Time spent waiting for the platform request budget";
+    upstream_budget_refusals: Family<ReasonLabel, Counter> = Family::default(), "upstream_budget_refusals", "Platform requests refused UPSTREAM_RATE_LIMITED before being sent, by reason (budget: the slot was further than the wait allowed; client_queue_full: UPSTREAM_MAX_QUEUED_PER_CLIENT)";
     cache_lookups: Family<OutcomeLabel, Counter> = Family::default(), "cache_lookups", "Page cache lookups by outcome (hit, miss, coalesced, stale-while-revalidate, stale-if-error, refusal)";
     cache_stale_served: Counter = Counter::default(), "cache_stale_served", "Stale pages served because the platform failed";
     panics: Counter = Counter::default(), "panics", "Requests whose handling panicked (answered 500 INTERNAL)";

@@ -15,6 +15,7 @@ use crate::error::GatewayError;
 use crate::paging;
 use crate::stats::calendar::{Calendar, Interval};
 use crate::stats::{Dimension, WindowStats, calendar};
+use crate::upstream::fair::{Caller, Priority};
 
 /// The most buckets a `by*` field may ask for.
 const MAX_TOP: i32 = 100;
@@ -37,18 +38,17 @@ pub(super) async fn user_visit_stats(
             &resolver.range_policy,
         )?;
         check_selection(ctx, range, zone)?;
-        let loaded = resolver
-            .stats
-            .load(
-                &resolver.cache,
-                resolver.fetch_policy,
-                &scope.platform_slots,
-                &scope.stats_requests,
-                activity,
-                range,
-                scope.now,
-            )
-            .await?;
+        // Bulk reads: after reads a person waits for, and live polls.
+        let load = resolver.stats.load(
+            &resolver.cache,
+            resolver.fetch_policy,
+            &scope.platform_slots,
+            &scope.stats_requests,
+            activity,
+            range,
+            scope.now,
+        );
+        let loaded = Caller::at_priority(Priority::Stats, load).await?;
         scope.record(|f| f.freshness = f.freshness.and(loaded.freshness));
         Ok(UserVisitStats {
             range,

@@ -34,7 +34,8 @@ use crate::graphql::RequestScope;
 use crate::graphql_http::{self, MediaType, Params};
 use crate::response_cache::{Facts, ResponseKey};
 use crate::telemetry::{self, Metrics, OutcomeLabel, RequestStats};
-use admission::{Admitted, Door};
+use crate::upstream::fair::{Caller, Priority};
+use admission::{Admitted, Client, Door};
 
 /// The main router; `/metrics` is on it unless it has a port of its own.
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
@@ -130,8 +131,8 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
         return not_acceptable().into_response(&state.metrics, None);
     };
     let refused = |r: Refusal| r.into_response(&state.metrics, Some(media));
-    let principal = match admit(&state, &parts) {
-        Ok(principal) => principal,
+    let client = match admit(&state, &parts) {
+        Ok(client) => client,
         Err(refusal) => return refused(refusal),
     };
     if !graphql_http::is_json_content_type(&parts.headers) {
@@ -149,7 +150,7 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
             format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)"),
         ));
     };
-    answer(&state, principal, media, Form::Body, body).await
+    answer(&state, client, media, Form::Body, body).await
 }
 
 /// How a request came: a POST's JSON body or a GET's query string. Part of
@@ -167,7 +168,7 @@ enum Form {
 /// request error chosen by the response's media type (GraphQL over HTTP).
 async fn answer(
     state: &AppState,
-    principal: Principal,
+    client: Client,
     media: MediaType,
     form: Form,
     raw: Bytes,
@@ -185,8 +186,11 @@ async fn answer(
             Form::QueryString => ResponseKey::for_query_string(raw.clone(), bucket),
         }
     });
-    let public = principal.is_anonymous();
-    if let Some((body, left)) = key.as_ref().and_then(|k| cached(state, k, &principal)) {
+    let public = client.principal.is_anonymous();
+    if let Some((body, left)) = key
+        .as_ref()
+        .and_then(|k| cached(state, k, &client.principal))
+    {
         return finish(form, media, StatusCode::OK, body, Some((left, public)));
     }
     let refused = |r: Refusal| r.into_response(&state.metrics, Some(media));
@@ -217,10 +221,15 @@ async fn answer(
     } else {
         tracing::Span::none()
     };
-    let execution = state
-        .schema
-        .execute(request.data(principal).data(scope.clone()))
-        .instrument(operation);
+    // Its platform requests take turns with other clients' (SPEC §5b);
+    // `userVisitStats` lowers its own priority.
+    let caller = Caller::new(client.bucket, Priority::Interactive);
+    let execution = caller.scope(
+        state
+            .schema
+            .execute(request.data(client.principal).data(scope.clone()))
+            .instrument(operation),
+    );
     let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
     else {
         return refused(Refusal::new(
@@ -381,11 +390,11 @@ fn not_acceptable() -> Refusal {
 
 /// Stage 1 of [`admission`] for an HTTP request: who is asking, and whether
 /// they may ask now; before any GraphQL work (and before a POST's body is read).
-fn admit(state: &AppState, parts: &axum::http::request::Parts) -> Result<Principal, Refusal> {
+fn admit(state: &AppState, parts: &axum::http::request::Parts) -> Result<Client, Refusal> {
     let address = admission::address(state, parts);
     let client = admission::client(state, admission::authorization(parts), &address)?;
     admission::charge(state, &client)?;
-    Ok(client.principal)
+    Ok(client)
 }
 
 /// A cached response for `key`, if this client may see all it touched.
@@ -482,9 +491,9 @@ async fn get_graphql(State(state): State<Arc<AppState>>, request: Request) -> Re
         None => not_acceptable().into_response(&state.metrics, None),
         Some(media) => match admit(&state, &parts) {
             Err(refusal) => refusal.into_response(&state.metrics, Some(media)),
-            Ok(principal) => {
+            Ok(client) => {
                 let raw = Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes());
-                answer(&state, principal, media, Form::QueryString, raw).await
+                answer(&state, client, media, Form::QueryString, raw).await
             }
         },
     };

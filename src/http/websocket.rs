@@ -36,6 +36,7 @@ use crate::error::ErrorCode;
 use crate::graphql_http::Params;
 use crate::live::{ConnectionGuard, LiveConnection};
 use crate::telemetry::Metrics;
+use crate::upstream::fair::{Caller, Priority};
 
 /// A client silent (no `pong`, nothing else) for this many of the server's
 /// pings (`LIVE_PING_SECONDS` apart) is closed; async-graphql closes with
@@ -118,7 +119,12 @@ pub async fn upgrade(state: Arc<AppState>, request: Request) -> Response {
         .read_buffer_size(READ_BUFFER)
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| serve(state, socket, header_credential, address, connection))
+        .on_upgrade(move |socket| {
+            // Queries sent over the socket take their turn at the platform
+            // budget as the client that opened it (SPEC §5b).
+            let caller = Caller::new(upgrading.bucket, Priority::Interactive);
+            caller.scope(serve(state, socket, header_credential, address, connection))
+        })
 }
 
 /// The credential of `connection_init`: its `Authorization` entry (any

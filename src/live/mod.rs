@@ -32,6 +32,7 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::paging::ActivityId;
 use crate::telemetry::Metrics;
 use crate::upstream::Visit;
+use crate::upstream::fair::{Caller, Priority};
 
 /// The error code of a subscription closed because its client fell behind.
 pub const SUBSCRIBER_TOO_SLOW: &str = crate::error::ErrorCode::SubscriberTooSlow.as_str();
@@ -196,7 +197,9 @@ impl Live {
                 None => {
                     let (feed, rx) = broadcast::channel(self.policy.buffer.max(1));
                     feeds.insert(activity, feed.clone());
-                    tokio::spawn(poller::run(self.clone(), activity, feed));
+                    // Its polls are the starting client's, at live priority.
+                    let caller = Caller::new(connection.client.clone(), Priority::Live);
+                    tokio::spawn(caller.scope(poller::run(self.clone(), activity, feed)));
                     rx
                 }
             }

@@ -3,6 +3,7 @@
 
 mod budget;
 pub mod dto;
+pub mod fair;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +21,10 @@ use crate::paging::{ActivityId, Window};
 use crate::secret::TokenSource;
 use crate::shared::Redis;
 use crate::shared::budget::SharedBudget;
-use crate::telemetry::{Metrics, RequestStats, StatusLabel};
+use crate::telemetry::{Metrics, ReasonLabel, RequestStats, StatusLabel};
 use budget::Budget;
 pub use dto::Visit;
+use fair::{Caller, FairQueue, Refused};
 
 /// Everything that makes one upstream request (and so one cache key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +61,8 @@ pub struct UpstreamConfig {
     pub burst: u32,
     /// How long a call may queue for the budget before it gives up.
     pub max_budget_wait: Duration,
+    /// Platform requests one client may have queued for the budget.
+    pub max_queued_per_client: usize,
     /// Upstream requests in flight at once.
     pub max_concurrency: usize,
     /// Retries after the first attempt, for connection errors, 429 and 5xx.
@@ -81,6 +85,8 @@ pub struct UpstreamClient {
     budget: Arc<Budget>,
     /// The budget of all replicas together, when Redis is configured.
     shared_budget: Option<SharedBudget>,
+    /// Clients take turns at the budget (SPEC §5b).
+    fair: Arc<FairQueue>,
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -115,6 +121,7 @@ impl UpstreamClient {
                 config.retry_after_cap,
             )),
             shared_budget: None,
+            fair: Arc::new(FairQueue::new(config.max_queued_per_client)),
             slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             config: Arc::new(config),
             token,
@@ -139,9 +146,17 @@ impl UpstreamClient {
         self
     }
 
+    /// A slot for the current [`Caller`], in its turn (SPEC §5b): the time
+    /// queued and the slot's wait together at most `max_wait`.
+    async fn acquire_budget(&self, max_wait: Duration) -> Result<Duration, Refused> {
+        self.fair
+            .take(Caller::current(), max_wait, |left| self.acquire_slot(left))
+            .await
+    }
+
     /// A slot in the shared budget, or in this process's share of it when
     /// Redis cannot be asked. `Err(wait)` when the slot is too far away.
-    async fn acquire_budget(&self, max_wait: Duration) -> Result<Duration, Duration> {
+    async fn acquire_slot(&self, max_wait: Duration) -> Result<Duration, Duration> {
         if let Some(shared) = &self.shared_budget
             && let Some(answer) = shared.reserve(max_wait).await
         {
@@ -198,11 +213,27 @@ impl UpstreamClient {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let max_wait = self.config.max_budget_wait.min(remaining);
-            let Ok(waited) = self.acquire_budget(max_wait).await else {
-                return Err(GatewayError::new(
-                    ErrorCode::UpstreamRateLimited,
-                    "the gateway's platform request budget is exhausted; try again shortly",
-                ));
+            let waited = match self.acquire_budget(max_wait).await {
+                Ok(waited) => waited,
+                Err(refused) => {
+                    self.metrics
+                        .upstream_budget_refusals
+                        .get_or_create(&ReasonLabel {
+                            reason: refused.reason(),
+                        })
+                        .inc();
+                    return Err(GatewayError::new(
+                        ErrorCode::UpstreamRateLimited,
+                        match refused {
+                            Refused::Budget => {
+                                "the gateway's platform request budget is exhausted; try again shortly"
+                            }
+                            Refused::ClientQueueFull => {
+                                "this client has too many platform requests queued (UPSTREAM_MAX_QUEUED_PER_CLIENT); wait for them before asking for more"
+                            }
+                        },
+                    ));
+                }
             };
             self.metrics
                 .upstream_budget_wait

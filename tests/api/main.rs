@@ -4,6 +4,7 @@
 mod cli;
 mod clients;
 mod errors;
+mod fair;
 mod guards;
 mod helpers;
 mod hostile;
