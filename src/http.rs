@@ -583,7 +583,7 @@ pub(crate) fn client_bucket(
                 let ip = state
                     .trusted_proxies
                     .client_ip(c.0.ip(), forwarded.map(HeaderValue::as_bytes));
-                format!("ip:{ip}").into()
+                format!("ip:{}", crate::limits::client_host(ip)).into()
             },
         )
 }

@@ -6,6 +6,7 @@ mod clients;
 mod errors;
 mod guards;
 mod helpers;
+mod hold;
 mod hostile;
 mod hot_path;
 mod live;
