@@ -82,3 +82,125 @@ async fn a_connection_that_does_not_finish_its_headers_in_time_is_closed() {
     // A connection that sends its request in time is served.
     assert_eq!(app.status("/healthz").await, 200);
 }
+
+/// VmRSS of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kb * 1024
+}
+
+/// Kills the binary when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_shape_makes_the_caches_hold_more_than_their_bounds() {
+    const RESPONSE_CACHE: u64 = 1 << 20;
+    // The parsed documents' and persisted queries' caches: 8 MiB each, fixed.
+    const BOUNDS: u64 = RESPONSE_CACHE + (16 << 20);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_visits-gateway"))
+            .arg("demo")
+            .env_clear()
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("RESPONSE_CACHE_MAX_BYTES", RESPONSE_CACHE.to_string())
+            .env("CACHE_MAX_BYTES", "1048576")
+            .env("STATS_CACHE_MAX_BYTES", "1048576")
+            .env("CLIENT_RATE_PER_SECOND", "1000000")
+            .env("CLIENT_BURST", "1000000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let pid = child.0.id();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/graphql");
+    let post = |body: String, padding: usize| {
+        let mut request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        for i in 0..padding {
+            request = request.header(format!("x-pad-{i}"), "p".repeat(8 * 1024));
+        }
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let mut up = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the demo gateway answers");
+    // Warm up: every path once, then the baseline.
+    for i in 0..20 {
+        post(
+            json!({ "query": format!("{{ w{i}: __typename }}") }).to_string(),
+            1,
+        )
+        .await;
+    }
+    let before = rss(pid);
+    // Distinct documents of 5,000 tiny selections (10 KB; 1.7 MB parsed).
+    for i in 0..120 {
+        let query = format!("{{ x{i}: a {} }}", "a ".repeat(4_980));
+        post(json!({ "query": query }).to_string(), 0).await;
+    }
+    // Cacheable POSTs carrying 300 KB of headers each.
+    for i in 0..300 {
+        let body = post(
+            json!({ "query": "{ __typename }", "variables": { "n": i } }).to_string(),
+            37,
+        )
+        .await;
+        assert!(body.contains("__typename"), "{body}");
+    }
+    // Aliased fields, each document distinct.
+    for i in 0..100 {
+        let query = format!(
+            "{{ {} }}",
+            (0..1_200)
+                .map(|j| format!("f{i}x{j}: __typename"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        post(json!({ "query": query }).to_string(), 0).await;
+    }
+    let grown = rss(pid).saturating_sub(before);
+    println!(
+        "RSS grew by {} MiB (bounds {} MiB)",
+        grown >> 20,
+        BOUNDS >> 20
+    );
+    // Twice the bounds, and room for the allocator's arenas and slack.
+    assert!(
+        grown < 2 * BOUNDS + (24 << 20),
+        "RSS grew by {} MiB with {} MiB of cache bounds",
+        grown >> 20,
+        BOUNDS >> 20
+    );
+}
