@@ -55,6 +55,7 @@ pub struct AppState {
 pub struct RequestLimits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
     pub secrets_reload: Duration,
     /// The range policy's, for the response cache's pin buckets.
     pub pin_granularity: ChronoDuration,
@@ -188,6 +189,7 @@ impl App {
             limits: RequestLimits {
                 max_body_bytes: server.max_body_bytes as usize,
                 request_timeout: server.request_timeout,
+                header_read_timeout: server.header_read_timeout,
                 secrets_reload: client.secrets_reload,
                 pin_granularity: range_policy.pin_granularity,
                 max_platform_requests: u64::from(paging.max_platform_requests_per_query()),
@@ -243,23 +245,23 @@ impl App {
         let drained = draining.clone();
         let shutdown_state = state.clone();
         state.ready.store(true, Ordering::Release);
-        let server = axum::serve(
+        let server = serve_http(
             listener,
-            self.router
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            shutdown_state.ready.store(false, Ordering::Release);
-            tracing::info!(
-                drain_s = policy.drain.as_secs(),
-                "shutting down: readiness off, draining"
-            );
-            tokio::time::sleep(policy.drain).await;
-            // Subscriptions end with `complete`, their sockets with 1001.
-            shutdown_state.live.shut_down();
-            drained.notify_one();
-        });
+            self.router,
+            state.limits.header_read_timeout,
+            async move {
+                shutdown.await;
+                shutdown_state.ready.store(false, Ordering::Release);
+                tracing::info!(
+                    drain_s = policy.drain.as_secs(),
+                    "shutting down: readiness off, draining"
+                );
+                tokio::time::sleep(policy.drain).await;
+                // Subscriptions end with `complete`, their sockets with 1001.
+                shutdown_state.live.shut_down();
+                drained.notify_one();
+            },
+        );
         let deadline = async move {
             draining.notified().await;
             tokio::time::sleep(policy.timeout).await;
@@ -281,6 +283,85 @@ impl App {
             }
         }
     }
+}
+
+/// Serves `router` on `listener` (HTTP/1, upgrades for WebSocket, each
+/// request with its `ConnectInfo<SocketAddr>`) until `shutdown` resolves:
+/// then stops accepting, lets each connection finish its request and waits
+/// for them all, as `axum::serve`'s graceful shutdown does. Unlike it, with
+/// a timer, so a connection that has not sent a request's headers within
+/// `header_read_timeout` (a first request, or the next on an idle
+/// keep-alive connection) is closed (SPEC §5b).
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    use tokio::sync::watch;
+    use tower::Service;
+
+    let mut make_service: IntoMakeServiceWithConnectInfo<Router, std::net::SocketAddr> =
+        router.into_make_service_with_connect_info();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    // Connections hold `signal` (closed once shutdown starts) and `close_rx`
+    // (dropped when they end): `close_tx.closed()` is all of them ended.
+    let (signal, shutting_down) = watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        drop(shutting_down);
+    });
+    let (close_tx, close_rx) = watch::channel(());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // A connection gone before it was accepted.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                ) => continue,
+                // Out of file descriptors, say: wait for some to close.
+                Err(e) => {
+                    tracing::error!(error = %e, "accept error");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = signal.closed() => break,
+        };
+        let Ok(service) = make_service.call(peer).await;
+        let connection = http
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .with_upgrades();
+        let (signal, close_rx) = (signal.clone(), close_rx.clone());
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended in error");
+                    }
+                    return;
+                }
+                () = signal.closed() => connection.as_mut().graceful_shutdown(),
+            }
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended in error");
+            }
+            drop(close_rx);
+        });
+    }
+    drop((close_rx, listener));
+    close_tx.closed().await;
+    Ok(())
 }
 
 /// The playground's opening examples: a query for an activity that exists,

@@ -201,6 +201,11 @@ pub struct ServerSettings {
     #[arg(id = "REQUEST_TIMEOUT_MS", long = "request-timeout-ms", env, default_value = "15000", value_parser = millis(100..=300_000))]
     pub request_timeout: Duration,
 
+    /// Seconds a connection gets to send a request's headers, all of them
+    /// (also an idle keep-alive connection's next request); then it is closed.
+    #[arg(id = "HEADER_READ_TIMEOUT_SECONDS", long = "header-read-timeout-seconds", env, default_value = "30", value_parser = seconds(1..=300))]
+    pub header_read_timeout: Duration,
+
     /// Browser origins allowed by CORS, comma separated (none by default).
     #[arg(id = "CORS_ALLOWED_ORIGINS", long = "cors-allowed-origins", env, value_delimiter = ',', value_parser = origin)]
     pub cors_allowed_origins: Vec<String>,

@@ -143,6 +143,17 @@ impl TrustedProxies {
     }
 }
 
+/// The host an anonymous client's address stands for: an IPv6 address
+/// counts by its /64 (one host usually holds the whole /64, so rotating
+/// within it must not buy fresh rate buckets, SPEC §5b); IPv4, and IPv4
+/// mapped into IPv6, by the address itself.
+pub fn client_host(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 /// One `X-Forwarded-For` entry: an address, or `address:port` (some proxies
 /// add the port), surrounding spaces ignored.
 fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
@@ -202,6 +213,16 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_ipv4_its_address() {
+        let host = |s: &str| client_host(ip(s)).to_string();
+        assert_eq!(host("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(host("2001:db8:1:2::1"), host("2001:db8:1:2:ffff::9"));
+        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
+        assert_eq!(host("203.0.113.9"), "203.0.113.9");
+        assert_eq!(host("::ffff:203.0.113.9"), "203.0.113.9");
     }
 
     fn walk(trusted: &[&str], peer: &str, xff: &[&str]) -> String {

@@ -126,7 +126,12 @@ async fn run(mut settings: Settings, demo: bool) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on METRICS_LISTEN_ADDR {metrics_addr}: {e}"))?;
         tracing::info!(addr = %metrics_addr, "metrics listening");
-        tokio::spawn(async move { axum::serve(metrics_listener, router).await });
+        tokio::spawn(visits_gateway::app::serve_http(
+            metrics_listener,
+            router,
+            settings.server.header_read_timeout,
+            std::future::pending(),
+        ));
     }
     if demo {
         print_demo_banner(addr);

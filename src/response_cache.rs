@@ -160,10 +160,18 @@ impl ResponseCache {
             && !ttl.is_zero()
         {
             let expires_at = Instant::now() + ttl;
+            // Owned copies, exactly their length: a POST body may be a slice
+            // of the connection's read buffer (its headers too, 100s of KB),
+            // and a serialised body may have spare capacity; the weigher
+            // counts only the bytes (SPEC §5b).
+            let key = ResponseKey {
+                request: Bytes::copy_from_slice(&key.request),
+                ..key
+            };
             cache.insert(
                 key,
                 Arc::new(CachedResponse {
-                    body,
+                    body: Bytes::copy_from_slice(&body),
                     activities,
                     ttl,
                     expires_at,
@@ -213,6 +221,27 @@ mod tests {
             scope: crate::auth::Scope::Only(Arc::new([1].into_iter().collect())),
         };
         assert!(!r.visible_to(&only_one));
+    }
+
+    #[test]
+    fn an_entry_keeps_no_buffer_its_request_or_body_was_sliced_from() {
+        let c = ResponseCache::new(1 << 20, Duration::from_secs(30));
+        // What hyper hands over: the body, a slice of the read buffer that
+        // also held the headers.
+        let read_buffer = Bytes::from(vec![b'x'; 300 * 1024]);
+        let body = read_buffer.slice(1000..1020);
+        let serialised = Bytes::from(vec![b'{'; 64 * 1024]).slice(0..2);
+        let k = ResponseKey::new(body, 0);
+        c.insert(
+            k.clone(),
+            serialised.clone(),
+            vec![],
+            Duration::from_secs(5),
+        );
+        assert!(c.get(&k).is_some());
+        drop(k);
+        assert!(read_buffer.is_unique(), "the key holds the read buffer");
+        assert!(serialised.is_unique(), "the entry holds the spare capacity");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod errors;
 mod fair;
 mod guards;
 mod helpers;
+mod hold;
 mod hostile;
 mod hot_path;
 mod live;
