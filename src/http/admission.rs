@@ -27,7 +27,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use chrono::{DateTime, Utc};
 
 use super::refusal::Refusal;
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::{AuthError, Principal};
 use crate::error::ErrorCode;
 use crate::graphql::cost;

@@ -5,9 +5,11 @@
 
 pub mod admission;
 mod refusal;
+mod state;
 pub mod websocket;
 
 pub use refusal::Refusal;
+pub use state::{AppState, RequestLimits};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,7 +29,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ErrorCode;
 use crate::graphql::RequestScope;

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::admission::{self, Client, Door};
 use super::refusal::Refusal;
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Principal;
 use crate::error::ErrorCode;
 use crate::graphql_http::Params;
