@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The gateway's benchmark (issues 7 and 12). Builds release binaries, starts
+# The gateway's benchmark (docs/performance.md). Builds release binaries, starts
 # a stand-in platform that answers at once, the gateway in front of it and a
 # reference axum endpoint answering the gateway's own response bytes (the HTTP
 # floor), and drives each with the same load generator. Measures the page
@@ -174,7 +174,7 @@ HOT=$WORK/hot.json
 MIXED=$WORK/mixed.txt
 
 # The API key of the "hot, API key" workload: the keys file holds its sha256
-# only, scoped to the bench's activities, as in production (README, Security).
+# only, scoped to the bench's activities, as in production (docs/security.md).
 BENCH_KEY=vgk_bench_0123456789abcdef0123456789abcdef
 BENCH_AUTHORIZATION="Bearer $BENCH_KEY"
 printf 'bench %s 10024069,10024070,10024072,20000001\n' "$(printf %s "$BENCH_KEY" | sha256sum | cut -d' ' -f1)" >"$WORK/api-keys"
@@ -402,7 +402,7 @@ if wanted walk || wanted walknc || wanted walkredis || wanted walk3; then
   if [ "${#WALK_SPECS[@]}" -gt 0 ]; then workloads "${WALK_SPECS[@]}"; fi
   # Every request of the walk carries a cursor (or range) of its own, and
   # with the response cache off each is parsed, validated and executed over
-  # the page cache (which stays on): the no-cache path of issue 12.
+  # the page cache (which stays on): the no-cache path.
   if wanted walknc; then workloads "$W_WALKNC|$WORK/walk.txt|-||RESPONSE_CACHE_MAX_BYTES=0"; fi
 fi
 

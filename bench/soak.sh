@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The soak run (issue 3): the simulated platform, the gateway and ~32 client
+# The soak run: the simulated platform, the gateway and ~32 client
 # tasks in one process, with platform faults switched on and off in a 60 s
 # cycle. Prints a line every 10 s and a summary (errors by code, platform
 # requests per client request, peak RSS, RSS at each minute); exits non-zero

@@ -1,4 +1,4 @@
-//! The live visits bench (issue 14): many concurrent `userVisitAdded`
+//! The live visits bench: many concurrent `userVisitAdded`
 //! subscribers on one activity, through real WebSockets.
 //!
 //! Starts the simulated platform in this process, the release gateway

@@ -1,4 +1,4 @@
-//! The soak run (issue 3): in one process, the simulated platform, the gateway
+//! The soak run: in one process, the simulated platform, the gateway
 //! in front of it, and ~32 client tasks asking mixed queries (three activities
 //! and an unknown one, ranges of 1 to 60 days, `first`/`last`, paging with
 //! cursors both ways) while a controller switches platform faults on and off

@@ -1,4 +1,4 @@
-//! Statistics over 92 days at 1,000 visits a day (issue 13), from a warm
+//! Statistics over 92 days at 1,000 visits a day, from a warm
 //! cache: the time of one `userVisitStats` computation and the memory it adds.
 //!
 //!   cargo run --release --example stats_bench

@@ -1,4 +1,4 @@
-//! Client limits that fit real deployments (issue 11): clients behind a
+//! Client limits that fit real deployments: clients behind a
 //! trusted proxy are told apart by the address it forwards, an API key may
 //! carry its own rate, the `Bearer` scheme is case-insensitive, and the
 //! default rate lets a fast pager through.

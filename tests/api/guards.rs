@@ -1,4 +1,4 @@
-//! Hostile input, case by case (issue 11): forged cursors, the edges of time,
+//! Hostile input, case by case: forged cursors, the edges of time,
 //! aliases that would drain the platform budget, refusals repeated, a panic.
 //! Each is answered at once with a code, at no platform request.
 

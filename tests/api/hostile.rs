@@ -1,4 +1,4 @@
-//! Hostile input (issue 11): thousands of generated requests, sent one at a
+//! Hostile input: thousands of generated requests, sent one at a
 //! time over real HTTP to the real gateway in front of the simulated
 //! platform. Each category is a proptest strategy run with a fixed seed, so
 //! CI sends the same requests every run and a failure shrinks to a minimal
@@ -829,7 +829,7 @@ fn platform_can_name(ms: i64) -> bool {
     (0..=9999).contains(&at_ms(ms).year())
 }
 
-/// The README: ranges start no earlier than 1970-01-01.
+/// docs/api.md: ranges start no earlier than 1970-01-01.
 const EARLIEST_MS: i64 = 0;
 
 /// What the SPEC makes of `range: {from, to}` sent at `now` (SPEC §2).
@@ -1122,7 +1122,7 @@ fn cursor_verdict(
                 _ if from_ms != c.from_ms => BAD_INPUT,
                 None => Expect::Served,
                 Some(t) if t.timestamp_millis() == c.to_ms => Expect::Served,
-                // The README lets a `to` in the future through (it would be pinned).
+                // docs/api.md lets a `to` in the future through (it would be pinned).
                 Some(t) if t.timestamp_millis() > now_ms => Expect::Either,
                 Some(_) => BAD_INPUT,
             }
@@ -2293,7 +2293,7 @@ fn aliases() -> impl Strategy<Value = Aliases> {
         2 => (days(1..=1), first()).prop_map(|(days, first)| Aliases { days, first }),
         2 => (days(2..=6), first()).prop_map(|(days, first)| Aliases { days, first }),
         4 => (days(6..=60), first()).prop_map(|(days, first)| Aliases { days, first }),
-        // Issue 11's example: 50 aliases of userVisits over 60 days.
+        // The classic abuse: 50 aliases of userVisits over 60 days.
         1 => Just(Aliases { days: vec![60; 50], first: 20 }),
     ]
 }

@@ -1,4 +1,4 @@
-//! Live visits (issue 14): `userVisitAdded` through a real WebSocket client
+//! Live visits: `userVisitAdded` through a real WebSocket client
 //! speaking graphql-transport-ws, against the simulated platform.
 
 use std::time::Duration;

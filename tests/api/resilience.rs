@@ -1,5 +1,5 @@
 //! The platform throttles, stalls and fails; clients should notice as little
-//! as possible (SPEC §3, issue 3). Backoff and budget timing are unit-tested
+//! as possible. Backoff and budget timing are unit-tested
 //! on a paused clock; these tests drive the real thing over HTTP.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! `userVisitStats` (issue 13) against the simulated platform: every figure
+//! `userVisitStats` against the simulated platform: every figure
 //! compared with a straightforward computation from the platform's raw
 //! visits, and what statistics cost the platform.
 

@@ -1,4 +1,4 @@
-//! Trusted documents (issue 16): a manifest from Apollo's
+//! Trusted documents: a manifest from Apollo's
 //! `generate-persisted-query-manifest` or relay-compiler, operations named
 //! by APQ hash, `documentId` or `doc_id` over POST and GET, and
 //! `PERSISTED_QUERIES_ONLY`, in which nothing else runs: not over HTTP, not

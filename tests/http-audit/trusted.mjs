@@ -1,4 +1,4 @@
-// Trusted documents with Apollo's own tools (issue 16), against a gateway
+// Trusted documents with Apollo's own tools, against a gateway
 // running PERSISTED_QUERIES_ONLY with the manifest that Apollo's
 // generate-persisted-query-manifest wrote from trusted/operations.graphql:
 // - Apollo Client's persisted query link, its ids taken from that manifest
