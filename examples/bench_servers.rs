@@ -24,7 +24,7 @@
 //!   caches).
 //! - `memory [--pages N] [--page-size S]`: the page cache's memory per visit.
 //!   Renders N pages of the stand-in platform's visits as it serves them,
-//!   parses them with the gateway's own `parse_page` into cache entries, and
+//!   parses them with the gateway's own `page::parse` into cache entries, and
 //!   prints the JSON's bytes per visit against the heap the parsed pages hold
 //!   (counted by this binary's allocator) and the cache weigher's estimate.
 //!
@@ -656,7 +656,7 @@ unsafe impl GlobalAlloc for Counting {
 
 /// The page cache's memory per visit. Renders `pages` pages of the stand-in
 /// platform's visits (its generator, its JSON, its page envelope), then,
-/// counting the heap, parses each with the gateway's `parse_page` and keeps
+/// counting the heap, parses each with the gateway's `page::parse` and keeps
 /// it as the page cache does (`Arc<CachedPage>`). Not counted: moka's own
 /// entry and key (per page, not per visit).
 fn memory(pages: usize, page_size: u64) -> Res {
@@ -683,7 +683,7 @@ fn memory(pages: usize, page_size: u64) -> Res {
     }
     COUNTING.store(true, Ordering::SeqCst);
     let parsed: Result<(), String> = bodies.iter().try_for_each(|(page, body)| {
-        let page = visits_gateway::upstream::parse_page(body.as_bytes(), *page, page_size)
+        let page = visits_gateway::page::parse(body.as_bytes(), *page, page_size)
             .map_err(|e| e.to_string())?;
         cached.push(Arc::new(CachedPage {
             page,
@@ -718,7 +718,7 @@ fn memory(pages: usize, page_size: u64) -> Res {
     println!(
         "page cache memory per visit: JSON {json:.0} B; parsed and cached {held_pv:.0} B ({:.2} of the JSON{footprint_text}; a {} B Visit and {:.1} allocations); the cache's weight estimate {weight_pv:.0} B ({:.2} of the parsed) ({visits} visits in {pages} pages of {page_size})",
         held_pv / json,
-        std::mem::size_of::<visits_gateway::upstream::Visit>(),
+        std::mem::size_of::<visits_gateway::page::Visit>(),
         per(blocks as f64),
         weight_pv / held_pv,
     );

@@ -27,17 +27,17 @@ use futures::future::BoxFuture;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use visits_gateway::auth::Principal;
-use visits_gateway::cache::{PageCache, PageSource, TtlPolicy};
+use visits_gateway::cache::{PageCache, TtlPolicy};
 use visits_gateway::config::Settings;
 use visits_gateway::demo::{SimVisit, data};
 use visits_gateway::error::GatewayError;
 use visits_gateway::graphql::{RequestScope, Resolver, build_schema};
+use visits_gateway::page::{Page, PageRequest, PageSource, parse as parse_page};
 use visits_gateway::paging::{self, ActivityId, RangePolicy};
 use visits_gateway::stats::calendar::{Calendar, Interval, zone};
 use visits_gateway::stats::load::{Loaded, StatsLoader};
 use visits_gateway::stats::{Dimension, WindowStats};
 use visits_gateway::telemetry::Metrics;
-use visits_gateway::upstream::{PageRequest, UpstreamPage, parse_page};
 use visits_gateway::visits::FetchPolicy;
 
 /// This thread's CPU time so far (the machine is shared: wall time varies).
@@ -90,7 +90,7 @@ impl PageSource for Pages {
         &self,
         req: PageRequest,
         _: tokio::time::Instant,
-    ) -> BoxFuture<'_, Result<UpstreamPage, GatewayError>> {
+    ) -> BoxFuture<'_, Result<Page, GatewayError>> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
             let from = self

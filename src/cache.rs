@@ -18,25 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use moka::Expiry;
 use moka::future::Cache;
 use tokio::time::Instant;
 
 use crate::error::{ErrorCode, GatewayError};
+use crate::page::{Page, PageRequest, PageSource};
 use crate::paging::ActivityId;
 use crate::shared::pages::{Claim, SharedPages};
 use crate::telemetry::Metrics;
-use crate::upstream::{PageRequest, UpstreamPage};
-
-/// Where pages come from: the platform client, or a fake in tests.
-pub trait PageSource: Send + Sync + 'static {
-    fn fetch(
-        &self,
-        req: PageRequest,
-        deadline: Instant,
-    ) -> BoxFuture<'_, Result<UpstreamPage, GatewayError>>;
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct TtlPolicy {
@@ -68,7 +58,7 @@ impl TtlPolicy {
 
 #[derive(Debug)]
 pub struct CachedPage {
-    pub page: UpstreamPage,
+    pub page: Page,
     pub fetched_at: Instant,
     pub ttl: Duration,
 }
@@ -461,7 +451,7 @@ mod tests {
             &self,
             req: PageRequest,
             _: Instant,
-        ) -> BoxFuture<'_, Result<UpstreamPage, GatewayError>> {
+        ) -> futures::future::BoxFuture<'_, Result<Page, GatewayError>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(self.delay).await;
@@ -482,7 +472,7 @@ mod tests {
                     r#"{{"pager":{{"pageSize":{},"total":{total}}},"items":[]}}"#,
                     req.page_size
                 );
-                crate::upstream::parse_page(body.as_bytes(), 5, req.page_size)
+                crate::page::parse(body.as_bytes(), 5, req.page_size)
             })
         }
     }

@@ -33,6 +33,7 @@ pub mod http;
 pub mod limits;
 pub mod live;
 pub mod otel;
+pub mod page;
 pub mod paging;
 pub mod playground;
 pub mod response_cache;

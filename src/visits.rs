@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::cache::{CachedPage, Freshness, PageCache, Served};
 use crate::error::GatewayError;
+use crate::page::{PageRequest, Visit};
 use crate::paging::{self, ActivityId, Direction, ResolvedRange, Slice, SliceArgs, WindowShape};
-use crate::upstream::{PageRequest, Visit};
 
 #[derive(Debug, Clone, Copy)]
 pub struct FetchPolicy {

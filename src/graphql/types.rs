@@ -4,8 +4,8 @@ use async_graphql::{ID, Object, SimpleObject};
 
 use super::cursor::Cursor;
 use super::scalars::DateTime;
+use crate::page::Visit;
 use crate::paging::{self, ActivityId};
-use crate::upstream::Visit;
 use crate::visits::VisitRef;
 
 /// A page of visits. Edges and their cursors are built only when a query

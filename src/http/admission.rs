@@ -26,8 +26,8 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, StatusCode, header};
 use chrono::{DateTime, Utc};
 
-use super::refusal::Refusal;
 use super::AppState;
+use super::refusal::Refusal;
 use crate::auth::{AuthError, Principal};
 use crate::error::ErrorCode;
 use crate::graphql::cost;

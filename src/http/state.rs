@@ -53,4 +53,3 @@ pub struct RequestLimits {
     /// Platform requests one GraphQL request may have in flight.
     pub window_concurrency: usize,
 }
-

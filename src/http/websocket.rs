@@ -28,9 +28,9 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::AppState;
 use super::admission::{self, Client, Door};
 use super::refusal::Refusal;
-use super::AppState;
 use crate::auth::Principal;
 use crate::error::ErrorCode;
 use crate::graphql_http::Params;

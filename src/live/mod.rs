@@ -29,9 +29,9 @@ use tokio::sync::{broadcast, watch};
 use crate::auth::Principal;
 use crate::cache::PageCache;
 use crate::error::{ErrorCode, GatewayError};
+use crate::page::Visit;
 use crate::paging::ActivityId;
 use crate::telemetry::Metrics;
-use crate::upstream::Visit;
 use crate::upstream::fair::{Caller, Priority};
 
 /// The error code of a subscription closed because its client fell behind.

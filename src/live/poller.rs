@@ -33,8 +33,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Batch, Feed, Live};
 use crate::error::{ErrorCode, GatewayError};
+use crate::page::{PageRequest, Visit};
 use crate::paging::{self, ActivityId, MAX_WINDOW, Window};
-use crate::upstream::{PageRequest, Visit};
 
 /// Where the poller is in an activity's list of visits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

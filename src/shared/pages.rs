@@ -6,7 +6,7 @@
 //!   ms>:<to ms>:<page>:<page size>` (the platform as a hash of its base URL).
 //! - A value is a header line `<fetched at, unix ms> <ttl ms>` and the page in
 //!   the platform's own JSON shape, read back through the very parser and
-//!   checks a platform answer goes through ([`crate::upstream::parse_page`]):
+//!   checks a platform answer goes through ([`crate::page::parse`]):
 //!   one format to keep right, and a value that cannot be read (garbage, an
 //!   old format, a truncated write) is a miss, deleted, never an error.
 //! - It lives for the page's TTL plus the stale grace, like the moka entry,
@@ -23,8 +23,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::{KEY_PREFIX, Redis};
+use crate::page::{Page, PageRequest, Visit};
 use crate::telemetry::{Metrics, OutcomeLabel};
-use crate::upstream::{PageRequest, UpstreamPage, Visit};
 
 /// The largest value written or read: a page of 1000 visits with long user
 /// agents fits; anything larger is not shared.
@@ -39,7 +39,7 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 /// A page found in Redis, with what the moka entry needs.
 #[derive(Debug)]
 pub struct SharedPage {
-    pub page: UpstreamPage,
+    pub page: Page,
     /// How long ago it was fetched from the platform.
     pub age: Duration,
     pub ttl: Duration,
@@ -248,13 +248,7 @@ impl SharedPages {
     }
 
     /// Shares a page this replica fetched, then lets the waiting replicas in.
-    pub async fn store(
-        &self,
-        req: &PageRequest,
-        page: &UpstreamPage,
-        ttl: Duration,
-        lock: Option<Lock>,
-    ) {
+    pub async fn store(&self, req: &PageRequest, page: &Page, ttl: Duration, lock: Option<Lock>) {
         let value = encode(page, Utc::now().timestamp_millis(), ttl);
         if value.len() <= MAX_VALUE_BYTES {
             let key = self.key(req);
@@ -287,7 +281,7 @@ impl SharedPages {
 }
 
 /// `<fetched at ms> <ttl ms>\n` and the page as the platform would send it.
-pub fn encode(page: &UpstreamPage, fetched_at_ms: i64, ttl: Duration) -> Vec<u8> {
+pub fn encode(page: &Page, fetched_at_ms: i64, ttl: Duration) -> Vec<u8> {
     let items: Vec<serde_json::Value> = page.visits.iter().map(item).collect();
     let body = json!({
         "pager": { "pageSize": page.page_size, "total": page.total },
@@ -329,7 +323,7 @@ pub fn decode(raw: &[u8], req: &PageRequest) -> Option<SharedPage> {
     let (fetched_at, ttl) = header.split_once(' ')?;
     let fetched_at: i64 = fetched_at.parse().ok()?;
     let ttl: u64 = ttl.parse().ok()?;
-    let page = crate::upstream::parse_page(&raw[newline + 1..], req.page, req.page_size).ok()?;
+    let page = crate::page::parse(&raw[newline + 1..], req.page, req.page_size).ok()?;
     let age_ms = Utc::now()
         .timestamp_millis()
         .saturating_sub(fetched_at)
@@ -359,14 +353,14 @@ mod tests {
         }
     }
 
-    fn page() -> UpstreamPage {
+    fn page() -> Page {
         let body = r#"{"pager":{"page":2,"pageSize":3,"total":5},"items":[
             {"userId":42,"nickname":"小明","province":"广东","city":"深圳","visitAt":"2026-11-02T01:52:12.736Z",
              "lastOnlineAt":"2026-11-02T02:00:00.000Z","duration":8,"referer":"https://a.example/x","invitedBy":"7",
              "userAgent":"UA","device":"pc","avatar":"https://a/b.png","partnerUID":"p1"},
             {"userId":null,"anonymousId":"ab12cd34","visitAt":"2026-11-03T00:00:00.001Z","lastOnlineAt":"2026-11-03T00:01:00.000Z"}
         ]}"#;
-        crate::upstream::parse_page(body.as_bytes(), 2, 3).unwrap()
+        crate::page::parse(body.as_bytes(), 2, 3).unwrap()
     }
 
     #[test]

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use super::WindowStats;
 use crate::cache::{Freshness, PageCache, Served, TtlPolicy};
 use crate::error::{ErrorCode, GatewayError};
+use crate::page::PageRequest;
 use crate::paging::{self, ActivityId, ResolvedRange, Window};
-use crate::upstream::PageRequest;
 use crate::visits::{self, FetchPolicy};
 
 /// A settled window's statistics, by everything that makes its pages.

@@ -23,8 +23,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
-use crate::upstream::Visit;
-use crate::upstream::dto::Text;
+use crate::page::{Text, Visit};
 
 /// Who a visit counts as: a distinct `userId` (signed in) or a distinct
 /// `anonymousId` (anonymous). An anonymous visit without an `anonymousId`

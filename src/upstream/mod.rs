@@ -2,7 +2,6 @@
 //! the server's token and timeouts, and maps every answer onto SPEC §4.
 
 mod budget;
-pub mod dto;
 pub mod fair;
 
 use std::sync::Arc;
@@ -15,39 +14,14 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::cache::PageSource;
 use crate::error::{ErrorCode, GatewayError};
-use crate::paging::{ActivityId, Window};
+use crate::page::{self, Page, PageRequest, PageSource};
 use crate::secret::TokenSource;
 use crate::shared::Redis;
 use crate::shared::budget::SharedBudget;
 use crate::telemetry::{Metrics, ReasonLabel, RequestStats, StatusLabel};
 use budget::Budget;
-pub use dto::Visit;
 use fair::{Caller, FairQueue, Refused};
-
-/// Everything that makes one upstream request (and so one cache key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PageRequest {
-    pub activity: ActivityId,
-    pub window: Window,
-    /// 1-based.
-    pub page: u64,
-    pub page_size: u64,
-}
-
-/// One page, parsed and checked whole when it was fetched.
-#[derive(Debug)]
-pub struct UpstreamPage {
-    /// Items in the whole window.
-    pub total: u64,
-    /// The page size actually served: at most what we asked for.
-    pub page_size: u64,
-    /// The page's visits, in the platform's order.
-    pub visits: Box<[Visit]>,
-    /// Approximate bytes held, for the cache's byte bound.
-    pub weight: usize,
-}
 
 /// How the client treats the platform (SPEC §3).
 #[derive(Debug, Clone)]
@@ -204,11 +178,7 @@ impl UpstreamClient {
 
     /// One page, within the request budget, retrying transient failures with
     /// jittered exponential backoff until `deadline`.
-    async fn fetch_page(
-        &self,
-        req: &PageRequest,
-        deadline: Instant,
-    ) -> Result<UpstreamPage, GatewayError> {
+    async fn fetch_page(&self, req: &PageRequest, deadline: Instant) -> Result<Page, GatewayError> {
         let mut attempt = 0u32;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -276,7 +246,7 @@ impl UpstreamClient {
         req: &PageRequest,
         deadline: Instant,
         resends: u32,
-    ) -> Result<UpstreamPage, GatewayError> {
+    ) -> Result<Page, GatewayError> {
         if !crate::otel::enabled() {
             return self.attempt(req, deadline).await;
         }
@@ -321,11 +291,7 @@ impl UpstreamClient {
 
     /// One request: a concurrency slot, a timeout bounded by the deadline,
     /// metrics and a log line.
-    async fn attempt(
-        &self,
-        req: &PageRequest,
-        deadline: Instant,
-    ) -> Result<UpstreamPage, GatewayError> {
+    async fn attempt(&self, req: &PageRequest, deadline: Instant) -> Result<Page, GatewayError> {
         let _slot = self
             .slots
             .acquire()
@@ -373,7 +339,7 @@ impl UpstreamClient {
         result
     }
 
-    async fn send(&self, req: &PageRequest) -> Result<UpstreamPage, GatewayError> {
+    async fn send(&self, req: &PageRequest) -> Result<Page, GatewayError> {
         let mut request = self.http.get(self.url(req));
         if crate::otel::enabled() {
             let mut headers = reqwest::header::HeaderMap::new();
@@ -412,7 +378,7 @@ impl UpstreamClient {
         if !status.is_success() {
             return Err(classify_failure(status, &body, retry_after));
         }
-        parse_page(&body, req.page, req.page_size)
+        page::parse(&body, req.page, req.page_size)
     }
 }
 
@@ -421,7 +387,7 @@ impl PageSource for UpstreamClient {
         &self,
         req: PageRequest,
         deadline: Instant,
-    ) -> BoxFuture<'_, Result<UpstreamPage, GatewayError>> {
+    ) -> BoxFuture<'_, Result<Page, GatewayError>> {
         Box::pin(async move { self.fetch_page(&req, deadline).await })
     }
 }
@@ -441,51 +407,11 @@ fn transport_error(e: reqwest::Error) -> GatewayError {
     }
 }
 
-/// Reads and checks a whole 200 body: one page of `asked_page_size` (the
-/// platform may serve fewer per page, and says so in its pager). A page is
-/// refused whole, and so never cached, when any visit in it cannot be read or
-/// when it holds fewer items than its own pager promises for page `page`
-/// (a short page in the middle of a window would shift every later offset).
-pub fn parse_page(
-    body: &[u8],
-    page: u64,
-    asked_page_size: u64,
-) -> Result<UpstreamPage, GatewayError> {
-    let bad = GatewayError::bad_response;
-    let dto: dto::PageDto<'_> = serde_json::from_slice(body)
-        .map_err(|_| bad("the platform answered with a body that is not a visits page"))?;
-    if dto.pager.page_size == 0 {
-        return Err(bad("the platform reported a page size of 0"));
-    }
-    let page_size = dto.pager.page_size.min(asked_page_size);
-    let total = dto.pager.total;
-    let items = dto.items.len() as u64;
-    if items > page_size {
-        return Err(bad("the platform sent more items than its page size"));
-    }
-    let promised = total
-        .saturating_sub(page.saturating_sub(1).saturating_mul(page_size))
-        .min(page_size);
-    if items < promised {
-        return Err(GatewayError::bad_response(format!(
-            "the platform sent {items} items on page {page}, where its pager promises {promised}"
-        )));
-    }
-    let mut texts = dto::Interner::default();
-    let visits = dto
-        .items
-        .into_iter()
-        .map(|item| Visit::from_dto(item, &mut texts))
-        .collect::<Result<Box<[Visit]>, _>>()?;
-    let weight = std::mem::size_of::<UpstreamPage>()
-        + visits.len() * std::mem::size_of::<Visit>()
-        + texts.heap_bytes;
-    Ok(UpstreamPage {
-        total,
-        page_size,
-        visits,
-        weight,
-    })
+/// The platform's error envelope `{name,message,status}`; only `message` is
+/// ever passed on, and only when the body has this shape.
+#[derive(Debug, serde::Deserialize)]
+struct ErrorEnvelope {
+    pub message: Option<String>,
 }
 
 /// Maps a non-2xx answer onto SPEC §4. Status codes are the only reliable
@@ -496,7 +422,7 @@ fn classify_failure(
     body: &[u8],
     retry_after_header: Option<Duration>,
 ) -> GatewayError {
-    let upstream_message = serde_json::from_slice::<dto::ErrorEnvelope>(body)
+    let upstream_message = serde_json::from_slice::<ErrorEnvelope>(body)
         .ok()
         .and_then(|e| e.message)
         .filter(|m| !m.is_empty() && m.chars().count() <= 200);
@@ -566,6 +492,8 @@ fn retry_hint(message: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::page::parse as parse_page;
+    use crate::paging::{ActivityId, Window};
 
     #[test]
     fn statuses_map_onto_the_spec_codes() {

@@ -61,13 +61,6 @@ pub struct ItemDto<'a> {
     pub invited_by: Value,
 }
 
-/// The platform's error envelope `{name,message,status}`; only `message` is
-/// ever passed on, and only when the body has this shape.
-#[derive(Debug, Deserialize)]
-pub struct ErrorEnvelope {
-    pub message: Option<String>,
-}
-
 /// Text shared by the visits of one page.
 pub type Text = Arc<str>;
 
@@ -192,7 +185,7 @@ mod tests {
             {"userId":42,"anonymousId":"zzz","nickname":"小明","visitAt":"2019-06-21T01:53:00.000Z",
              "lastOnlineAt":"2019-06-21T01:54:00.000Z","invitedBy":7}
         ]}"#;
-        let page = crate::upstream::parse_page(body.as_bytes(), 1, 15).unwrap();
+        let page = crate::page::parse(body.as_bytes(), 1, 15).unwrap();
         let visits = &page.visits;
         assert_eq!(visits.len(), 2);
         let anon = &visits[0];
