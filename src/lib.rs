@@ -36,6 +36,7 @@ pub mod otel;
 pub mod page;
 pub mod paging;
 pub mod playground;
+pub mod reader;
 pub mod response_cache;
 pub mod secret;
 pub mod shared;

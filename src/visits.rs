@@ -1,16 +1,17 @@
 //! Executes a paging plan against the page cache: learn each window's shape
-//! from its first page, cut the client's slice, read just the pages holding it.
+//! from its first page, cut the client's slice, read just the pages holding
+//! it (through the one [`crate::reader`]).
 
-use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use crate::cache::{CachedPage, Freshness, PageCache, Served};
+use crate::cache::{CachedPage, Freshness, PageCache};
 use crate::error::GatewayError;
 use crate::page::{PageRequest, Visit};
 use crate::paging::{self, ActivityId, Direction, ResolvedRange, Slice, SliceArgs, WindowShape};
+use crate::reader::{self, Reader};
 
 #[derive(Debug, Clone, Copy)]
 pub struct FetchPolicy {
@@ -49,21 +50,6 @@ impl std::ops::Deref for VisitRef {
     }
 }
 
-/// One page through the cache, holding one of the request's platform slots
-/// while the cache may call the platform.
-pub(crate) async fn page(
-    cache: &PageCache,
-    slots: &Semaphore,
-    req: PageRequest,
-    deadline: Instant,
-) -> Result<Served, GatewayError> {
-    let _slot = slots
-        .acquire()
-        .await
-        .map_err(|_| GatewayError::internal("the request's platform slots are closed"))?;
-    cache.page(req, deadline).await
-}
-
 pub async fn load(
     cache: &PageCache,
     policy: FetchPolicy,
@@ -73,61 +59,23 @@ pub async fn load(
     args: SliceArgs,
 ) -> Result<VisitSlice, GatewayError> {
     let deadline = Instant::now() + policy.deadline;
+    let reader =
+        Reader::new(cache, activity, policy.upstream_page_size, deadline).with_slots(slots);
     let windows = paging::split_windows(range);
-    let first_page = |window| PageRequest {
-        activity,
-        window,
-        page: 1,
-        page_size: policy.upstream_page_size,
-    };
-    // Every window's first page: totals for `totalCount` and the page size the
-    // platform really serves. The oldest alone first: when the platform
-    // refuses the activity (404, feature off, bad token) one request learns it,
-    // not one per window. Then the rest, as many at a time as the request's
-    // platform slots allow.
-    let mut firsts: Vec<Served> = Vec::with_capacity(windows.len());
-    firsts.push(page(cache, slots, first_page(windows[0]), deadline).await?);
-    // Owned requests: a stream over borrows trips the `Send` check of the
-    // resolver's future.
-    let rest: Vec<PageRequest> = windows[1..].iter().map(|w| first_page(*w)).collect();
-    let rest: Vec<Served> = futures::stream::iter(
-        rest.into_iter()
-            .map(|req| page(cache, slots, req, deadline)),
-    )
-    .buffered(windows.len())
-    .try_collect()
-    .await?;
-    firsts.extend(rest);
-    let shapes: Vec<WindowShape> = firsts
-        .iter()
-        .map(|s| WindowShape {
-            total: s.page.page.total,
-            page_size: s.page.page.page_size,
-        })
-        .collect();
+    // Every window's first page: totals for `totalCount` and the page size
+    // the platform really serves.
+    let firsts = reader.firsts(&windows).await?;
+    let shapes: Vec<WindowShape> = firsts.iter().map(reader::shape).collect();
     let total = shapes.iter().map(|s| s.total).sum();
     check_offsets(args, total)?;
     let slice = paging::select_slice(total, args);
     let reads = paging::pages_for_slice(&shapes, slice.start, slice.end);
-
-    // Later page numbers count in the size the platform serves.
     let later: Vec<PageRequest> = reads
         .iter()
         .filter(|r| r.page > 1)
-        .map(|r| PageRequest {
-            page: r.page,
-            page_size: shapes[r.window].page_size,
-            ..first_page(windows[r.window])
-        })
+        .map(|r| reader.request(windows[r.window], r.page, Some(&firsts[r.window])))
         .collect();
-    let later: Vec<Served> = futures::stream::iter(
-        later
-            .into_iter()
-            .map(|req| page(cache, slots, req, deadline)),
-    )
-    .buffered(reads.len().max(1))
-    .try_collect()
-    .await?;
+    let later = reader.pages(later).await?;
 
     let mut freshness = Freshness::FOREVER;
     let mut later = later.iter();
@@ -138,20 +86,12 @@ pub async fn load(
             _ => later.next().expect("one page per later read"),
         };
         freshness = freshness.and(served.freshness);
-        let available = served.page.page.visits.len();
-        let indexes = (read.skip as usize..available).take(read.take as usize);
-        let before = items.len();
+        let held = reader::visits_of(served, shapes[read.window], read.page)?.len();
+        let indexes = (read.skip as usize..held).take(read.take as usize);
         items.extend(indexes.zip(read.offset..).map(|(index, offset)| {
             let page = served.page.clone();
             (offset, VisitRef { page, index })
         }));
-        if ((items.len() - before) as u64) < read.take {
-            // The window's list shrank between two of our requests: serving
-            // fewer items would silently shift the client's offsets.
-            return Err(GatewayError::bad_response(
-                "the platform's list changed while it was being read (a page is shorter than the first page promised); try again",
-            ));
-        }
     }
     for first in &firsts {
         freshness = freshness.and(first.freshness);

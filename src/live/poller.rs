@@ -33,8 +33,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Batch, Feed, Live};
 use crate::error::{ErrorCode, GatewayError};
-use crate::page::{PageRequest, Visit};
+use crate::page::Visit;
 use crate::paging::{self, ActivityId, MAX_WINDOW, Window};
+use crate::reader::{self, Reader};
 
 /// Where the poller is in an activity's list of visits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,24 +160,6 @@ fn send(feed: &Feed, batch: Batch) {
 }
 
 impl Live {
-    /// One page through the page cache and the platform budget.
-    async fn page(
-        &self,
-        activity: ActivityId,
-        window: Window,
-        page: u64,
-        page_size: u64,
-        deadline: Instant,
-    ) -> Result<Arc<crate::cache::CachedPage>, GatewayError> {
-        let req = PageRequest {
-            activity,
-            window,
-            page,
-            page_size,
-        };
-        Ok(self.cache.page(req, deadline).await?.page)
-    }
-
     /// The starting point: the newest visit of the 7 days ending `now`.
     pub(super) async fn baseline(
         &self,
@@ -188,25 +171,22 @@ impl Live {
             from: now - MAX_WINDOW,
             to: now,
         };
-        let first = self
-            .page(activity, window, 1, self.policy.page_size, deadline)
-            .await?;
-        let size = first.page.page_size.max(1);
-        let mut page_no = first.page.total.div_ceil(size).max(1);
+        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline);
+        let first = reader.first(window).await?;
+        let shape = reader::shape(&first);
+        let mut page_no = reader::page_count(shape);
         let mut newest: Option<Cursor> = None;
         let mut budget = self.policy.max_requests_per_poll.saturating_sub(1);
         loop {
-            let page = if page_no == 1 {
-                first.clone()
-            } else {
+            if page_no > 1 {
                 if budget == 0 {
                     break;
                 }
                 budget -= 1;
-                self.page(activity, window, page_no, size, deadline).await?
-            };
+            }
+            let page = reader.later(window, &first, page_no).await?;
             // Backwards from the page's end: the run of the newest millisecond.
-            for visit in page.page.visits.iter().rev() {
+            for visit in reader::visits_of(&page, shape, page_no)?.iter().rev() {
                 match &mut newest {
                     None => {
                         newest = Some(Cursor {
@@ -285,26 +265,22 @@ impl Live {
             return Ok(false);
         }
         *budget -= 1;
-        let first = self
-            .page(activity, window, 1, self.policy.page_size, deadline)
-            .await?;
-        let total = first.page.total;
-        let size = first.page.page_size.max(1);
-        if total <= skip {
+        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline);
+        let first = reader.first(window).await?;
+        let shape = reader::shape(&first);
+        if shape.total <= skip {
             return Ok(true);
         }
-        for page_no in (skip / size + 1)..=total.div_ceil(size) {
-            let page = if page_no == 1 {
-                first.clone()
-            } else {
+        for page_no in (skip / shape.page_size + 1)..=reader::page_count(shape) {
+            if page_no > 1 {
                 if *budget == 0 {
                     return Ok(false);
                 }
                 *budget -= 1;
-                self.page(activity, window, page_no, size, deadline).await?
-            };
-            let start = (page_no - 1) * size;
-            for (offset, visit) in (start..).zip(page.page.visits.iter()) {
+            }
+            let page = reader.later(window, &first, page_no).await?;
+            let start = (page_no - 1) * shape.page_size;
+            for (offset, visit) in (start..).zip(reader::visits_of(&page, shape, page_no)?) {
                 if offset < skip {
                     continue;
                 }

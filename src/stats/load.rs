@@ -27,7 +27,8 @@ use crate::cache::{Freshness, PageCache, Served, TtlPolicy};
 use crate::error::{ErrorCode, GatewayError};
 use crate::page::PageRequest;
 use crate::paging::{self, ActivityId, ResolvedRange, Window};
-use crate::visits::{self, FetchPolicy};
+use crate::reader::Reader;
+use crate::visits::FetchPolicy;
 
 /// A settled window's statistics, by everything that makes its pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -268,7 +269,8 @@ async fn read_firsts(
     let Some((&oldest, rest)) = reqs.split_first() else {
         return Ok(Vec::new());
     };
-    let mut served = vec![(oldest, visits::page(pages, slots, oldest, deadline).await?)];
+    let reader = Reader::new(pages, oldest.activity, oldest.page_size, deadline).with_slots(slots);
+    let mut served = vec![(oldest, reader.page(oldest).await?)];
     let rest_served = read_all(pages, slots, rest.to_vec(), deadline).await?;
     served.extend(rest.iter().copied().zip(rest_served));
     Ok(served)
@@ -282,10 +284,11 @@ async fn read_all(
     deadline: Instant,
 ) -> Result<Vec<Served>, GatewayError> {
     let n = reqs.len().max(1);
-    futures::stream::iter(
-        reqs.into_iter()
-            .map(|req| visits::page(pages, slots, req, deadline)),
-    )
+    futures::stream::iter(reqs.into_iter().map(|req| {
+        Reader::new(pages, req.activity, req.page_size, deadline)
+            .with_slots(slots)
+            .page(req)
+    }))
     .buffered(n)
     .try_collect()
     .await
