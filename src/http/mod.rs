@@ -1,10 +1,12 @@
 //! The HTTP surface of SPEC §6: the doors (GraphQL over POST and GET,
-//! subscriptions over WebSocket), the playground, probes. Every door hands
+//! subscriptions over WebSocket, Server-Sent Events and multipart HTTP), the
+//! playground, probes. Every door hands
 //! its document to the one [`admission`] pipeline; every refusal is a
 //! [`Refusal`], which renders itself.
 
 pub mod admission;
 mod refusal;
+pub mod stream;
 pub mod websocket;
 
 pub use refusal::Refusal;
@@ -34,7 +36,7 @@ use crate::graphql::RequestScope;
 use crate::graphql_http::{self, MediaType, Params};
 use crate::response_cache::{Facts, ResponseKey};
 use crate::telemetry::{self, Metrics, OutcomeLabel, RequestStats};
-use admission::{Admitted, Door};
+use admission::{Admitted, Client, Door};
 
 /// The main router; `/metrics` is on it unless it has a port of its own.
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
@@ -126,30 +128,46 @@ fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Respons
 /// body is bounded; then [`answer`].
 async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    // A subscription over plain HTTP: Server-Sent Events or multipart.
+    if let Some(protocol) = graphql_http::negotiate_stream(&parts.headers) {
+        return stream::serve(state, protocol, parts, body).await;
+    }
     let Some(media) = graphql_http::negotiate(&parts.headers) else {
         return not_acceptable().into_response(&state.metrics, None);
     };
     let refused = |r: Refusal| r.into_response(&state.metrics, Some(media));
     let principal = match admit(&state, &parts) {
-        Ok(principal) => principal,
+        Ok(client) => client.principal,
         Err(refusal) => return refused(refusal),
     };
+    let body = match read_body(&state, &parts, body).await {
+        Ok(body) => body,
+        Err(refusal) => return refused(refusal),
+    };
+    answer(&state, principal, media, Form::Body, body).await
+}
+
+/// A POST's body: JSON (else 415), at most `MAX_BODY_BYTES` (else 413).
+async fn read_body(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Result<Bytes, Refusal> {
     if !graphql_http::is_json_content_type(&parts.headers) {
-        return refused(Refusal::new(
+        return Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::BadUserInput,
             "send a GraphQL request as `Content-Type: application/json` (UTF-8)",
         ));
     }
     let limit = state.limits.max_body_bytes;
-    let Ok(body) = axum::body::to_bytes(body, limit).await else {
-        return refused(Refusal::new(
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::BadUserInput,
             format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)"),
-        ));
-    };
-    answer(&state, principal, media, Form::Body, body).await
+        )
+    })
 }
 
 /// How a request came: a POST's JSON body or a GET's query string. Part of
@@ -381,11 +399,11 @@ fn not_acceptable() -> Refusal {
 
 /// Stage 1 of [`admission`] for an HTTP request: who is asking, and whether
 /// they may ask now; before any GraphQL work (and before a POST's body is read).
-fn admit(state: &AppState, parts: &axum::http::request::Parts) -> Result<Principal, Refusal> {
+fn admit(state: &AppState, parts: &axum::http::request::Parts) -> Result<Client, Refusal> {
     let address = admission::address(state, parts);
     let client = admission::client(state, admission::authorization(parts), &address)?;
     admission::charge(state, &client)?;
-    Ok(client.principal)
+    Ok(client)
 }
 
 /// A cached response for `key`, if this client may see all it touched.
@@ -482,9 +500,9 @@ async fn get_graphql(State(state): State<Arc<AppState>>, request: Request) -> Re
         None => not_acceptable().into_response(&state.metrics, None),
         Some(media) => match admit(&state, &parts) {
             Err(refusal) => refusal.into_response(&state.metrics, Some(media)),
-            Ok(principal) => {
+            Ok(client) => {
                 let raw = Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes());
-                answer(&state, principal, media, Form::QueryString, raw).await
+                answer(&state, client.principal, media, Form::QueryString, raw).await
             }
         },
     };
