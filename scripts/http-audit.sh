@@ -6,7 +6,9 @@
 # Fails when any MUST or SHOULD is not ok; prints the MAYs' results. Then
 # exercises automatic persisted queries with Apollo Client's
 # createPersistedQueryLink (tests/http-audit/apq.mjs), over POST and GET,
-# and live visits with the npm graphql-ws client (tests/http-audit/live.mjs).
+# live visits with the npm graphql-ws client (tests/http-audit/live.mjs), and
+# over plain HTTP with graphql-sse (distinct connections) and Apollo Client's
+# HttpLink (multipart subscriptions) (tests/http-audit/live-http.mjs).
 # Last, trusted documents: Apollo's generate-persisted-query-manifest writes
 # the manifest of tests/http-audit/trusted/operations.graphql, a second demo
 # runs with it and PERSISTED_QUERIES_ONLY, and tests/http-audit/trusted.mjs
@@ -37,6 +39,8 @@ log "node tests/http-audit/apq.mjs $BASE/graphql"
 node tests/http-audit/apq.mjs "$BASE/graphql" || status=$?
 log "node tests/http-audit/live.mjs $BASE/graphql"
 node tests/http-audit/live.mjs "$BASE/graphql" || status=$?
+log "node tests/http-audit/live-http.mjs $BASE/graphql"
+node tests/http-audit/live-http.mjs "$BASE/graphql" || status=$?
 if [[ $status -ne 0 ]]; then finish "$status"; fi
 
 log "generate-persisted-query-manifest (tests/http-audit/trusted/operations.graphql)"

@@ -101,6 +101,80 @@ pub fn negotiate(headers: &HeaderMap) -> Option<MediaType> {
     }
 }
 
+/// A stream of results over plain HTTP, for subscriptions where WebSockets
+/// do not pass (SPEC §2, "Live visits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamProtocol {
+    /// GraphQL over Server-Sent Events, distinct connections mode
+    /// (`Accept: text/event-stream`, as the npm `graphql-sse` client sends).
+    Sse,
+    /// Apollo's multipart HTTP subscriptions (`Accept:
+    /// multipart/mixed;subscriptionSpec=1.0`, as Apollo Client's `HttpLink`
+    /// sends for a subscription).
+    Multipart,
+}
+
+/// The stream a POST asks for, from `Accept`: `text/event-stream`, or
+/// `multipart/mixed` with a `subscriptionSpec` parameter of 1.0, when the
+/// client prefers it to every JSON type it lists (a tie goes to the stream:
+/// Apollo Client lists `application/json` after it); else `None`, and the
+/// request is an ordinary GraphQL-over-HTTP one ([`negotiate`]).
+pub fn negotiate_stream(headers: &HeaderMap) -> Option<StreamProtocol> {
+    let mut stream: Option<(f32, StreamProtocol)> = None;
+    let mut json = 0.0f32;
+    for range in headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = range.split(';');
+        let essence = parts.next().unwrap_or("").trim();
+        let mut q = 1.0f32;
+        let mut subscription_spec = None;
+        for parameter in parts {
+            let Some((name, value)) = parameter.split_once('=') else {
+                continue;
+            };
+            let (name, value) = (name.trim(), value.trim().trim_matches('"'));
+            if name.eq_ignore_ascii_case("q") {
+                q = value.parse().unwrap_or(0.0);
+            } else if name.eq_ignore_ascii_case("subscriptionSpec") {
+                subscription_spec = Some(value);
+            }
+        }
+        if q.is_nan() || q <= 0.0 {
+            continue;
+        }
+        let protocol = if essence.eq_ignore_ascii_case("text/event-stream") {
+            StreamProtocol::Sse
+        } else if essence.eq_ignore_ascii_case("multipart/mixed")
+            && subscription_spec.is_some_and(|v| v == "1.0" || v == "1")
+        {
+            StreamProtocol::Multipart
+        } else {
+            if [
+                "application/graphql-response+json",
+                "application/json",
+                "application/*",
+                "*/*",
+            ]
+            .iter()
+            .any(|m| essence.eq_ignore_ascii_case(m))
+            {
+                json = json.max(q);
+            }
+            continue;
+        };
+        if stream.is_none_or(|(best, _)| q > best) {
+            stream = Some((q, protocol));
+        }
+    }
+    stream
+        .filter(|(q, _)| *q >= json)
+        .map(|(_, protocol)| protocol)
+}
+
 /// Whether a POST's `Content-Type` is `application/json` (in UTF-8, the
 /// only charset JSON has); anything else, or none, is 415.
 pub fn is_json_content_type(headers: &HeaderMap) -> bool {
@@ -325,6 +399,38 @@ mod tests {
         assert_eq!(accept(&["text/html"]), None);
         assert_eq!(accept(&["application/json;q=0"]), None);
         assert_eq!(accept(&["image/png, application/xml"]), None);
+    }
+
+    #[test]
+    fn a_stream_is_chosen_when_accept_prefers_it() {
+        use StreamProtocol::*;
+        let stream = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            }
+            negotiate_stream(&headers)
+        };
+        assert_eq!(stream(&["text/event-stream"]), Some(Sse));
+        // What Apollo Client's HttpLink sends for a subscription.
+        assert_eq!(
+            stream(&["multipart/mixed;boundary=graphql;subscriptionSpec=1.0,application/json"]),
+            Some(Multipart)
+        );
+        assert_eq!(
+            stream(&[r#"multipart/mixed; boundary="graphql"; subscriptionSpec="1.0""#]),
+            Some(Multipart)
+        );
+        assert_eq!(stream(&["application/json, text/event-stream;q=0.5"]), None);
+        // @defer's multipart is not a subscription stream.
+        assert_eq!(
+            stream(&["multipart/mixed;deferSpec=20220824,application/json"]),
+            None
+        );
+        assert_eq!(stream(&["multipart/mixed"]), None);
+        assert_eq!(stream(&["text/event-stream;q=0"]), None);
+        assert_eq!(stream(&[]), None);
+        assert_eq!(stream(&["*/*"]), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `type Subscription { userVisitAdded(activityId: ID!): UserVisit! }`
-//! (SPEC §2, "Live visits"), served over WebSocket by [`crate::live`].
+//! (SPEC §2, "Live visits"), served by [`crate::live`] over WebSocket,
+//! Server-Sent Events and multipart HTTP ([`crate::http`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -22,8 +23,10 @@ pub struct Subscription;
 impl Subscription {
     /// Each new visit of the activity (one not there when the subscription
     /// started), once, in the platform's order, within `LIVE_POLL_SECONDS`
-    /// of its arrival on the platform. Served over WebSocket
-    /// (`graphql-transport-ws`) on `/graphql`.
+    /// of its arrival on the platform. Served on `/graphql` over WebSocket
+    /// (`graphql-transport-ws`), and over a POST asking for Server-Sent
+    /// Events (`Accept: text/event-stream`) or multipart
+    /// (`Accept: multipart/mixed;subscriptionSpec=1.0`).
     async fn user_visit_added(
         &self,
         ctx: &Context<'_>,
@@ -34,7 +37,7 @@ impl Subscription {
                 (ctx.data::<Arc<Live>>(), ctx.data::<Arc<LiveConnection>>())
             else {
                 return Err(GatewayError::bad_input(
-                    "subscriptions are served over WebSocket (graphql-transport-ws) on /graphql",
+                    "subscriptions are served on /graphql over WebSocket (graphql-transport-ws), Server-Sent Events or multipart HTTP",
                 ));
             };
             let activity = super::readable_activity(Some(&connection.principal), &activity_id)?;

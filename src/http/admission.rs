@@ -1,7 +1,8 @@
 //! The admission pipeline: every GraphQL document, whatever door it comes
 //! through (a POST body, a GET query string, an APQ hash, a trusted document
-//! id, a WebSocket `subscribe` message), passes the same stages, in this
-//! order, before async-graphql validates (depth, complexity) and runs it:
+//! id, a WebSocket `subscribe` message, a POST asking for a stream of
+//! results), passes the same stages, in this order, before async-graphql
+//! validates (depth, complexity) and runs it:
 //!
 //! 1. [`client`]: who is asking (the credential) and whether they may ask
 //!    now (their rate; a WebSocket message is charged like a request);
@@ -41,6 +42,8 @@ pub enum Door {
     Post,
     Get,
     WebSocket,
+    /// A POST asking for a stream of results (Server-Sent Events, multipart).
+    Stream,
 }
 
 /// An authenticated client, and what its rate is counted by.
@@ -154,7 +157,9 @@ pub fn document(
         Ok(Some(query)) => query,
         Ok(None) => {
             return Err(Refusal::malformed(match door {
-                Door::Post => "the request has no `query`: send {\"query\": \"{ ... }\"}",
+                Door::Post | Door::Stream => {
+                    "the request has no `query`: send {\"query\": \"{ ... }\"}"
+                }
                 Door::Get => "the request has no `query`: GET /graphql?query={...}",
                 Door::WebSocket => "the subscribe message has no `query`",
             }));

@@ -1,11 +1,13 @@
 //! The HTTP surface of SPEC §6: the doors (GraphQL over POST and GET,
-//! subscriptions over WebSocket), the playground, probes. Every door hands
+//! subscriptions over WebSocket, Server-Sent Events and multipart HTTP), the
+//! playground, probes. Every door hands
 //! its document to the one [`admission`] pipeline; every refusal is a
 //! [`Refusal`], which renders itself.
 
 pub mod admission;
 mod refusal;
 mod state;
+pub mod stream;
 pub mod websocket;
 
 pub use refusal::Refusal;
@@ -128,6 +130,10 @@ fn error_response(status: StatusCode, code: ErrorCode, message: &str) -> Respons
 /// body is bounded; then [`answer`].
 async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    // A subscription over plain HTTP: Server-Sent Events or multipart.
+    if let Some(protocol) = graphql_http::negotiate_stream(&parts.headers) {
+        return stream::serve(state, protocol, parts, body).await;
+    }
     let Some(media) = graphql_http::negotiate(&parts.headers) else {
         return not_acceptable().into_response(&state.metrics, None);
     };
@@ -136,22 +142,34 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
         Ok(client) => client,
         Err(refusal) => return refused(refusal),
     };
+    let body = match read_body(&state, &parts, body).await {
+        Ok(body) => body,
+        Err(refusal) => return refused(refusal),
+    };
+    answer(&state, client, media, Form::Body, body).await
+}
+
+/// A POST's body: JSON (else 415), at most `MAX_BODY_BYTES` (else 413).
+async fn read_body(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Result<Bytes, Refusal> {
     if !graphql_http::is_json_content_type(&parts.headers) {
-        return refused(Refusal::new(
+        return Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::BadUserInput,
             "send a GraphQL request as `Content-Type: application/json` (UTF-8)",
         ));
     }
     let limit = state.limits.max_body_bytes;
-    let Ok(body) = axum::body::to_bytes(body, limit).await else {
-        return refused(Refusal::new(
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::BadUserInput,
             format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)"),
-        ));
-    };
-    answer(&state, client, media, Form::Body, body).await
+        )
+    })
 }
 
 /// How a request came: a POST's JSON body or a GET's query string. Part of

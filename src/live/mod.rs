@@ -6,7 +6,7 @@
 //! - [`poller`] reads what is new on the platform, through the page cache and
 //!   the platform budget, and broadcasts it once per poll.
 //! - The doors that serve subscriptions live with the HTTP surface
-//!   ([`crate::http::websocket`]).
+//!   ([`crate::http::websocket`], [`crate::http::stream`]).
 //!
 //! A subscriber holds a receiver of its activity's broadcast channel, whose
 //! capacity (`LIVE_SUBSCRIBER_BUFFER`, in poll results) is its buffer: one

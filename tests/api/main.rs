@@ -20,6 +20,7 @@ mod resilience;
 mod security;
 mod settings;
 mod stats;
+mod streams;
 mod surface;
 mod traces;
 mod trusted;

@@ -1,0 +1,331 @@
+//! The subscription doors over plain HTTP (SPEC §2, "Live visits"), for
+//! networks and proxies that do not pass WebSockets: a `POST /graphql` whose
+//! `Accept` asks for a stream ([`graphql_http::negotiate_stream`]) gets its
+//! results as
+//! - Server-Sent Events, as the GraphQL over SSE protocol says in its
+//!   distinct connections mode (the npm `graphql-sse` client): each result an
+//!   `event: next`, the end an `event: complete`, keep-alive comments between;
+//! - or Apollo's multipart HTTP subscriptions (Apollo Client's `HttpLink`):
+//!   each result a `{"payload": ...}` part of a `multipart/mixed` body whose
+//!   boundary is `graphql`, `{}` parts as heartbeats, the closing boundary
+//!   at the end.
+//!
+//! The request passes what every door does: the credential of its
+//! `Authorization` header and the client's rate, the body's type and size,
+//! the [`admission`] pipeline. A refusal before the stream starts is an
+//! ordinary HTTP error with a GraphQL error body (401, 403, 413, 429; a
+//! request error is a 400, as in `application/graphql-response+json`). A
+//! stream counts against its client's open connections
+//! (`LIVE_MAX_CONNECTIONS_PER_CLIENT`) like a socket; heartbeats come every
+//! `LIVE_PING_SECONDS`; a client that takes nothing for as long as a socket
+//! may block is dropped; on shutdown every stream ends with its protocol's
+//! end, and the process waits for it. A query (not a subscription) is
+//! answered as one result, then the end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_graphql::parser::types::OperationType;
+use axum::body::{Body, Bytes};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::admission::{self, Admitted, Door};
+use super::refusal::Refusal;
+use super::{admit, annotate, read_body};
+use crate::error::ErrorCode;
+use crate::graphql::RequestScope;
+use crate::graphql_http::{self, MediaType, Params, StreamProtocol};
+use crate::live::{ConnectionGuard, LiveConnection};
+use crate::response_cache::Facts;
+use crate::upstream::fair::{Caller, Priority};
+
+/// Frames made but not yet taken by the connection.
+const QUEUE: usize = 16;
+/// On shutdown, how long the end may take to be written.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// `POST /graphql` asking for a stream: admitted like any request, then a
+/// subscription's results until it ends, or a query's one result.
+pub async fn serve(
+    state: Arc<AppState>,
+    protocol: StreamProtocol,
+    parts: Parts,
+    body: Body,
+) -> Response {
+    // A stream's client reads no `200` with `data: null`: a request error
+    // is a 400, as in `application/graphql-response+json`.
+    let refused = |r: Refusal| r.into_response(&state.metrics, Some(MediaType::GraphQLResponse));
+    let client = match admit(&state, &parts) {
+        Ok(client) => client,
+        Err(refusal) => return refused(refusal),
+    };
+    let body = match read_body(&state, &parts, body).await {
+        Ok(body) => body,
+        Err(refusal) => return refused(refusal),
+    };
+    let params = match Params::from_json(&body) {
+        Ok(params) => params,
+        Err(message) => return refused(Refusal::malformed(message)),
+    };
+    let now = chrono::Utc::now();
+    let Admitted {
+        request, parsed, ..
+    } = match admission::document(&state, &params, Door::Stream, now) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(refusal),
+    };
+    let connection = match state.live.connection_opened(&client.bucket) {
+        Ok(guard) => guard,
+        Err(e) => {
+            return refused(Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                e.code,
+                e.message,
+            ));
+        }
+    };
+    let subscription = parsed
+        .as_deref()
+        .and_then(|doc| graphql_http::operation_type(doc, params.operation_name.as_deref()))
+        == Some(OperationType::Subscription);
+    // What a socket's subscription reads from its context, and a query's scope.
+    let open = Arc::new(AtomicUsize::new(0));
+    let scope = RequestScope::new(now, state.limits.window_concurrency);
+    // Its platform requests take turns with other clients' (SPEC §5b).
+    let caller = Caller::new(client.bucket.clone(), Priority::Interactive);
+    let request = request
+        .data(client.principal.clone())
+        .data(scope.clone())
+        .data(Arc::new(LiveConnection {
+            principal: client.principal,
+            client: client.bucket,
+            open: open.clone(),
+        }))
+        .data(state.live.clone());
+    if !subscription {
+        let execution = caller.scope(state.schema.execute(request));
+        let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
+        else {
+            return refused(Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::UpstreamTimeout,
+                "the request did not complete within the gateway's deadline",
+            ));
+        };
+        annotate(&state, &mut response, &scope.facts());
+        let mut whole = Vec::new();
+        whole.extend_from_slice(opening(protocol));
+        whole.extend_from_slice(&result(protocol, &response));
+        whole.extend_from_slice(end(protocol));
+        drop(connection);
+        return respond(protocol, Body::from(whole));
+    }
+    let responses = state.schema.execute_stream(request);
+    let (frames, taken) = mpsc::channel(QUEUE);
+    tokio::spawn(caller.scope(produce(
+        state, protocol, responses, frames, open, connection,
+    )));
+    respond(protocol, body_of(taken))
+}
+
+fn respond(protocol: StreamProtocol, body: Body) -> Response {
+    let content_type = match protocol {
+        StreamProtocol::Sse => "text/event-stream; charset=utf-8",
+        StreamProtocol::Multipart => {
+            r#"multipart/mixed; boundary="graphql"; subscriptionSpec="1.0""#
+        }
+    };
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            // nginx would otherwise hold the events back in its buffer.
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// One piece of a stream's body.
+enum Frame {
+    More(Bytes),
+    /// The protocol's end: the body ends after it.
+    Last(&'static [u8]),
+}
+
+/// The response body: the frames as they come. A stream that stops
+/// without its end (its client took nothing for too long) fails, so the
+/// connection is dropped rather than ended as if complete.
+fn body_of(taken: mpsc::Receiver<Frame>) -> Body {
+    let frames = futures::stream::unfold(Some(taken), |taken| async move {
+        let mut taken = taken?;
+        match taken.recv().await {
+            Some(Frame::More(bytes)) => Some((Ok(bytes), Some(taken))),
+            Some(Frame::Last(bytes)) => Some((Ok(Bytes::from_static(bytes)), None)),
+            None => Some((
+                Err(std::io::Error::other("the stream stopped without its end")),
+                None,
+            )),
+        }
+    });
+    Body::from_stream(frames)
+}
+
+/// Feeds a subscription's results to its connection, with heartbeats, until
+/// the subscription ends, the client goes, the client stops taking what is
+/// sent, or the gateway shuts down; holds the connection's place until then.
+async fn produce(
+    state: Arc<AppState>,
+    protocol: StreamProtocol,
+    mut responses: impl Stream<Item = async_graphql::Response> + Unpin,
+    frames: mpsc::Sender<Frame>,
+    open: Arc<AtomicUsize>,
+    _connection: ConnectionGuard,
+) {
+    let live = state.live.clone();
+    let every = live.policy.ping;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut shutdown = live.shutdown_signal();
+    let mut shutdown = std::pin::pin!(async move {
+        let _ = shutdown.wait_for(|down| *down).await;
+    });
+    let stuck = live.policy.stuck_write();
+    let mut next = Bytes::from_static(opening(protocol));
+    loop {
+        if !next.is_empty() {
+            match tokio::time::timeout(stuck, frames.send(Frame::More(next))).await {
+                Ok(Ok(())) => {}
+                // The client went away.
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    let subscriptions = open.load(Ordering::SeqCst);
+                    live.metrics.live_closed_slow.inc_by(subscriptions as u64);
+                    tracing::info!(
+                        subscriptions,
+                        "a subscriber's stream took nothing for {} s; dropped it",
+                        stuck.as_secs()
+                    );
+                    return;
+                }
+            }
+        }
+        next = tokio::select! {
+            biased;
+            () = frames.closed() => return,
+            () = &mut shutdown => break,
+            response = responses.next() => match response {
+                Some(mut response) => {
+                    annotate(&state, &mut response, &Facts::default());
+                    result(protocol, &response)
+                }
+                None => break,
+            },
+            _ = heartbeat.tick() => Bytes::from_static(heartbeat_of(protocol)),
+        };
+    }
+    // The subscription ends before the end is written, so a client that
+    // subscribes again on `complete` finds its place free.
+    drop(responses);
+    let _ = tokio::time::timeout(CLOSE_GRACE, frames.send(Frame::Last(end(protocol)))).await;
+}
+
+/// What opens the body: multipart's first delimiter (each part then ends
+/// with the next, so a client reads a part as soon as it comes).
+fn opening(protocol: StreamProtocol) -> &'static [u8] {
+    match protocol {
+        StreamProtocol::Sse => b"",
+        StreamProtocol::Multipart => b"\r\n--graphql",
+    }
+}
+
+/// One result: an SSE `next` event, or a multipart part with the result as
+/// its `payload`.
+fn result(protocol: StreamProtocol, response: &async_graphql::Response) -> Bytes {
+    let json = match protocol {
+        StreamProtocol::Sse => serde_json::to_string(response),
+        StreamProtocol::Multipart => {
+            serde_json::to_string(&serde_json::json!({ "payload": response }))
+        }
+    }
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot serialise a GraphQL response");
+        r#"{"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_owned()
+    });
+    Bytes::from(match protocol {
+        StreamProtocol::Sse => format!("event: next\ndata: {json}\n\n"),
+        StreamProtocol::Multipart => {
+            format!("\r\ncontent-type: application/json\r\n\r\n{json}\r\n--graphql")
+        }
+    })
+}
+
+/// A keep-alive: an SSE comment, or multipart's empty `{}` part.
+fn heartbeat_of(protocol: StreamProtocol) -> &'static [u8] {
+    match protocol {
+        StreamProtocol::Sse => b":\n\n",
+        StreamProtocol::Multipart => b"\r\ncontent-type: application/json\r\n\r\n{}\r\n--graphql",
+    }
+}
+
+/// The end: SSE's `complete` event, or what makes the last delimiter
+/// multipart's closing one.
+fn end(protocol: StreamProtocol) -> &'static [u8] {
+    match protocol {
+        StreamProtocol::Sse => b"event: complete\ndata:\n\n",
+        StreamProtocol::Multipart => b"--\r\n",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(protocol: StreamProtocol, parts: &[&[u8]]) -> String {
+        let mut all = opening(protocol).to_vec();
+        for part in parts {
+            all.extend_from_slice(part);
+        }
+        all.extend_from_slice(end(protocol));
+        String::from_utf8(all).unwrap()
+    }
+
+    #[test]
+    fn a_multipart_body_is_parts_between_graphql_boundaries() {
+        let response = async_graphql::Response::new(async_graphql::Value::from(1));
+        let one = result(StreamProtocol::Multipart, &response);
+        let text = body(
+            StreamProtocol::Multipart,
+            &[&one, heartbeat_of(StreamProtocol::Multipart)],
+        );
+        assert_eq!(
+            text,
+            "\r\n--graphql\r\ncontent-type: application/json\r\n\r\n{\"payload\":{\"data\":1}}\r\n--graphql\
+             \r\ncontent-type: application/json\r\n\r\n{}\r\n--graphql--\r\n"
+        );
+    }
+
+    #[test]
+    fn an_event_stream_is_next_events_then_complete() {
+        let response = async_graphql::Response::new(async_graphql::Value::from(1));
+        let one = result(StreamProtocol::Sse, &response);
+        let text = body(
+            StreamProtocol::Sse,
+            &[heartbeat_of(StreamProtocol::Sse), &one],
+        );
+        assert_eq!(
+            text,
+            ":\n\nevent: next\ndata: {\"data\":1}\n\nevent: complete\ndata:\n\n"
+        );
+    }
+}
