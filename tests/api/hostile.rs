@@ -258,7 +258,12 @@ enum Door {
     /// content-type or framing case) still goes over HTTP: a socket has no
     /// such thing.
     WebSocket,
+    /// A POST asking for Server-Sent Events (`Accept: text/event-stream`):
+    /// its first `next` event, or the refusal before the stream.
+    Sse,
 }
+
+const DOORS: [Door; 3] = [Door::Http, Door::WebSocket, Door::Sse];
 
 impl Client {
     fn new(app: Arc<TestApp>, door: Door) -> Self {
@@ -358,7 +363,7 @@ async fn fuzz<S, P>(
     // than stopping at the first and shrinking it: to see all the holes at once.
     let keep_going = std::env::var_os("HOSTILE_KEEP_GOING").is_some();
     let (strategy, probe) = (Arc::new(strategy), Arc::new(probe));
-    for door in [Door::Http, Door::WebSocket] {
+    for door in DOORS {
         let (strategy, probe) = (strategy.clone(), probe.clone());
         category(app, name, door, move |client| {
             let config = Config {
@@ -397,7 +402,7 @@ where
     P: Fn(&V) -> Probe + Send + Sync + 'static,
 {
     let (cases, probe) = (Arc::new(cases), Arc::new(probe));
-    for door in [Door::Http, Door::WebSocket] {
+    for door in DOORS {
         let (cases, probe) = (cases.clone(), probe.clone());
         category(app, name, door, move |client| {
             cases
@@ -420,11 +425,14 @@ async fn exchange(client: &Client, probe: &Probe, sent_at: DateTime<Utc>) -> Res
     let before = app.sim.request_count();
     let payload = match client.door {
         Door::WebSocket => ws_payload(probe),
-        Door::Http => None,
+        Door::Http | Door::Sse => None,
     };
     let over_ws = payload.is_some();
     let answer = match payload {
         Some(payload) => send_subscribe(client, payload).await,
+        None if client.door == Door::Sse && !probe.chunked => {
+            send_sse(app, &client.http, probe).await
+        }
         None => send(app, &client.http, probe).await,
     };
     let cost = app.sim.request_count() - before;
@@ -544,6 +552,50 @@ async fn send_subscribe(client: &Client, payload: Value) -> Result<Answer, Strin
         status: 200,
         text: answer,
     })
+}
+
+/// A probe as a POST asking for Server-Sent Events: a refusal before the
+/// stream is an ordinary answer; a stream's first `next` event is read as
+/// the body a POST would have carried.
+async fn send_sse(app: &TestApp, http: &reqwest::Client, probe: &Probe) -> Result<Answer, String> {
+    let mut request = http
+        .post(app.url("/graphql"))
+        .header(reqwest::header::ACCEPT, "text/event-stream")
+        .timeout(ANSWER_WITHIN)
+        .body(probe.body.clone());
+    if let Some(content_type) = probe.content_type {
+        request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+    }
+    let mut response = request.send().await.map_err(|e| format!("{e:?}"))?;
+    let status = response.status().as_u16();
+    let is_stream = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !is_stream {
+        let text = response.text().await.map_err(|e| format!("{e:?}"))?;
+        return Ok(Answer { status, text });
+    }
+    let mut seen = String::new();
+    loop {
+        if let Some(at) = seen.find("event: next\ndata: ") {
+            let rest = &seen[at + "event: next\ndata: ".len()..];
+            if let Some(end) = rest.find("\n\n") {
+                return Ok(Answer {
+                    status,
+                    text: rest[..end].to_owned(),
+                });
+            }
+        }
+        if seen.contains("event: complete") {
+            return Err(format!("the stream completed without a result: {seen}"));
+        }
+        match response.chunk().await.map_err(|e| format!("{e:?}"))? {
+            Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            None => return Err(format!("the stream ended without a result: {seen}")),
+        }
+    }
 }
 
 async fn send(app: &TestApp, http: &reqwest::Client, probe: &Probe) -> Result<Answer, String> {
