@@ -8,6 +8,7 @@ pub mod admission;
 mod refusal;
 mod state;
 pub mod stream;
+mod subscriptions;
 pub mod websocket;
 
 pub use refusal::Refusal;
@@ -436,7 +437,7 @@ fn cached(state: &AppState, key: &ResponseKey, principal: &Principal) -> Option<
 
 /// Every error gets a code and is counted; a response built from stale pages
 /// says so in `extensions.stale`.
-fn annotate(state: &AppState, response: &mut async_graphql::Response, facts: &Facts) {
+pub(crate) fn annotate(state: &AppState, response: &mut async_graphql::Response, facts: &Facts) {
     // Our resolver always sets a code; errors without one come from
     // async-graphql's parsing, validation and input coercion: bad input.
     for error in &mut response.errors {

@@ -124,6 +124,13 @@ impl Refusal {
         response
     }
 
+    /// A GraphQL response carrying the refusal as a field error would be
+    /// (`data: null`): a subscription's result.
+    pub fn into_result(self, metrics: &Metrics) -> String {
+        metrics.graphql_error(self.code.as_str());
+        json!({ "data": null, "errors": [self.error()] }).to_string()
+    }
+
     /// The `graphql-transport-ws` `error` message that ends subscription `id`.
     pub fn into_ws_error(self, metrics: &Metrics, id: &str) -> String {
         metrics.graphql_error(self.code.as_str());

@@ -106,6 +106,7 @@ pub async fn serve(
             principal: client.principal,
             client: client.bucket,
             open: open.clone(),
+            counted: true,
         }))
         .data(state.live.clone());
     if !subscription {

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_graphql::Data;
 use async_graphql::http::{WebSocketProtocols, WsMessage};
+use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -29,11 +30,18 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::AppState;
-use super::admission::{self, Client, Door};
+use std::collections::HashMap;
+
+use futures::stream::{AbortHandle, BoxStream, SelectAll};
+
+use super::admission::{self, Admitted, Client, Door};
 use super::refusal::Refusal;
+use super::subscriptions::{self, Joined};
 use crate::auth::Principal;
 use crate::error::ErrorCode;
 use crate::graphql_http::Params;
+use crate::live::SubscriptionGuard;
+use crate::live::fanout::Delivery;
 use crate::live::{ConnectionGuard, LiveConnection};
 use crate::telemetry::Metrics;
 use crate::upstream::fair::{Caller, Priority};
@@ -151,8 +159,8 @@ async fn serve(
     let open = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicBool::new(false));
     // The client `connection_init` authenticated: what its messages are
-    // charged to from then on.
-    let client: Arc<OnceLock<Client>> = Arc::new(OnceLock::new());
+    // charged to from then on, and what its subscriptions run as.
+    let client: Arc<OnceLock<Session>> = Arc::new(OnceLock::new());
     let (mut sink, mut input) = socket.split();
     let (to_protocol, admitted) = mpsc::channel::<Vec<u8>>(INPUT_QUEUE);
     let init = {
@@ -166,13 +174,18 @@ async fn serve(
                     let mut data = Data::default();
                     // Queries sent over the socket are read as its client.
                     data.insert(authenticated.principal.clone());
-                    data.insert(Arc::new(LiveConnection {
+                    let connection = Arc::new(LiveConnection {
                         principal: authenticated.principal.clone(),
                         client: authenticated.bucket.clone(),
                         open,
-                    }));
+                        counted: true,
+                    });
+                    data.insert(connection.clone());
                     data.insert(state.live.clone());
-                    let _ = client.set(authenticated);
+                    let _ = client.set(Session {
+                        client: authenticated,
+                        connection,
+                    });
                     Ok(data)
                 }
                 Err(refusal) => {
@@ -201,6 +214,10 @@ async fn serve(
     });
     let mut closing: Option<tokio::time::Instant> = None;
     let stuck = live.policy.stuck_write();
+    // Subscriptions served from shared executions, by id; their deliveries.
+    let mut joined: HashMap<Arc<str>, (AbortHandle, SubscriptionGuard)> = HashMap::new();
+    let mut deliveries: SelectAll<BoxStream<'static, (Arc<str>, Option<Delivery>)>> =
+        SelectAll::new();
     loop {
         let initialised = client.get().is_some() || refused.load(Ordering::SeqCst);
         let message = tokio::select! {
@@ -235,6 +252,60 @@ async fn serve(
                     }
                     Admit::Drop => continue,
                     Admit::Reply(text) => Message::Text(text.into()),
+                    Admit::Subscribe { id, admitted, params } => {
+                        let session = client.get().expect("subscribe is admitted after init");
+                        if joined.contains_key(&*id) {
+                            Message::Close(Some(CloseFrame {
+                                code: 4409,
+                                reason: format!("Subscriber for {id} already exists").into(),
+                            }))
+                        } else {
+                            match subscriptions::join(&state, *admitted, &params, &session.connection) {
+                                Err(refusal) => {
+                                    // Like a resolver's refusal: a result with
+                                    // the error, then `complete`.
+                                    let id: Arc<str> = id.into();
+                                    let result = Bytes::from(refusal.into_result(&state.metrics));
+                                    deliveries.push(
+                                        futures::stream::iter([
+                                            (id.clone(), Some(Delivery::Next(result))),
+                                            (id, None),
+                                        ])
+                                        .boxed(),
+                                    );
+                                    continue;
+                                }
+                                Ok(Joined { deliveries: stream, guard }) => {
+                                    let id: Arc<str> = id.into();
+                                    let tagged = stream
+                                        .map({
+                                            let id = id.clone();
+                                            move |d| (id.clone(), Some(d))
+                                        })
+                                        .chain(futures::stream::iter([(id.clone(), None)]));
+                                    let (tagged, abort) = futures::stream::abortable(tagged);
+                                    joined.insert(id, (abort, guard));
+                                    deliveries.push(tagged.boxed());
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    Admit::Complete { id, text } => {
+                        match joined.remove(&*id) {
+                            // Its place is free at once; the confirmation below.
+                            Some((abort, _guard)) => {
+                                abort.abort();
+                                Message::Text(completed(&id).into())
+                            }
+                            None => {
+                                if to_protocol.try_send(text).is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                        }
+                    }
                 },
                 Some(Ok(Message::Binary(_))) => Message::Close(Some(CloseFrame {
                     code: 4400,
@@ -246,6 +317,21 @@ async fn serve(
             m = messages.next() => match m {
                 Some(m) => message(m, refused.load(Ordering::SeqCst), &state.metrics),
                 None => break,
+            },
+            Some((id, delivery)) = deliveries.next(), if !deliveries.is_empty() => match delivery {
+                Some(Delivery::Next(payload)) => {
+                    live.metrics.live_events_sent.inc();
+                    Message::Text(next(&id, &payload).into())
+                }
+                Some(Delivery::TooSlow(missed)) => {
+                    live.metrics.live_closed_slow.inc();
+                    Message::Text(next(&id, &subscriptions::too_slow(missed)).into())
+                }
+                None => {
+                    // The shared execution ended: so does this subscription.
+                    joined.remove(&*id);
+                    Message::Text(completed(&id).into())
+                }
             },
             _ = ping.tick() => Message::Text(r#"{"type":"ping"}"#.into()),
         };
@@ -286,16 +372,48 @@ enum Admit {
     Reply(String),
     /// Ignored: a `ping` over the client's rate.
     Drop,
+    /// An admitted subscription, served from its shared execution.
+    Subscribe {
+        id: String,
+        admitted: Box<Admitted>,
+        params: Params,
+    },
+    /// The client ends subscription `id` (`text`, the message, for
+    /// async-graphql when the id is one of its own).
+    Complete { id: String, text: Vec<u8> },
+}
+
+/// The client's state once `connection_init` authenticated it.
+struct Session {
+    client: Client,
+    connection: Arc<LiveConnection>,
+}
+
+/// A `next` message: the shared payload, with this subscription's id.
+fn next(id: &str, payload: &[u8]) -> String {
+    let id = serde_json::to_string(id).unwrap_or_default();
+    let payload = String::from_utf8_lossy(payload);
+    let mut text = String::with_capacity(id.len() + payload.len() + 32);
+    text.push_str(r#"{"id":"#);
+    text.push_str(&id);
+    text.push_str(r#","type":"next","payload":"#);
+    text.push_str(&payload);
+    text.push('}');
+    text
+}
+
+fn completed(id: &str) -> String {
+    serde_json::json!({ "id": id, "type": "complete" }).to_string()
 }
 
 /// The door's part of [`admission`] for one message: charged to the
 /// client's rate (the address's until `connection_init` names a client);
 /// a `subscribe` after `connection_init` goes through the pipeline. Before
 /// it, async-graphql closes the socket with 4401, as the protocol says.
-fn admit(state: &AppState, text: &[u8], client: &OnceLock<Client>, address: &Arc<str>) -> Admit {
+fn admit(state: &AppState, text: &[u8], client: &OnceLock<Session>, address: &Arc<str>) -> Admit {
     let anonymous;
     let charged = match client.get() {
-        Some(client) => client,
+        Some(session) => &session.client,
         None => {
             anonymous = Client {
                 principal: Principal::anonymous(),
@@ -311,6 +429,14 @@ fn admit(state: &AppState, text: &[u8], client: &OnceLock<Client>, address: &Arc
         return Admit::Pass(text.to_vec());
     };
     let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
+    if kind == "complete"
+        && let Some(id) = message.get("id").and_then(Value::as_str)
+    {
+        return Admit::Complete {
+            id: id.to_owned(),
+            text: text.to_vec(),
+        };
+    }
     if kind != "subscribe" || client.get().is_none() {
         // `complete` and `pong` free or confirm what is held: always read.
         return match (over_rate, kind) {
@@ -334,6 +460,13 @@ fn admit(state: &AppState, text: &[u8], client: &OnceLock<Client>, address: &Arc
         });
     match admitted {
         Err(refusal) => Admit::Reply(refusal.into_ws_error(&state.metrics, &id)),
+        Ok((params, admitted)) if subscriptions::is_subscription(&admitted, &params) => {
+            Admit::Subscribe {
+                id,
+                admitted: Box::new(admitted),
+                params,
+            }
+        }
         Ok((params, admitted)) => {
             if params.query.as_deref() == Some(&*admitted.query) {
                 return Admit::Pass(text.to_vec());

@@ -13,6 +13,7 @@
 //! that falls further behind is closed with `SUBSCRIBER_TOO_SLOW`, and the
 //! poller and the other subscribers never wait for it.
 
+pub mod fanout;
 pub mod poller;
 
 use std::collections::HashMap;
@@ -99,6 +100,8 @@ pub struct Live {
     shutdown: watch::Sender<bool>,
     /// Open subscription sockets, so shutdown can wait for their close.
     sockets: watch::Sender<usize>,
+    /// Executions shared by the subscribers of one distinct subscription.
+    pub fanout: Arc<fanout::Fanout>,
 }
 
 /// A subscription socket's client, put in its GraphQL context data once
@@ -110,6 +113,9 @@ pub struct LiveConnection {
     pub client: Arc<str>,
     /// Subscriptions open on this socket.
     pub open: Arc<AtomicUsize>,
+    /// False for a shared execution ([`fanout`]): its members are counted
+    /// against the limits one by one instead.
+    pub counted: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,6 +132,7 @@ impl Live {
             metrics,
             shutdown: watch::channel(false).0,
             sockets: watch::channel(0).0,
+            fanout: Arc::default(),
         })
     }
 
@@ -189,7 +196,10 @@ impl Live {
         activity: ActivityId,
         connection: &LiveConnection,
     ) -> Result<impl Stream<Item = async_graphql::Result<LiveVisit>> + use<>, GatewayError> {
-        let guard = self.reserve(connection)?;
+        let guard = connection
+            .counted
+            .then(|| self.reserve(connection))
+            .transpose()?;
         let rx = {
             let mut feeds = lock(&self.feeds);
             match feeds.get(&activity) {
@@ -213,12 +223,17 @@ impl Live {
             }),
             ended: self.is_shutting_down(),
             guard,
+            live: self.clone(),
         }
         .into_stream())
     }
 
-    /// Counts a subscription against the limits, or refuses it.
-    fn reserve(self: &Arc<Self>, connection: &LiveConnection) -> Result<Guard, GatewayError> {
+    /// Counts a subscription against the limits, or refuses it; the guard
+    /// releases its place.
+    pub fn reserve(
+        self: &Arc<Self>,
+        connection: &LiveConnection,
+    ) -> Result<SubscriptionGuard, GatewayError> {
         let mut counts = lock(&self.counts);
         if counts.total >= self.policy.max_total {
             return Err(GatewayError::new(
@@ -246,7 +261,7 @@ impl Live {
         counts.total += 1;
         self.metrics.live_subscriptions.inc();
         connection.open.fetch_add(1, Ordering::SeqCst);
-        Ok(Guard {
+        Ok(SubscriptionGuard {
             live: self.clone(),
             client: connection.client.clone(),
             open: connection.open.clone(),
@@ -269,13 +284,13 @@ impl Live {
 }
 
 /// Releases a subscription's place in the limits when it ends.
-struct Guard {
+pub struct SubscriptionGuard {
     live: Arc<Live>,
     client: Arc<str>,
     open: Arc<AtomicUsize>,
 }
 
-impl Drop for Guard {
+impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
         let mut counts = lock(&self.live.counts);
         counts.total = counts.total.saturating_sub(1);
@@ -322,7 +337,10 @@ struct Subscriber {
     /// fresh waiter per event would contend on the shutdown channel.
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     ended: bool,
-    guard: Guard,
+    /// Its place in the limits, released when it ends; `None` for a shared
+    /// execution (its members hold theirs).
+    guard: Option<SubscriptionGuard>,
+    live: Arc<Live>,
 }
 
 impl Subscriber {
@@ -338,7 +356,11 @@ impl Subscriber {
                     {
                         *sent += 1;
                         let visit = visit.clone();
-                        s.guard.live.metrics.live_events_sent.inc();
+                        // A shared execution's deliveries are counted by the
+                        // doors, one per member.
+                        if s.guard.is_some() {
+                            s.live.metrics.live_events_sent.inc();
+                        }
                         return Some((Ok(LiveVisit(visit)), s));
                     }
                     s.pending = None;
@@ -358,7 +380,7 @@ impl Subscriber {
                     },
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         s.ended = true;
-                        s.guard.live.metrics.live_closed_slow.inc();
+                        s.live.metrics.live_closed_slow.inc();
                         return Some((Err(too_slow(missed)), s));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
@@ -368,7 +390,8 @@ impl Subscriber {
     }
 }
 
-fn too_slow(missed: u64) -> async_graphql::Error {
+/// The error that ends a subscriber that fell behind.
+pub fn too_slow(missed: u64) -> async_graphql::Error {
     async_graphql::Error::new(format!(
         "this subscription fell more than LIVE_SUBSCRIBER_BUFFER polls behind ({missed} polls' \
          visits were not read in time) and was closed: read faster, or subscribe again"

@@ -1,0 +1,112 @@
+//! What every subscription door (WebSocket, SSE, multipart) does with an
+//! admitted subscription: count it against the client's limits, then join
+//! the shared execution of its distinct subscription ([`fanout`]), so each
+//! new visit is resolved and serialised once for all its subscribers.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use async_graphql::parser::types::OperationType;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::admission::Admitted;
+use super::refusal::Refusal;
+use super::{AppState, annotate};
+use crate::auth::Scope;
+use crate::graphql_http::{self, Params};
+use crate::live::fanout::{Delivery, Key};
+use crate::live::{LiveConnection, SubscriptionGuard};
+use crate::response_cache::Facts;
+
+/// A subscription joined: its deliveries, and its place in the limits
+/// (held as long as the subscription lives).
+pub struct Joined {
+    pub deliveries: BoxStream<'static, Delivery>,
+    pub guard: SubscriptionGuard,
+}
+
+/// Whether an admitted document runs a subscription (the doors hand those
+/// to [`join`]; anything else is executed as a request).
+pub fn is_subscription(admitted: &Admitted, params: &Params) -> bool {
+    admitted.parsed.as_deref().is_some_and(|doc| {
+        graphql_http::operation_type(doc, params.operation_name.as_deref())
+            == Some(OperationType::Subscription)
+    })
+}
+
+/// Counts the subscription against `connection`'s limits and joins its
+/// shared execution, which runs with `connection`'s credential.
+pub fn join(
+    state: &Arc<AppState>,
+    admitted: Admitted,
+    params: &Params,
+    connection: &LiveConnection,
+) -> Result<Joined, Refusal> {
+    let guard = state
+        .live
+        .reserve(connection)
+        .map_err(|e| Refusal::new(StatusCode::TOO_MANY_REQUESTS, e.code, e.message))?;
+    // One execution per request and scope: what a credential may read
+    // changes the answer, nothing else about the caller does.
+    let scope: &str = match &connection.principal.scope {
+        Scope::All => "*",
+        Scope::Only(_) => &connection.principal.name,
+    };
+    let variables = params
+        .variables
+        .as_ref()
+        .map(|v| serde_json::to_string(v).unwrap_or_default())
+        .unwrap_or_default();
+    let key = Key(format!(
+        "{scope}\u{0}{}\u{0}{variables}\u{0}{}",
+        params.operation_name.as_deref().unwrap_or(""),
+        admitted.query
+    )
+    .into());
+    let member = state
+        .live
+        .fanout
+        .join(key, state.live.policy.buffer, || {
+            let shared = Arc::new(LiveConnection {
+                principal: connection.principal.clone(),
+                client: connection.client.clone(),
+                open: Arc::new(AtomicUsize::new(0)),
+                counted: false,
+            });
+            let request = admitted
+                .request
+                .data(connection.principal.clone())
+                .data(shared)
+                .data(state.live.clone());
+            let state = state.clone();
+            state
+                .schema
+                .execute_stream(request)
+                .map(move |mut response| {
+                    annotate(&state, &mut response, &Facts::default());
+                    Bytes::from(serde_json::to_vec(&response).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "cannot serialise a subscription's result");
+                        br#"{"data":null,"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_vec()
+                    }))
+                })
+                .boxed()
+        });
+    Ok(Joined {
+        deliveries: member.into_stream().boxed(),
+        guard,
+    })
+}
+
+/// The payload that tells a subscriber it fell behind (it then ends).
+pub fn too_slow(missed: u64) -> Bytes {
+    let error = crate::live::too_slow(missed);
+    let message = error.message;
+    Bytes::from(
+        serde_json::json!({ "data": null, "errors": [{ "message": message, "extensions": {
+            "code": crate::live::SUBSCRIBER_TOO_SLOW } }] })
+        .to_string(),
+    )
+}
