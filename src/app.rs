@@ -109,7 +109,8 @@ impl App {
             stats: StatsLoader::new(
                 cache.stats_cache_max_bytes,
                 paging.stats_max_platform_requests,
-            ),
+            )
+            .with_metrics(metrics.clone()),
         };
         let resolver = Arc::new(resolver);
         let live = crate::live::Live::new(

@@ -299,6 +299,13 @@ impl PageCache {
             .is_some_and(|page| page.is_fresh() || !TtlPolicy::is_recent(req.window.to, Utc::now()))
     }
 
+    /// What the platform budget can give within `within`: `None` when it
+    /// is unbounded or when there is no cache (pages read ahead would not
+    /// be kept, so there is nothing to plan).
+    pub fn reach(&self, within: Duration) -> Option<crate::page::Reach> {
+        self.enabled.then(|| self.source.reach(within)).flatten()
+    }
+
     async fn remembered_refusal(&self, activity: ActivityId) -> Option<GatewayError> {
         let (refusal, learnt) = self.refusals.as_ref()?.get(&activity).await?;
         if learnt.elapsed() >= self.ttl.negative {

@@ -26,11 +26,13 @@ pub enum ErrorCode {
     UpstreamBadResponse,
     /// A subscription closed because its client fell behind.
     SubscriberTooSlow,
+    /// Statistics whose pages are still being read in the background.
+    StatsLoading,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::BadUserInput,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -46,6 +48,7 @@ impl ErrorCode {
         Self::UpstreamUnavailable,
         Self::UpstreamBadResponse,
         Self::SubscriberTooSlow,
+        Self::StatsLoading,
         Self::Internal,
     ];
 
@@ -66,6 +69,7 @@ impl ErrorCode {
             Self::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Self::UpstreamBadResponse => "UPSTREAM_BAD_RESPONSE",
             Self::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
+            Self::StatsLoading => "STATS_LOADING",
             Self::Internal => "INTERNAL",
         }
     }
@@ -97,6 +101,8 @@ pub struct GatewayError {
     pub retry_after: Option<Duration>,
     /// The platform's HTTP status, when it answered; for metrics.
     pub status: Option<u16>,
+    /// More `extensions` for the client, by name (`pagesRead`...).
+    pub extensions: Vec<(&'static str, i64)>,
 }
 
 impl GatewayError {
@@ -107,6 +113,7 @@ impl GatewayError {
             upstream_message: None,
             retry_after: None,
             status: None,
+            extensions: Vec::new(),
         }
     }
 
@@ -130,6 +137,18 @@ impl GatewayError {
         )
     }
 
+    /// Adds a number to the error's `extensions`.
+    pub fn with_extension(mut self, name: &'static str, value: i64) -> Self {
+        self.extensions.push((name, value));
+        self
+    }
+
+    /// The gateway's own platform budget had no slot in time (no platform
+    /// answer: a platform 429 carries its status).
+    pub fn is_budget_refusal(&self) -> bool {
+        self.code == ErrorCode::UpstreamRateLimited && self.status.is_none()
+    }
+
     pub fn with_upstream_message(mut self, message: Option<String>) -> Self {
         self.upstream_message = message;
         self
@@ -142,6 +161,9 @@ impl ErrorExtensions for GatewayError {
             e.set("code", self.code.as_str());
             if let Some(m) = &self.upstream_message {
                 e.set("upstreamMessage", m.as_str());
+            }
+            for (name, value) in &self.extensions {
+                e.set(*name, *value);
             }
         })
     }

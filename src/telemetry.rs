@@ -114,6 +114,8 @@ metrics! {
     redis_errors: Family<OpLabel, Counter> = Family::default(), "redis_errors", "Redis commands that failed or timed out, by operation (connect counts failed probes)";
     shared_cache_lookups: Family<OutcomeLabel, Counter> = Family::default(), "shared_cache_lookups", "Second-level (Redis) page lookups on a moka miss by outcome (hit, coalesced: waited for another replica's fetch, miss, garbage: unreadable value, deleted)";
     shared_budget_waits: Counter = Counter::default(), "shared_budget_waits", "Platform requests that queued for the budget shared by the replicas";
+    stats_jobs: Gauge = Gauge::default(), "stats_jobs", "Statistics jobs reading a range's pages in the background (STATS_LOADING)";
+    stats_jobs_ended: Family<OutcomeLabel, Counter> = Family::default(), "stats_jobs_ended", "Statistics jobs ended, by outcome (done, the error code that ended one, abandoned)";
     live_closed_slow: Counter = Counter::default(), "live_subscribers_closed_slow", "Subscriptions closed because their client fell behind (SUBSCRIBER_TOO_SLOW or a stuck socket)";
 }
 

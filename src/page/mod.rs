@@ -36,6 +36,17 @@ pub struct Page {
     pub weight: usize,
 }
 
+/// What the platform request budget can give, for planning long reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reach {
+    /// Requests it could let through within the time asked about: the slots
+    /// free now (less those callers have reserved), plus the sustained rate
+    /// over that time (less a pause the platform imposed).
+    pub requests: f64,
+    /// Its sustained rate, requests per second.
+    pub rate: f64,
+}
+
 /// Where pages come from: the platform client, or a fake in tests.
 pub trait PageSource: Send + Sync + 'static {
     fn fetch(
@@ -43,6 +54,12 @@ pub trait PageSource: Send + Sync + 'static {
         req: PageRequest,
         deadline: Instant,
     ) -> BoxFuture<'_, Result<Page, GatewayError>>;
+
+    /// What the budget in front of the source can give within `within`;
+    /// `None` when it has none (fakes, benchmarks).
+    fn reach(&self, _within: std::time::Duration) -> Option<Reach> {
+        None
+    }
 }
 
 /// Reads and checks a whole 200 body: one page of `asked_page_size` (the

@@ -10,9 +10,26 @@
 //! statistics need that are not cached, all its fields together. Once the
 //! windows' first pages show the counts, a request over it is refused with
 //! `QUERY_TOO_EXPENSIVE` before any further platform request.
+//!
+//! Long statistics fill in; they do not fail halfway (SPEC §2). Before
+//! asking the platform, the loader compares the pages not cached with what
+//! the budget can give ([`PageCache::reach`]): the first pages within a
+//! second, the others before the deadline (less a quarter of it, for the
+//! platform's own answer time). When they do not fit, one background job
+//! per activity and range reads them through the page cache, as the client
+//! that started it at the statistics' priority, within
+//! `STATS_MAX_PLATFORM_REQUESTS`, and keeps the settled windows' statistics;
+//! the query is answered `STATS_LOADING` at once with the job's progress,
+//! and so is every query for that range while it runs. Once it is done the
+//! query is answered from the caches. A job that fails (a platform refusal,
+//! the bound once its first pages show the counts) answers its range's
+//! queries with its error for [`FAILED_JOB_KEPT`]; the next query after that
+//! starts a new job, which goes on from the pages already cached.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +45,8 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::page::PageRequest;
 use crate::paging::{self, ActivityId, ResolvedRange, Window};
 use crate::reader::Reader;
+use crate::telemetry::{Metrics, OutcomeLabel};
+use crate::upstream::fair::{Caller, Priority};
 use crate::visits::FetchPolicy;
 
 /// A settled window's statistics, by everything that makes its pages.
@@ -78,11 +97,59 @@ pub struct Loaded {
     pub freshness: Freshness,
 }
 
+/// The most statistics jobs reading pages in the background at once, for
+/// the whole process and for one client. Beyond them a query that would
+/// start one is refused with `RATE_LIMITED` (see [`Jobs::start`]).
+pub const MAX_JOBS: usize = 16;
+pub const MAX_JOBS_PER_CLIENT: usize = 4;
+/// How long a failed job's error answers the queries for its range; after
+/// it, a query starts a new job, which goes on from the pages cached.
+pub const FAILED_JOB_KEPT: Duration = Duration::from_secs(10);
+/// A query reads its windows' first pages itself only when the budget can
+/// give them within this time: the answer comes at once either way.
+const FIRST_PAGES_WITHIN: Duration = Duration::from_secs(1);
+/// Times one page of a job waits out the gateway's own budget refusing it
+/// (a slot further than `UPSTREAM_MAX_BUDGET_WAIT_MS`, busier callers
+/// first) before the job gives up.
+const JOB_BUDGET_RETRIES: u32 = 30;
+
 pub struct StatsLoader {
+    shared: Arc<Shared>,
+}
+
+/// What the loader and its background jobs share.
+struct Shared {
     /// `None` when `STATS_CACHE_MAX_BYTES=0`.
     kept: Option<Cache<Key, Arc<Kept>>>,
     /// `STATS_MAX_PLATFORM_REQUESTS`.
-    pub max_platform_requests: u64,
+    max_platform_requests: u64,
+    jobs: Jobs,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// A range's windows: the statistics kept for some, the others to build.
+struct Plan {
+    activity: ActivityId,
+    page_size: u64,
+    windows: Vec<Window>,
+    parts: Vec<Option<(Arc<WindowStats>, Freshness)>>,
+    /// Indices of the windows to build.
+    missing: Vec<usize>,
+}
+
+impl Plan {
+    /// The missing windows' first pages.
+    fn firsts(&self) -> Vec<PageRequest> {
+        self.missing
+            .iter()
+            .map(|&i| PageRequest {
+                activity: self.activity,
+                window: self.windows[i],
+                page: 1,
+                page_size: self.page_size,
+            })
+            .collect()
+    }
 }
 
 impl StatsLoader {
@@ -97,14 +164,33 @@ impl StatsLoader {
                 .build()
         });
         Self {
-            kept,
-            max_platform_requests,
+            shared: Arc::new(Shared {
+                kept,
+                max_platform_requests,
+                jobs: Jobs::default(),
+                metrics: None,
+            }),
+        }
+    }
+
+    /// Counts background jobs in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        let shared = Arc::into_inner(self.shared).expect("not shared yet");
+        Self {
+            shared: Arc::new(Shared {
+                metrics: Some(metrics),
+                ..shared
+            }),
         }
     }
 
     /// The statistics of `range`: settled windows kept from earlier requests,
     /// the others read whole through the page cache. `spent` counts the
     /// platform requests this GraphQL request's statistics were allowed.
+    ///
+    /// When the budget cannot give the pages not cached before the deadline
+    /// (SPEC §2, "Long statistics fill in"), a background job reads them,
+    /// one per activity and range, and the answer is `STATS_LOADING` at once.
     #[allow(clippy::too_many_arguments)]
     pub async fn load(
         &self,
@@ -117,48 +203,178 @@ impl StatsLoader {
         now: DateTime<Utc>,
     ) -> Result<Loaded, GatewayError> {
         let deadline = Instant::now() + policy.deadline;
-        let page_size = policy.upstream_page_size;
-        let windows = paging::split_windows(range);
-        let key = |window| Key {
+        let job = JobKey {
             activity,
-            window,
-            page_size,
+            range,
+            page_size: policy.upstream_page_size,
         };
-        let mut parts: Vec<Option<(Arc<WindowStats>, Freshness)>> =
-            windows.iter().map(|w| self.kept(key(*w), now)).collect();
-        let missing: Vec<usize> = (0..windows.len()).filter(|&i| parts[i].is_none()).collect();
+        if let Some(answer) = self.shared.jobs.report(&job) {
+            return Err(answer);
+        }
+        let shared = &self.shared;
+        let plan = shared.plan(activity, range, policy.upstream_page_size, now);
 
         // The missing windows' first pages: their counts and the page size
-        // the platform serves.
-        let firsts: Vec<PageRequest> = missing
-            .iter()
-            .map(|&i| PageRequest {
-                activity,
-                window: windows[i],
-                page: 1,
-                page_size,
-            })
-            .collect();
-        self.spend(spent, uncached(pages, &firsts).await)?;
-        let firsts = read_firsts(pages, slots, firsts, deadline).await?;
+        // the platform serves. Read here only when the budget gives them at
+        // once; until they are read, each window counts as one page.
+        let firsts = plan.firsts();
+        let uncached_firsts = uncached(pages, &firsts).await;
+        shared.spend(spent, uncached_firsts)?;
+        if uncached_firsts > 0
+            && let Some(reach) = pages.reach(FIRST_PAGES_WITHIN.min(policy.deadline))
+            && uncached_firsts as f64 > reach.requests
+        {
+            let needed = firsts.len() as u64;
+            let progress = Progress::new(needed - uncached_firsts, needed, reach.rate);
+            return Err(self.start(job, pages, policy, progress, now));
+        }
+        let read = |req: PageRequest| {
+            Reader::new(pages, req.activity, req.page_size, deadline)
+                .with_slots(slots)
+                .page(req)
+        };
+        let firsts = read_firsts(firsts, read).await?;
 
-        // Then every other page of theirs, in units of the served size.
-        let later: Vec<PageRequest> = firsts
-            .iter()
-            .flat_map(|(req, first)| {
-                let size = first.page.page.page_size.max(1);
-                let count = first.page.page.total.div_ceil(size);
-                (2..=count).map(move |page| PageRequest {
-                    page,
-                    page_size: size,
-                    ..*req
-                })
-            })
-            .collect();
-        self.spend(spent, uncached(pages, &later).await)?;
-        let mut later = read_all(pages, slots, later, deadline).await?.into_iter();
+        // Then every other page of theirs, in units of the served size: read
+        // here when the budget can give them before the deadline (a quarter
+        // of it kept for the platform's own answers), else in the background.
+        let later = later_pages(&firsts);
+        let uncached_later = uncached(pages, &later).await;
+        shared.spend(spent, uncached_later)?;
+        let usable = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(policy.deadline / 4);
+        if uncached_later > 0
+            && let Some(reach) = pages.reach(usable)
+            && uncached_later as f64 > reach.requests
+        {
+            let needed = (firsts.len() + later.len()) as u64;
+            let progress = Progress::new(needed - uncached_later, needed, reach.rate);
+            return Err(self.start(job, pages, policy, progress, now));
+        }
+        let later = read_all(later, read).await?;
+        shared.build(plan, &firsts, later, now)
+    }
 
-        for (&i, (_, first)) in missing.iter().zip(&firsts) {
+    /// Starts the range's job, or joins the one running: its progress as
+    /// `STATS_LOADING`, or why no job runs.
+    fn start(
+        &self,
+        key: JobKey,
+        pages: &PageCache,
+        policy: FetchPolicy,
+        progress: Progress,
+        now: DateTime<Utc>,
+    ) -> GatewayError {
+        let client = Caller::current().client;
+        let progress = Arc::new(progress);
+        if let Err(answer) = self.shared.jobs.insert(key, &client, &progress) {
+            return answer;
+        }
+        let answer = progress.loading();
+        tracing::info!(
+            activity = %key.activity,
+            from = %crate::time::format(key.range.from()),
+            to = %crate::time::format(key.range.to()),
+            pages_read = progress.read.load(Ordering::Relaxed),
+            pages_needed = progress.needed.load(Ordering::Relaxed),
+            "statistics filling in in the background"
+        );
+        if let Some(m) = &self.shared.metrics {
+            m.stats_jobs.inc();
+        }
+        let guard = JobGuard {
+            shared: self.shared.clone(),
+            key,
+            outcome: None,
+        };
+        let pages = pages.clone();
+        let job = async move {
+            let mut guard = guard;
+            let outcome = guard
+                .shared
+                .run_job(&pages, policy, key, &progress, now)
+                .await;
+            guard.outcome = Some(outcome);
+        };
+        // Queued as the client that started it, behind everything else.
+        tokio::spawn(Caller::new(client, Priority::Stats).scope(job));
+        answer
+    }
+}
+
+impl Shared {
+    /// The range's windows, and the statistics kept for them.
+    fn plan(
+        &self,
+        activity: ActivityId,
+        range: ResolvedRange,
+        page_size: u64,
+        now: DateTime<Utc>,
+    ) -> Plan {
+        let windows = paging::split_windows(range);
+        let parts: Vec<Option<(Arc<WindowStats>, Freshness)>> = windows
+            .iter()
+            .map(|w| self.kept(key(activity, *w, page_size), now))
+            .collect();
+        let missing = (0..windows.len()).filter(|&i| parts[i].is_none()).collect();
+        Plan {
+            activity,
+            page_size,
+            windows,
+            parts,
+            missing,
+        }
+    }
+
+    /// Reads every page of the range in the background, at the statistics'
+    /// priority, patient with the gateway's own budget; the settled
+    /// windows' statistics are kept, every page stays in the page cache.
+    async fn run_job(
+        &self,
+        pages: &PageCache,
+        policy: FetchPolicy,
+        key: JobKey,
+        progress: &Progress,
+        now: DateTime<Utc>,
+    ) -> Result<(), GatewayError> {
+        let slots = Semaphore::new(policy.window_concurrency.max(1));
+        let spent = AtomicU64::new(0);
+        let plan = self.plan(key.activity, key.range, key.page_size, now);
+        let firsts = plan.firsts();
+        self.spend(&spent, uncached(pages, &firsts).await)?;
+        let read = |req| read_patiently(pages, &slots, policy, req, progress);
+        let firsts = read_firsts(firsts, read).await?;
+        let later = later_pages(&firsts);
+        let uncached_later = uncached(pages, &later).await;
+        self.spend(&spent, uncached_later)?;
+        let needed = (firsts.len() + later.len()) as u64;
+        progress.needed.store(needed, Ordering::Relaxed);
+        progress
+            .read
+            .store(needed - uncached_later, Ordering::Relaxed);
+        let later = read_all(later, read).await?;
+        self.build(plan, &firsts, later, now).map(drop)
+    }
+
+    /// The missing windows' statistics from their pages (kept when
+    /// settled), merged with the kept ones.
+    fn build(
+        &self,
+        plan: Plan,
+        firsts: &[(PageRequest, Served)],
+        later: Vec<Served>,
+        now: DateTime<Utc>,
+    ) -> Result<Loaded, GatewayError> {
+        let Plan {
+            activity,
+            page_size,
+            windows,
+            mut parts,
+            missing,
+        } = plan;
+        let mut later = later.into_iter();
+        for (&i, (_, first)) in missing.iter().zip(firsts) {
             let total = first.page.page.total;
             let size = first.page.page.page_size.max(1);
             let mut served = vec![first.clone()];
@@ -180,7 +396,7 @@ impl StatsLoader {
                 visits.extend(page.page.page.visits[..expected].iter());
             }
             let stats = Arc::new(WindowStats::from_visits(visits));
-            self.keep(key(windows[i]), &stats, freshness, now);
+            self.keep(key(activity, windows[i], page_size), &stats, freshness, now);
             parts[i] = Some((stats, freshness));
         }
 
@@ -258,38 +474,289 @@ async fn uncached(pages: &PageCache, reqs: &[PageRequest]) -> u64 {
     n
 }
 
+/// Every page after the first of each window, in units of the size the
+/// platform served.
+fn later_pages(firsts: &[(PageRequest, Served)]) -> Vec<PageRequest> {
+    firsts
+        .iter()
+        .flat_map(|(req, first)| {
+            let size = first.page.page.page_size.max(1);
+            let count = first.page.page.total.div_ceil(size);
+            (2..=count).map(move |page| PageRequest {
+                page,
+                page_size: size,
+                ..*req
+            })
+        })
+        .collect()
+}
+
 /// First pages, the oldest alone first: when the platform refuses the
 /// activity, one request learns it, not one per window.
-async fn read_firsts(
-    pages: &PageCache,
-    slots: &Semaphore,
+async fn read_firsts<F, Fut>(
     reqs: Vec<PageRequest>,
-    deadline: Instant,
-) -> Result<Vec<(PageRequest, Served)>, GatewayError> {
+    read: F,
+) -> Result<Vec<(PageRequest, Served)>, GatewayError>
+where
+    F: Fn(PageRequest) -> Fut,
+    Fut: Future<Output = Result<Served, GatewayError>>,
+{
     let Some((&oldest, rest)) = reqs.split_first() else {
         return Ok(Vec::new());
     };
-    let reader = Reader::new(pages, oldest.activity, oldest.page_size, deadline).with_slots(slots);
-    let mut served = vec![(oldest, reader.page(oldest).await?)];
-    let rest_served = read_all(pages, slots, rest.to_vec(), deadline).await?;
+    let mut served = vec![(oldest, read(oldest).await?)];
+    let rest_served = read_all(rest.to_vec(), read).await?;
     served.extend(rest.iter().copied().zip(rest_served));
     Ok(served)
 }
 
-/// Pages in order, as many at a time as the request's platform slots allow.
-async fn read_all(
+/// Pages in order, as many at a time as `read`'s platform slots allow.
+async fn read_all<F, Fut>(reqs: Vec<PageRequest>, read: F) -> Result<Vec<Served>, GatewayError>
+where
+    F: Fn(PageRequest) -> Fut,
+    Fut: Future<Output = Result<Served, GatewayError>>,
+{
+    let n = reqs.len().max(1);
+    futures::stream::iter(reqs.into_iter().map(read))
+        .buffered(n)
+        .try_collect()
+        .await
+}
+
+/// A job's page: each attempt with the request deadline's time, waiting out
+/// the gateway's own budget refusing it (other callers go first), not a
+/// platform's refusal; a page fetched counts as read.
+async fn read_patiently(
     pages: &PageCache,
     slots: &Semaphore,
-    reqs: Vec<PageRequest>,
-    deadline: Instant,
-) -> Result<Vec<Served>, GatewayError> {
-    let n = reqs.len().max(1);
-    futures::stream::iter(reqs.into_iter().map(|req| {
-        Reader::new(pages, req.activity, req.page_size, deadline)
-            .with_slots(slots)
-            .page(req)
-    }))
-    .buffered(n)
-    .try_collect()
-    .await
+    policy: FetchPolicy,
+    req: PageRequest,
+    progress: &Progress,
+) -> Result<Served, GatewayError> {
+    let cached = pages.contains(&req).await;
+    let pause = Duration::from_secs_f64((1.0 / progress.rate).clamp(0.1, 5.0));
+    let mut refusals = 0;
+    loop {
+        let deadline = Instant::now() + policy.deadline;
+        let reader = Reader::new(pages, req.activity, req.page_size, deadline).with_slots(slots);
+        match reader.page(req).await {
+            Ok(served) => {
+                if !cached {
+                    progress.read.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(served);
+            }
+            Err(e) if e.is_budget_refusal() && refusals < JOB_BUDGET_RETRIES => {
+                refusals += 1;
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn key(activity: ActivityId, window: Window, page_size: u64) -> Key {
+    Key {
+        activity,
+        window,
+        page_size,
+    }
+}
+
+/// One background job's range: everything that makes its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct JobKey {
+    activity: ActivityId,
+    range: ResolvedRange,
+    page_size: u64,
+}
+
+/// How far a job got: pages of the range's windows not kept, and of those
+/// the ones in the page cache. Until a window's first page is read, the
+/// window counts as one page.
+struct Progress {
+    read: AtomicU64,
+    needed: AtomicU64,
+    /// The budget's rate, for the estimate.
+    rate: f64,
+}
+
+impl Progress {
+    fn new(read: u64, needed: u64, rate: f64) -> Self {
+        Self {
+            read: AtomicU64::new(read),
+            needed: AtomicU64::new(needed),
+            rate: if rate > 0.0 { rate } else { 1.0 },
+        }
+    }
+
+    /// Seconds until the pages left are read at the budget's rate, at least 1.
+    fn retry_after(&self) -> u64 {
+        let read = self.read.load(Ordering::Relaxed);
+        let left = self.needed.load(Ordering::Relaxed).saturating_sub(read);
+        ((left as f64 / self.rate).ceil() as u64).max(1)
+    }
+
+    /// `STATS_LOADING`, with the job's progress.
+    fn loading(&self) -> GatewayError {
+        let needed = self.needed.load(Ordering::Relaxed);
+        let read = self.read.load(Ordering::Relaxed).min(needed);
+        let retry = self.retry_after();
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        GatewayError::new(
+            ErrorCode::StatsLoading,
+            format!(
+                "these statistics need more platform requests than the budget gives before the \
+                 deadline: the gateway is reading their pages in the background ({read} of \
+                 {needed} read); ask again in about {retry} s"
+            ),
+        )
+        .with_extension("pagesRead", n(read))
+        .with_extension("pagesNeeded", n(needed))
+        .with_extension("retryAfterSeconds", n(retry))
+    }
+}
+
+enum JobState {
+    Running {
+        client: Arc<str>,
+        progress: Arc<Progress>,
+    },
+    /// Answers its range's queries with `error` for [`FAILED_JOB_KEPT`].
+    Failed { error: GatewayError, at: Instant },
+}
+
+/// The jobs running, and those that failed lately, by range.
+#[derive(Default)]
+struct Jobs(Mutex<HashMap<JobKey, JobState>>);
+
+impl Jobs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobKey, JobState>> {
+        let mut jobs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.retain(
+            |_, job| !matches!(job, JobState::Failed { at, .. } if at.elapsed() >= FAILED_JOB_KEPT),
+        );
+        jobs
+    }
+
+    /// What a query for `key` is answered while its job runs or just failed.
+    fn report(&self, key: &JobKey) -> Option<GatewayError> {
+        match self.lock().get(key)? {
+            JobState::Running { progress, .. } => Some(progress.loading()),
+            JobState::Failed { error, .. } => Some(error.clone()),
+        }
+    }
+
+    /// Registers a new job, unless one runs for `key` (its answer then), or
+    /// too many run: `RATE_LIMITED`, since the same query succeeds once some
+    /// are done (`QUERY_TOO_EXPENSIVE` would tell the client to shorten a
+    /// range the gateway can read), with the soonest job's estimate.
+    fn insert(
+        &self,
+        key: JobKey,
+        client: &Arc<str>,
+        progress: &Arc<Progress>,
+    ) -> Result<(), GatewayError> {
+        let mut jobs = self.lock();
+        if let Some(answer) = match jobs.get(&key) {
+            Some(JobState::Running { progress, .. }) => Some(progress.loading()),
+            Some(JobState::Failed { error, .. }) => Some(error.clone()),
+            None => None,
+        } {
+            return Err(answer);
+        }
+        let running: Vec<(&Arc<str>, &Arc<Progress>)> = jobs
+            .values()
+            .filter_map(|job| match job {
+                JobState::Running { client, progress } => Some((client, progress)),
+                JobState::Failed { .. } => None,
+            })
+            .collect();
+        let mine = running.iter().filter(|(c, _)| *c == client).count();
+        if running.len() >= MAX_JOBS || mine >= MAX_JOBS_PER_CLIENT {
+            let (ahead, limit, whose) = if mine >= MAX_JOBS_PER_CLIENT {
+                (
+                    running
+                        .iter()
+                        .filter(|(c, _)| *c == client)
+                        .collect::<Vec<_>>(),
+                    MAX_JOBS_PER_CLIENT,
+                    "this client's",
+                )
+            } else {
+                (running.iter().collect(), MAX_JOBS, "the gateway's")
+            };
+            let soonest = ahead
+                .iter()
+                .map(|(_, p)| p.retry_after())
+                .min()
+                .unwrap_or(1);
+            return Err(GatewayError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "these statistics need their pages read in the background, and {whose} {limit} \
+                     background statistics are all running; ask again in about {soonest} s"
+                ),
+            )
+            .with_extension(
+                "retryAfterSeconds",
+                i64::try_from(soonest).unwrap_or(i64::MAX),
+            ));
+        }
+        jobs.insert(
+            key,
+            JobState::Running {
+                client: client.clone(),
+                progress: progress.clone(),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Ends a job's entry whatever ends the job: removed when done (or when the
+/// task panicked or was dropped), kept a while with its error when it failed.
+struct JobGuard {
+    shared: Arc<Shared>,
+    key: JobKey,
+    outcome: Option<Result<(), GatewayError>>,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        let outcome = match &self.outcome {
+            Some(Ok(())) => "done",
+            Some(Err(e)) => e.code.as_str(),
+            None => "abandoned",
+        };
+        match &self.outcome {
+            Some(Err(e)) => tracing::warn!(
+                activity = %self.key.activity, code = e.code.as_str(), error = %e.message,
+                "statistics job failed"
+            ),
+            _ => tracing::info!(activity = %self.key.activity, outcome, "statistics job ended"),
+        }
+        let mut jobs = self.shared.jobs.lock();
+        match self.outcome.take() {
+            Some(Err(error)) => {
+                jobs.insert(
+                    self.key,
+                    JobState::Failed {
+                        error,
+                        at: Instant::now(),
+                    },
+                );
+            }
+            _ => {
+                jobs.remove(&self.key);
+            }
+        }
+        drop(jobs);
+        if let Some(m) = &self.shared.metrics {
+            m.stats_jobs.dec();
+            m.stats_jobs_ended
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc();
+        }
+    }
 }

@@ -73,6 +73,28 @@ impl Budget {
         Ok(wait)
     }
 
+    /// How many slots could be taken within `within` from now, a read-only
+    /// estimate: the tokens there now (negative while callers are queued),
+    /// plus the rate over `within` less what is left of a pause.
+    pub fn reach(&self, within: Duration) -> f64 {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, paused) = if now > s.refilled_at {
+            let elapsed = (now - s.refilled_at).as_secs_f64();
+            (
+                (s.tokens + elapsed * self.rate_per_second).min(self.burst),
+                Duration::ZERO,
+            )
+        } else {
+            (s.tokens, s.refilled_at - now)
+        };
+        tokens + within.saturating_sub(paused).as_secs_f64() * self.rate_per_second
+    }
+
+    pub fn rate_per_second(&self) -> f64 {
+        self.rate_per_second
+    }
+
     /// The platform said "too many requests": nothing before `for` (capped)
     /// has passed, then one request, then the sustained rate: no burst the
     /// moment the pause ends.
@@ -152,6 +174,35 @@ mod tests {
             Duration::from_millis(900),
             "next in line, not behind the cancelled caller"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reach_counts_free_slots_the_rate_queued_callers_and_a_pause() {
+        let b = Budget::new(2.0, 3, Duration::from_secs(30));
+        let reach = |secs: f64| b.reach(Duration::from_secs_f64(secs));
+        assert_eq!(reach(0.0), 3.0, "the burst, at once");
+        assert_eq!(reach(8.0), 19.0, "then the rate");
+        for _ in 0..3 {
+            b.acquire(Duration::ZERO).await.unwrap();
+        }
+        assert_eq!(reach(8.0), 16.0, "the burst is spent");
+        // One more queues for half a second: its slot is taken.
+        let queued = b.acquire(Duration::from_secs(5));
+        let both = async {
+            tokio::task::yield_now().await;
+            reach(8.0)
+        };
+        let (waited, during) = futures::join!(queued, both);
+        assert_eq!(waited, Ok(Duration::from_millis(500)));
+        assert_eq!(during, 15.0, "a queued caller's slot is not there");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(reach(0.0), 2.0, "refilled at the rate, up to the burst");
+        b.acquire(Duration::ZERO).await.unwrap();
+        // A pause counts no refill until it ends, and caps the slots at one.
+        b.pause(Duration::from_secs(4));
+        assert_eq!(reach(8.0), 1.0 + 4.0 * 2.0);
+        assert_eq!(reach(2.0), 1.0, "nothing more within the pause");
+        assert_eq!(b.rate_per_second(), 2.0);
     }
 
     #[tokio::test(start_paused = true)]

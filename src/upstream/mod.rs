@@ -390,6 +390,15 @@ impl PageSource for UpstreamClient {
     ) -> BoxFuture<'_, Result<Page, GatewayError>> {
         Box::pin(async move { self.fetch_page(&req, deadline).await })
     }
+
+    /// This process's bucket: with Redis the replicas share a larger
+    /// budget, of which this is a fair share, so the estimate is cautious.
+    fn reach(&self, within: Duration) -> Option<page::Reach> {
+        Some(page::Reach {
+            requests: self.budget.reach(within),
+            rate: self.budget.rate_per_second(),
+        })
+    }
 }
 
 fn transport_error(e: reqwest::Error) -> GatewayError {

@@ -76,7 +76,7 @@ static LIMITS: LazyLock<Limits> = LazyLock::new(|| {
 });
 
 /// SPEC §4's table.
-const SPEC_CODES: [&str; 14] = [
+const SPEC_CODES: [&str; 15] = [
     "BAD_USER_INPUT",
     "PERSISTED_QUERY_NOT_FOUND",
     "UNAUTHENTICATED",
@@ -90,6 +90,7 @@ const SPEC_CODES: [&str; 14] = [
     "UPSTREAM_TIMEOUT",
     "UPSTREAM_UNAVAILABLE",
     "UPSTREAM_BAD_RESPONSE",
+    "STATS_LOADING",
     "INTERNAL",
 ];
 /// The codes of a refusal: the gateway answered without asking the platform.

@@ -887,3 +887,191 @@ fn the_statistics_settings_default_to_the_spec_and_name_themselves_when_bad() {
         );
     }
 }
+
+/// Asks until the statistics are no longer `STATS_LOADING` (at most
+/// `within`), checking each answer's progress; the polls made.
+async fn poll_until_loaded(app: &TestApp, ask: &Ask, within: std::time::Duration) -> usize {
+    let started = std::time::Instant::now();
+    let mut polls = 0;
+    let mut read = 0;
+    loop {
+        let r = stats(app, ask).await;
+        if r["errors"].is_null() {
+            return polls;
+        }
+        assert_eq!(error_code(&r), "STATS_LOADING", "{r}");
+        let e = &r["errors"][0]["extensions"];
+        let now_read = e["pagesRead"].as_u64().unwrap();
+        assert!(now_read >= read, "progress went back: {r}");
+        assert!(now_read <= e["pagesNeeded"].as_u64().unwrap(), "{r}");
+        assert!(e["retryAfterSeconds"].as_u64().unwrap() >= 1, "{r}");
+        read = now_read;
+        polls += 1;
+        assert!(
+            started.elapsed() < within,
+            "still loading after {within:?}: {r}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Platform requests asked more than once: `(activity, window, page, size)`.
+fn fetched_twice(app: &TestApp) -> Vec<String> {
+    let mut seen = HashSet::new();
+    app.sim
+        .seen()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}..{} page {} size {}",
+                r.activity, r.started_at, r.ended_at, r.page, r.page_size
+            )
+        })
+        .filter(|r| !seen.insert(r.clone()))
+        .collect()
+}
+
+/// The pages a range needs from the simulated platform (50 visits a page;
+/// a window without visits still has its first page).
+fn pages_needed(app: &TestApp, activity: u64, from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    let mut pages = 0;
+    let mut start = from;
+    while start < to {
+        let end = (start + Duration::days(7)).min(to);
+        let n = app.sim.visits_between(activity, start, end).len() as u64;
+        pages += n.div_ceil(50).max(1);
+        start = end;
+    }
+    pages
+}
+
+/// A slow budget (5/s, burst 2) and a 3 s deadline: a 35-day range of the
+/// example activity needs about 30 pages, six seconds of budget.
+fn slow_budget(s: &mut visits_gateway::config::Settings) {
+    s.cache.response_cache_max_bytes = 0;
+    s.upstream.rate_per_second = 5.0;
+    s.upstream.burst = 2;
+    s.upstream.deadline = std::time::Duration::from_millis(3000);
+}
+
+#[tokio::test]
+async fn a_long_cold_range_answers_stats_loading_at_once_and_fills_in_once() {
+    let app = spawn_app_with(slow_budget).await;
+    let ask = Ask::new(
+        EXAMPLE_ACTIVITY,
+        app.now - Duration::days(40),
+        app.now - Duration::days(5),
+    );
+    let needed = pages_needed(&app, ask.activity, ask.from, ask.to);
+    assert!(needed > 20, "{needed}");
+
+    let t = std::time::Instant::now();
+    let r = stats(&app, &ask).await;
+    let took = t.elapsed();
+    eprintln!("STATS_LOADING answered in {took:?} ({needed} pages needed)");
+    assert_eq!(error_code(&r), "STATS_LOADING", "{r}");
+    assert!(r["data"].is_null(), "{r}");
+    assert!(
+        took < std::time::Duration::from_millis(1500),
+        "well within the 3 s deadline: {took:?}"
+    );
+    let e = &r["errors"][0]["extensions"];
+    // The five first pages were read to learn the counts.
+    assert_eq!(e["pagesNeeded"].as_u64(), Some(needed), "{r}");
+    let read = e["pagesRead"].as_u64().unwrap();
+    assert!((5..needed).contains(&read), "{r}");
+    let retry = e["retryAfterSeconds"].as_u64().unwrap();
+    assert_eq!(retry, (needed - read).div_ceil(5), "pages left at 5/s: {r}");
+
+    // Asked again, by two at once: the one job's progress, no second job.
+    let (a, b) = tokio::join!(stats(&app, &ask), stats(&app, &ask));
+    for r in [&a, &b] {
+        assert_eq!(error_code(r), "STATS_LOADING", "{r}");
+        assert!(r["errors"][0]["extensions"]["pagesRead"].as_u64().unwrap() >= read);
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(metric(&metrics, "visits_gateway_stats_jobs"), 1.0);
+
+    let polls = poll_until_loaded(&app, &ask, std::time::Duration::from_secs(30)).await;
+    eprintln!(
+        "loaded {:?} after the first ask, {polls} polls",
+        t.elapsed()
+    );
+    assert_eq!(fetched_twice(&app), Vec::<String>::new());
+    assert_eq!(app.sim.request_count() as u64, needed, "every page once");
+    let metrics = app.metrics().await;
+    assert_eq!(metric(&metrics, "visits_gateway_stats_jobs"), 0.0);
+    assert_eq!(
+        metric(
+            &metrics,
+            "visits_gateway_stats_jobs_ended_total{outcome=\"done\"}"
+        ),
+        1.0
+    );
+    // The figures are the platform's, and cost nothing more.
+    let (got, spent) = cost(&app, check(&app, &ask)).await;
+    assert_eq!(spent, 0);
+    let list = app
+        .user_visits(json!({ "id": EXAMPLE_ACTIVITY.to_string(),
+            "range": { "from": ts(ask.from), "to": ts(ask.to) }, "first": 1 }))
+        .await;
+    assert_eq!(got["visits"], list["data"]["userVisits"]["totalCount"]);
+}
+
+#[tokio::test]
+async fn first_pages_beyond_the_budgets_reach_are_read_in_the_background_too() {
+    // Nine windows' first pages, four a second after one at once: none is
+    // read on the query's path.
+    let app = spawn_app_with(|s| {
+        slow_budget(s);
+        s.upstream.rate_per_second = 4.0;
+        s.upstream.burst = 1;
+    })
+    .await;
+    let (from, to) = (app.now - Duration::days(62), app.now - Duration::days(2));
+    app.sim.insert_visits(
+        CRAFTED,
+        (0..30)
+            .map(|i| {
+                let at = ts(from + Duration::days(2 * i) + Duration::minutes(7 * i + 1));
+                crafted(&at, 30, Some(i as u64 % 7), "")
+            })
+            .collect(),
+    );
+    let ask = Ask::new(CRAFTED, from, to);
+    let t = std::time::Instant::now();
+    let (r, spent) = cost(&app, stats(&app, &ask)).await;
+    let took = t.elapsed();
+    eprintln!("STATS_LOADING (first pages) answered in {took:?}");
+    assert_eq!(error_code(&r), "STATS_LOADING", "{r}");
+    assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+    let e = &r["errors"][0]["extensions"];
+    assert_eq!(e["pagesNeeded"].as_u64(), Some(9), "a page a window: {r}");
+    assert!(e["pagesRead"].as_u64().unwrap() < 9, "{r}");
+    assert!(e["retryAfterSeconds"].as_u64().unwrap() >= 1, "{r}");
+    assert!(spent <= 1, "the job has barely started: {spent}");
+
+    poll_until_loaded(&app, &ask, std::time::Duration::from_secs(20)).await;
+    assert_eq!(fetched_twice(&app), Vec::<String>::new());
+    assert_eq!(app.sim.request_count(), 9);
+    let (_, spent) = cost(&app, check(&app, &ask)).await;
+    assert_eq!(spent, 0);
+}
+
+#[tokio::test]
+async fn a_range_over_the_statistics_bound_is_refused_not_loaded() {
+    let app = spawn_app_with(|s| {
+        slow_budget(s);
+        s.paging.stats_max_platform_requests = 10;
+    })
+    .await;
+    let ask = Ask::new(
+        EXAMPLE_ACTIVITY,
+        app.now - Duration::days(40),
+        app.now - Duration::days(5),
+    );
+    let r = stats(&app, &ask).await;
+    assert_eq!(error_code(&r), "QUERY_TOO_EXPENSIVE", "{r}");
+    let metrics = app.metrics().await;
+    assert_eq!(metric(&metrics, "visits_gateway_stats_jobs"), 0.0);
+}
