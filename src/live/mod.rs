@@ -30,6 +30,7 @@ use crate::auth::Principal;
 use crate::cache::PageCache;
 use crate::error::{ErrorCode, GatewayError};
 use crate::paging::ActivityId;
+use crate::shared::live::SharedLive;
 use crate::telemetry::Metrics;
 use crate::upstream::Visit;
 use crate::upstream::fair::{Caller, Priority};
@@ -92,6 +93,8 @@ struct Counts {
 /// The live subscriptions of the process.
 pub struct Live {
     cache: PageCache,
+    /// With Redis: one poller per activity for all replicas.
+    shared: Option<SharedLive>,
     pub policy: LivePolicy,
     feeds: Mutex<HashMap<ActivityId, Feed>>,
     counts: Mutex<Counts>,
@@ -117,9 +120,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Live {
-    pub fn new(cache: PageCache, policy: LivePolicy, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        cache: PageCache,
+        shared: Option<SharedLive>,
+        policy: LivePolicy,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             cache,
+            shared,
             policy,
             feeds: Mutex::new(HashMap::new()),
             counts: Mutex::new(Counts::default()),
