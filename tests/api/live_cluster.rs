@@ -265,3 +265,65 @@ async fn live_cluster_a_killed_poller_is_taken_over_within_two_intervals_and_no_
         killed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_cluster_without_redis_each_replica_polls_alone_and_nothing_is_sent_twice_on_its_return()
+ {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let a = crate::helpers::spawn_app_with(|s| {
+        s.shared.redis_url = Some(url.clone());
+        s.upstream.live_poll = POLL;
+    })
+    .await;
+    let b = spawn_replica(&a, |s| {
+        s.shared.redis_url = Some(url.clone());
+        s.upstream.live_poll = POLL;
+    })
+    .await;
+    for app in [&a, &b] {
+        assert!(crate::replicas::redis_state(app, 1.0).await);
+    }
+    let mut sockets = vec![subscriber(a.addr).await, subscriber(b.addr).await];
+    tokio::time::sleep(POLL * 2).await;
+    let t0 = Utc::now();
+    a.sim.add_visit(SMALL_ACTIVITY, t0);
+    for ws in &mut sockets {
+        assert_eq!(visits(ws, "1", 1, POLL * 3).await, expected_since(&a, t0));
+    }
+
+    // Redis goes: each replica polls for itself, and says so.
+    redis.stop();
+    for app in [&a, &b] {
+        assert!(crate::replicas::redis_state(app, 0.0).await);
+    }
+    let t1 = Utc::now();
+    for t in [t1, t1, t1 + chrono::Duration::milliseconds(1)] {
+        a.sim.add_visit(SMALL_ACTIVITY, t);
+    }
+    for ws in &mut sockets {
+        assert_eq!(visits(ws, "1", 3, POLL * 4).await, expected_since(&a, t1));
+    }
+    assert!(sum_metric(&[&a], "visits_gateway_live_polls_alone_total").await >= 1.0);
+    assert!(sum_metric(&[&b], "visits_gateway_live_polls_alone_total").await >= 1.0);
+
+    // Redis is back (empty): one replica polls for both again, from the last
+    // visit published before the outage; nothing is sent twice.
+    redis.restart();
+    for app in [&a, &b] {
+        assert!(crate::replicas::redis_state(app, 1.0).await);
+    }
+    tokio::time::sleep(POLL * 3).await;
+    assert_eq!(
+        sum_metric(&[&a, &b], "visits_gateway_live_leases_held").await,
+        1.0
+    );
+    let t2 = Utc::now();
+    a.sim.add_visit(SMALL_ACTIVITY, t2);
+    for ws in &mut sockets {
+        assert_eq!(visits(ws, "1", 1, POLL * 3).await, expected_since(&a, t2));
+    }
+    nothing_more(&mut sockets).await;
+    let polls = polls_over(&a, POLL * 4).await;
+    assert!((3..=5).contains(&polls), "{polls} polls in 4 intervals");
+}
