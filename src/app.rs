@@ -113,8 +113,12 @@ impl App {
             .with_metrics(metrics.clone()),
         };
         let resolver = Arc::new(resolver);
+        let shared_live = redis.as_ref().map(|r| {
+            crate::shared::live::SharedLive::new(r.clone(), &upstream.base_url, upstream.live_poll)
+        });
         let live = crate::live::Live::new(
             page_cache.clone(),
+            shared_live,
             crate::live::LivePolicy {
                 poll: upstream.live_poll,
                 buffer: server.live_subscriber_buffer as usize,

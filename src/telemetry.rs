@@ -109,6 +109,9 @@ metrics! {
     response_cache_bytes: Gauge = Gauge::default(), "response_cache_bytes", "Approximate bytes of the response cache";
     live_subscriptions: Gauge = Gauge::default(), "live_subscriptions", "Open userVisitAdded subscriptions";
     live_pollers: Gauge = Gauge::default(), "live_pollers", "Activities polled for live subscribers (one poller each)";
+    live_leases_held: Gauge = Gauge::default(), "live_leases_held", "Live activities this replica polls for all replicas (it holds their lease in Redis)";
+    live_lease_takeovers: Counter = Counter::default(), "live_lease_takeovers", "Live activities this replica took over from a replica that stopped or was cut off, continuing from the last visit published";
+    live_polls_alone: Counter = Counter::default(), "live_polls_alone", "Live polls made for this replica's subscribers only because Redis was unavailable (with Redis up, one replica polls each activity for all)";
     live_events_sent: Counter = Counter::default(), "live_events_sent", "Visits sent to subscribers (a visit sent to 3 subscribers counts 3)";
     redis_up: Gauge = Gauge::default(), "redis_up", "1 while replicas share the platform budget and page cache through Redis, 0 while this replica works alone (Redis down, slow or not configured)";
     redis_errors: Family<OpLabel, Counter> = Family::default(), "redis_errors", "Redis commands that failed or timed out, by operation (connect counts failed probes)";

@@ -32,6 +32,7 @@ use crate::cache::PageCache;
 use crate::error::{ErrorCode, GatewayError};
 use crate::page::Visit;
 use crate::paging::ActivityId;
+use crate::shared::live::SharedLive;
 use crate::telemetry::Metrics;
 use crate::upstream::fair::{Caller, Priority};
 
@@ -93,6 +94,8 @@ struct Counts {
 /// The live subscriptions of the process.
 pub struct Live {
     cache: PageCache,
+    /// With Redis: one poller per activity for all replicas.
+    shared: Option<SharedLive>,
     pub policy: LivePolicy,
     feeds: Mutex<HashMap<ActivityId, Feed>>,
     counts: Mutex<Counts>,
@@ -123,9 +126,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Live {
-    pub fn new(cache: PageCache, policy: LivePolicy, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        cache: PageCache,
+        shared: Option<SharedLive>,
+        policy: LivePolicy,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             cache,
+            shared,
             policy,
             feeds: Mutex::new(HashMap::new()),
             counts: Mutex::new(Counts::default()),

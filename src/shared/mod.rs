@@ -11,6 +11,7 @@
 
 pub mod budget;
 pub mod circuit;
+pub mod live;
 pub mod pages;
 
 use std::future::Future;

@@ -293,7 +293,7 @@ pub fn encode(page: &Page, fetched_at_ms: i64, ttl: Duration) -> Vec<u8> {
     out
 }
 
-fn item(v: &Visit) -> serde_json::Value {
+pub(crate) fn item(v: &Visit) -> serde_json::Value {
     let time = |t| crate::time::format(t);
     json!({
         "userId": v.user_id.as_deref(),

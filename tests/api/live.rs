@@ -37,7 +37,7 @@ pub(crate) async fn connect(app: &TestApp, authorization: Option<&str>) -> Ws {
     .await
 }
 
-async fn connect_over(app: &TestApp, tcp: TcpStream, authorization: Option<&str>) -> Ws {
+pub(crate) async fn connect_over(app: &TestApp, tcp: TcpStream, authorization: Option<&str>) -> Ws {
     let mut request = format!("ws://{}/graphql", app.addr)
         .into_client_request()
         .unwrap();
@@ -107,7 +107,7 @@ pub(crate) async fn init(ws: &mut Ws, payload: Value) {
     assert_eq!(ack, Some(json!({"type": "connection_ack"})));
 }
 
-async fn subscribe(ws: &mut Ws, id: &str, activity: u64) {
+pub(crate) async fn subscribe(ws: &mut Ws, id: &str, activity: u64) {
     send(
         ws,
         json!({"id": id, "type": "subscribe", "payload": {
@@ -129,7 +129,7 @@ pub(crate) async fn started(app: &TestApp, before: usize, n: usize) {
     panic!("the poller never asked the platform");
 }
 
-fn identity(v: &Value) -> Identity {
+pub(crate) fn identity(v: &Value) -> Identity {
     (
         v["visitAt"].as_str().unwrap().to_owned(),
         v["userId"].as_str().map(str::to_owned),
@@ -138,7 +138,7 @@ fn identity(v: &Value) -> Identity {
 }
 
 /// `n` visits of subscription `id`, or panics with what came instead.
-async fn visits(ws: &mut Ws, id: &str, n: usize, wait: Duration) -> Vec<Identity> {
+pub(crate) async fn visits(ws: &mut Ws, id: &str, n: usize, wait: Duration) -> Vec<Identity> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut got = Vec::new();
     while got.len() < n {

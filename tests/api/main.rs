@@ -11,6 +11,7 @@ mod hold;
 mod hostile;
 mod hot_path;
 mod live;
+mod live_cluster;
 mod ops;
 mod over_http;
 mod paging;

@@ -21,15 +21,15 @@ use visits_gateway::shared::RedisUrl;
 use crate::helpers::{TestApp, identities, metric, spawn_app_with, spawn_replica, ts};
 
 /// A `redis-server` of our own on a free loopback port, killed on drop.
-struct RedisServer {
-    port: u16,
+pub(crate) struct RedisServer {
+    pub(crate) port: u16,
     child: Option<Child>,
     /// `requirepass`, when the server has one.
     password: Option<String>,
 }
 
 impl RedisServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(None)
     }
 
@@ -45,7 +45,7 @@ impl RedisServer {
     }
 
     /// Starts it (again) on the same port, empty, and waits until it answers.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -77,19 +77,19 @@ impl RedisServer {
         assert_eq!(self.cli(&["PING"]), "PONG", "redis-server answers");
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    fn url(&self) -> RedisUrl {
+    pub(crate) fn url(&self) -> RedisUrl {
         RedisUrl::parse(&format!("redis://127.0.0.1:{}", self.port)).unwrap()
     }
 
     /// `redis-cli` (installed with redis-server) against this server.
-    fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(
@@ -119,7 +119,10 @@ fn free_port() -> u16 {
 }
 
 /// One gateway and two replicas of it, all on `url`, each configured alike.
-async fn three_replicas(url: &RedisUrl, configure: impl Fn(&mut Settings) + Copy) -> [TestApp; 3] {
+pub(crate) async fn three_replicas(
+    url: &RedisUrl,
+    configure: impl Fn(&mut Settings) + Copy,
+) -> [TestApp; 3] {
     let with_redis = move |s: &mut Settings| {
         s.shared.redis_url = Some(url.clone());
         configure(s);
@@ -135,7 +138,7 @@ async fn three_replicas(url: &RedisUrl, configure: impl Fn(&mut Settings) + Copy
 
 /// Waits (up to 15 s: SPEC says sharing resumes within 10) until the
 /// replica's `redis_up` gauge reads `want`.
-async fn redis_state(app: &TestApp, want: f64) -> bool {
+pub(crate) async fn redis_state(app: &TestApp, want: f64) -> bool {
     for _ in 0..150 {
         if metric(&app.metrics().await, "visits_gateway_redis_up") == want {
             return true;

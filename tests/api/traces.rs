@@ -88,14 +88,14 @@ fn decoded(exports: &Exports) -> Vec<ExportTraceServiceRequest> {
 
 /// `visits-gateway serve` as a child process, its JSON log lines collected;
 /// killed if a test fails before stopping it.
-struct Gateway {
+pub(crate) struct Gateway {
     child: Option<Child>,
-    url: String,
+    pub(crate) url: String,
     log: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Gateway {
-    async fn start(env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_visits-gateway"))
             .arg("serve")
             .env_clear()
@@ -142,8 +142,16 @@ impl Gateway {
         gateway
     }
 
+    /// SIGKILL: gone at once, nothing released (the live cluster tests).
+    pub(crate) fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, then the exit: a graceful shutdown.
-    async fn stop(mut self) -> Vec<Value> {
+    pub(crate) async fn stop(mut self) -> Vec<Value> {
         let mut child = self.child.take().unwrap();
         let pid = child.id().to_string();
         // The shell's builtin: no procps needed.
