@@ -26,23 +26,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_graphql::parser::types::OperationType;
 use axum::body::{Body, Bytes};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::AppState;
-use super::admission::{self, Admitted, Door};
+use super::admission::{self, Door};
 use super::refusal::Refusal;
+use super::subscriptions::{self, Joined};
 use super::{admit, annotate, read_body};
 use crate::error::ErrorCode;
 use crate::graphql::RequestScope;
-use crate::graphql_http::{self, MediaType, Params, StreamProtocol};
+use crate::graphql_http::{MediaType, Params, StreamProtocol};
+use crate::live::fanout::Delivery;
 use crate::live::{ConnectionGuard, LiveConnection};
-use crate::response_cache::Facts;
 use crate::upstream::fair::{Caller, Priority};
 
 /// Frames made but not yet taken by the connection.
@@ -74,9 +74,7 @@ pub async fn serve(
         Err(message) => return refused(Refusal::malformed(message)),
     };
     let now = chrono::Utc::now();
-    let Admitted {
-        request, parsed, ..
-    } = match admission::document(&state, &params, Door::Stream, now) {
+    let admitted = match admission::document(&state, &params, Door::Stream, now) {
         Ok(admitted) => admitted,
         Err(refusal) => return refused(refusal),
     };
@@ -90,49 +88,64 @@ pub async fn serve(
             ));
         }
     };
-    let subscription = parsed
-        .as_deref()
-        .and_then(|doc| graphql_http::operation_type(doc, params.operation_name.as_deref()))
-        == Some(OperationType::Subscription);
-    // What a socket's subscription reads from its context, and a query's scope.
     let open = Arc::new(AtomicUsize::new(0));
+    let live_connection = LiveConnection {
+        principal: client.principal.clone(),
+        client: client.bucket.clone(),
+        open: open.clone(),
+        counted: true,
+    };
+    if subscriptions::is_subscription(&admitted, &params) {
+        // Served from the shared execution of its distinct subscription.
+        let joined = match subscriptions::join(&state, admitted, &params, &live_connection) {
+            Ok(joined) => joined,
+            Err(refusal) => {
+                // Like a resolver's refusal: one result, then the end.
+                let mut whole = Vec::new();
+                whole.extend_from_slice(opening(protocol));
+                whole.extend_from_slice(&result(
+                    protocol,
+                    refusal.into_result(&state.metrics).as_bytes(),
+                ));
+                whole.extend_from_slice(end(protocol));
+                drop(connection);
+                return respond(protocol, Body::from(whole));
+            }
+        };
+        let (frames, taken) = mpsc::channel(QUEUE);
+        tokio::spawn(produce(state, protocol, joined, frames, open, connection));
+        return respond(protocol, body_of(taken));
+    }
+    // A query (or anything else that is not a subscription): one result.
     let scope = RequestScope::new(now, state.limits.window_concurrency);
     // Its platform requests take turns with other clients' (SPEC §5b).
     let caller = Caller::new(client.bucket.clone(), Priority::Interactive);
-    let request = request
+    let request = admitted
+        .request
         .data(client.principal.clone())
         .data(scope.clone())
-        .data(Arc::new(LiveConnection {
-            principal: client.principal,
-            client: client.bucket,
-            open: open.clone(),
-            counted: true,
-        }))
+        .data(Arc::new(live_connection))
         .data(state.live.clone());
-    if !subscription {
-        let execution = caller.scope(state.schema.execute(request));
-        let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
-        else {
-            return refused(Refusal::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                ErrorCode::UpstreamTimeout,
-                "the request did not complete within the gateway's deadline",
-            ));
-        };
-        annotate(&state, &mut response, &scope.facts());
-        let mut whole = Vec::new();
-        whole.extend_from_slice(opening(protocol));
-        whole.extend_from_slice(&result(protocol, &response));
-        whole.extend_from_slice(end(protocol));
-        drop(connection);
-        return respond(protocol, Body::from(whole));
-    }
-    let responses = state.schema.execute_stream(request);
-    let (frames, taken) = mpsc::channel(QUEUE);
-    tokio::spawn(caller.scope(produce(
-        state, protocol, responses, frames, open, connection,
-    )));
-    respond(protocol, body_of(taken))
+    let execution = caller.scope(state.schema.execute(request));
+    let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
+    else {
+        return refused(Refusal::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::UpstreamTimeout,
+            "the request did not complete within the gateway's deadline",
+        ));
+    };
+    annotate(&state, &mut response, &scope.facts());
+    let payload = serde_json::to_vec(&response).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot serialise a GraphQL response");
+        br#"{"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_vec()
+    });
+    let mut whole = Vec::new();
+    whole.extend_from_slice(opening(protocol));
+    whole.extend_from_slice(&result(protocol, &payload));
+    whole.extend_from_slice(end(protocol));
+    drop(connection);
+    respond(protocol, Body::from(whole))
 }
 
 fn respond(protocol: StreamProtocol, body: Body) -> Response {
@@ -189,12 +202,16 @@ fn body_of(taken: mpsc::Receiver<Frame>) -> Body {
 async fn produce(
     state: Arc<AppState>,
     protocol: StreamProtocol,
-    mut responses: impl Stream<Item = async_graphql::Response> + Unpin,
+    joined: Joined,
     frames: mpsc::Sender<Frame>,
     open: Arc<AtomicUsize>,
     _connection: ConnectionGuard,
 ) {
     let live = state.live.clone();
+    let Joined {
+        mut deliveries,
+        guard,
+    } = joined;
     let every = live.policy.ping;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut shutdown = live.shutdown_signal();
@@ -225,10 +242,14 @@ async fn produce(
             biased;
             () = frames.closed() => return,
             () = &mut shutdown => break,
-            response = responses.next() => match response {
-                Some(mut response) => {
-                    annotate(&state, &mut response, &Facts::default());
-                    result(protocol, &response)
+            delivery = deliveries.next() => match delivery {
+                Some(Delivery::Next(payload)) => {
+                    live.metrics.live_events_sent.inc();
+                    result(protocol, &payload)
+                }
+                Some(Delivery::TooSlow(missed)) => {
+                    live.metrics.live_closed_slow.inc();
+                    result(protocol, &subscriptions::too_slow(missed))
                 }
                 None => break,
             },
@@ -237,7 +258,8 @@ async fn produce(
     }
     // The subscription ends before the end is written, so a client that
     // subscribes again on `complete` finds its place free.
-    drop(responses);
+    drop(deliveries);
+    drop(guard);
     let _ = tokio::time::timeout(CLOSE_GRACE, frames.send(Frame::Last(end(protocol)))).await;
 }
 
@@ -252,23 +274,21 @@ fn opening(protocol: StreamProtocol) -> &'static [u8] {
 
 /// One result: an SSE `next` event, or a multipart part with the result as
 /// its `payload`.
-fn result(protocol: StreamProtocol, response: &async_graphql::Response) -> Bytes {
-    let json = match protocol {
-        StreamProtocol::Sse => serde_json::to_string(response),
-        StreamProtocol::Multipart => {
-            serde_json::to_string(&serde_json::json!({ "payload": response }))
-        }
-    }
-    .unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot serialise a GraphQL response");
-        r#"{"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_owned()
-    });
-    Bytes::from(match protocol {
-        StreamProtocol::Sse => format!("event: next\ndata: {json}\n\n"),
-        StreamProtocol::Multipart => {
-            format!("\r\ncontent-type: application/json\r\n\r\n{json}\r\n--graphql")
-        }
-    })
+/// One result's frame around its payload (a serialised GraphQL response,
+/// shared by every subscriber of a shared execution: not parsed again).
+fn result(protocol: StreamProtocol, payload: &[u8]) -> Bytes {
+    let (before, after): (&[u8], &[u8]) = match protocol {
+        StreamProtocol::Sse => (b"event: next\ndata: ", b"\n\n"),
+        StreamProtocol::Multipart => (
+            b"\r\ncontent-type: application/json\r\n\r\n{\"payload\":",
+            b"}\r\n--graphql",
+        ),
+    };
+    let mut frame = Vec::with_capacity(before.len() + payload.len() + after.len());
+    frame.extend_from_slice(before);
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(after);
+    Bytes::from(frame)
 }
 
 /// A keep-alive: an SSE comment, or multipart's empty `{}` part.
@@ -304,7 +324,10 @@ mod tests {
     #[test]
     fn a_multipart_body_is_parts_between_graphql_boundaries() {
         let response = async_graphql::Response::new(async_graphql::Value::from(1));
-        let one = result(StreamProtocol::Multipart, &response);
+        let one = result(
+            StreamProtocol::Multipart,
+            &serde_json::to_vec(&response).unwrap(),
+        );
         let text = body(
             StreamProtocol::Multipart,
             &[&one, heartbeat_of(StreamProtocol::Multipart)],
@@ -319,7 +342,7 @@ mod tests {
     #[test]
     fn an_event_stream_is_next_events_then_complete() {
         let response = async_graphql::Response::new(async_graphql::Value::from(1));
-        let one = result(StreamProtocol::Sse, &response);
+        let one = result(StreamProtocol::Sse, &serde_json::to_vec(&response).unwrap());
         let text = body(
             StreamProtocol::Sse,
             &[heartbeat_of(StreamProtocol::Sse), &one],
