@@ -3,22 +3,32 @@
 //!
 //! # Layout
 //! The data path, top to bottom:
-//! - [`http`]: the HTTP surface (`POST` and `GET /graphql`, probes), reading
-//!   requests as [`graphql_http`] says; [`playground`]: GraphiQL.
-//! - [`live`]: `userVisitAdded` subscriptions over WebSocket, one poller per activity.
+//! - [`http`]: the doors (`POST` and `GET /graphql`, WebSocket, SSE and
+//!   multipart subscriptions, probes), reading requests as [`graphql_http`]
+//!   says, and the one admission pipeline every door goes through;
+//!   [`playground`]: GraphiQL.
+//! - [`live`]: live visits: one poller per activity (per cluster with
+//!   Redis), one execution per distinct subscription.
 //! - [`response_cache`]: whole responses of repeated queries (the hot path).
-//! - [`graphql`]: the schema and the `userVisits` resolver, cursors, scalars.
+//! - [`graphql`]: the schema and the resolvers, cursors, scalars, the cost rule.
 //! - [`paging`]: pure rules: ranges, pinning, 7-day windows, slices, pages.
-//! - [`visits`]: runs a paging plan against the page cache; [`stats`]: the
-//!   statistics of a range, from the same pages.
+//! - [`visits`]: runs a paging plan; [`stats`]: the statistics of a range;
+//!   both, and the live poller, read windows through the one [`reader`].
 //! - [`cache`]: the moka page cache with coalescing and TTL by window age.
-//! - [`upstream`]: the platform's REST client and its JSON.
+//! - [`page`]: the platform's page and visit types, their parser, `PageSource`.
+//! - [`upstream`]: the platform's REST client, its budget and fair queue.
 //! - [`shared`]: what replicas share through Redis (platform budget, second
-//!   page cache level, coalescing), with its circuit breaker.
+//!   page cache level, coalescing, the live poller's lease), with its
+//!   circuit breaker.
 //!
 //! Around it: [`config`] (settings), [`auth`] (API keys, JWT, scopes),
-//! [`limits`] (per-client rate), [`telemetry`] (metrics, access log), [`otel`] (OpenTelemetry traces), [`secret`] (redacted secrets, token reload), [`error`] (codes of SPEC §4), [`app`] (wiring and serving),
+//! [`limits`] (per-client rate), [`telemetry`] (metrics, access log),
+//! [`otel`] (OpenTelemetry traces), [`secret`] (redacted secrets, token
+//! reload), [`error`] (the error codes), [`app`] (wiring and serving),
 //! [`demo`] (the simulated platform), [`time`] (the timestamp format).
+//!
+//! Modules are public only where the binary, the tests or the examples need
+//! them, so the compiler finds what nothing uses.
 
 pub mod app;
 pub mod auth;
@@ -28,20 +38,20 @@ pub mod demo;
 pub mod error;
 mod fnv;
 pub mod graphql;
-pub mod graphql_http;
-pub mod http;
-pub mod limits;
-pub mod live;
+mod graphql_http;
+mod http;
+mod limits;
+mod live;
 pub mod otel;
 pub mod page;
 pub mod paging;
-pub mod playground;
-pub mod reader;
-pub mod response_cache;
+mod playground;
+mod reader;
+mod response_cache;
 pub mod secret;
 pub mod shared;
 pub mod stats;
 pub mod telemetry;
 pub mod time;
-pub mod upstream;
+mod upstream;
 pub mod visits;
