@@ -111,6 +111,7 @@ async fn main() -> Result<(), String> {
         .env("CLIENT_BURST", "100000")
         .env("LIVE_MAX_SUBSCRIPTIONS", &limit)
         .env("LIVE_MAX_SUBSCRIPTIONS_PER_CLIENT", &limit)
+        .env("LIVE_MAX_CONNECTIONS_PER_CLIENT", &limit)
         .env("LIVE_POLL_SECONDS", cli.poll_seconds.to_string())
         .env("SHUTDOWN_DRAIN_SECONDS", "0")
         .stdout(Stdio::null())
