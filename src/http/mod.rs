@@ -138,24 +138,20 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
     let Some(media) = graphql_http::negotiate(&parts.headers) else {
         return not_acceptable().into_response(&state.metrics, None);
     };
-    let refused = |r: Refusal| r.into_response(&state.metrics, Some(media));
-    let client = match admit(&state, &parts) {
-        Ok(client) => client,
-        Err(refusal) => return refused(refusal),
-    };
-    let body = match read_body(&state, &parts, body).await {
-        Ok(body) => body,
-        Err(refusal) => return refused(refusal),
-    };
-    answer(&state, client, media, Form::Body, body).await
+    match admit_post(&state, &parts, body).await {
+        Ok((client, body)) => answer(&state, client, media, Form::Body, body).await,
+        Err(refusal) => refusal.into_response(&state.metrics, Some(media)),
+    }
 }
 
-/// A POST's body: JSON (else 415), at most `MAX_BODY_BYTES` (else 413).
-async fn read_body(
+/// A POST's client (stage 1 of [`admission`], before the body is read),
+/// then its body: JSON (else 415), at most `MAX_BODY_BYTES` (else 413).
+async fn admit_post(
     state: &AppState,
     parts: &axum::http::request::Parts,
     body: axum::body::Body,
-) -> Result<Bytes, Refusal> {
+) -> Result<(Client, Bytes), Refusal> {
+    let client = admit(state, parts)?;
     if !graphql_http::is_json_content_type(&parts.headers) {
         return Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -164,13 +160,14 @@ async fn read_body(
         ));
     }
     let limit = state.limits.max_body_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
         Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::BadUserInput,
             format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)"),
         )
-    })
+    })?;
+    Ok((client, body))
 }
 
 /// How a request came: a POST's JSON body or a GET's query string. Part of

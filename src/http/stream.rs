@@ -23,7 +23,7 @@
 //! answered as one result, then the end.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -37,7 +37,7 @@ use super::AppState;
 use super::admission::{self, Door};
 use super::refusal::Refusal;
 use super::subscriptions::{self, Joined};
-use super::{admit, annotate, read_body};
+use super::{admit_post, annotate};
 use crate::error::ErrorCode;
 use crate::graphql::RequestScope;
 use crate::graphql_http::{MediaType, Params, StreamProtocol};
@@ -61,12 +61,8 @@ pub async fn serve(
     // A stream's client reads no `200` with `data: null`: a request error
     // is a 400, as in `application/graphql-response+json`.
     let refused = |r: Refusal| r.into_response(&state.metrics, Some(MediaType::GraphQLResponse));
-    let client = match admit(&state, &parts) {
-        Ok(client) => client,
-        Err(refusal) => return refused(refusal),
-    };
-    let body = match read_body(&state, &parts, body).await {
-        Ok(body) => body,
+    let (client, body) = match admit_post(&state, &parts, body).await {
+        Ok(admitted) => admitted,
         Err(refusal) => return refused(refusal),
     };
     let params = match Params::from_json(&body) {
@@ -227,13 +223,7 @@ async fn produce(
                 // The client went away.
                 Ok(Err(_)) => return,
                 Err(_) => {
-                    let subscriptions = open.load(Ordering::SeqCst);
-                    live.metrics.live_closed_slow.inc_by(subscriptions as u64);
-                    tracing::info!(
-                        subscriptions,
-                        "a subscriber's stream took nothing for {} s; dropped it",
-                        stuck.as_secs()
-                    );
+                    live.dropped_slow(&open, "stream");
                     return;
                 }
             }

@@ -340,13 +340,7 @@ async fn serve(
             Ok(Ok(())) => {}
             Ok(Err(_)) => break,
             Err(_) => {
-                let subscriptions = open.load(Ordering::SeqCst);
-                live.metrics.live_closed_slow.inc_by(subscriptions as u64);
-                tracing::info!(
-                    subscriptions,
-                    "a subscriber's socket accepted nothing for {} s; dropped it",
-                    stuck.as_secs()
-                );
+                live.dropped_slow(&open, "socket");
                 break;
             }
         }

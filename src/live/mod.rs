@@ -193,6 +193,18 @@ impl Live {
         })
     }
 
+    /// A subscriber's socket or stream (`what`) that accepted nothing for
+    /// [`LivePolicy::stuck_write`] was dropped, with its `open` subscriptions.
+    pub fn dropped_slow(&self, open: &AtomicUsize, what: &str) {
+        let subscriptions = open.load(Ordering::SeqCst);
+        self.metrics.live_closed_slow.inc_by(subscriptions as u64);
+        tracing::info!(
+            subscriptions,
+            "a subscriber's {what} accepted nothing for {} s; dropped it",
+            self.policy.stuck_write().as_secs()
+        );
+    }
+
     /// Activities being polled now.
     pub fn pollers(&self) -> usize {
         lock(&self.feeds).len()
