@@ -18,6 +18,7 @@ use crate::graphql::persisted::PersistedQueries;
 use crate::graphql::{self, Resolver};
 use crate::http::{AppState, RequestLimits};
 use crate::limits::{ClientLimiter, TrustedProxies};
+use crate::page::PageSource;
 use crate::paging::RangePolicy;
 use crate::playground::{self, Playground};
 use crate::response_cache::ResponseCache;
@@ -68,27 +69,27 @@ impl App {
             UpstreamClient::new(upstream.config(), token.clone(), metrics.clone())
                 .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?
                 .share_budget(redis.as_ref(), shared.expected_replicas);
-        let shared_pages = redis.as_ref().map(|r| {
-            SharedPages::new(
-                r.clone(),
+        let ttl = TtlPolicy {
+            recent: cache.ttl_recent,
+            settled: cache.ttl_settled,
+            grace: cache.stale_grace,
+            refresh_deadline: upstream.deadline,
+            negative: cache.negative_ttl,
+        };
+        // Page sources as layers, each over the next: moka, then (with Redis,
+        // unless caching is off: that setting measures the platform path)
+        // the level shared by the replicas, then the budget and the client.
+        let mut source: Arc<dyn PageSource> = Arc::new(upstream_client);
+        if let Some(redis) = redis.as_ref().filter(|_| cache.page_cache_max_bytes > 0) {
+            source = Arc::new(SharedPages::new(
+                redis.clone(),
                 &upstream.base_url,
-                cache.stale_grace,
+                ttl,
                 metrics.clone(),
-            )
-        });
-        let page_cache = PageCache::new(
-            Arc::new(upstream_client),
-            cache.page_cache_max_bytes,
-            TtlPolicy {
-                recent: cache.ttl_recent,
-                settled: cache.ttl_settled,
-                grace: cache.stale_grace,
-                refresh_deadline: upstream.deadline,
-                negative: cache.negative_ttl,
-            },
-            metrics.clone(),
-        )
-        .with_shared(shared_pages);
+                source,
+            ));
+        }
+        let page_cache = PageCache::new(source, cache.page_cache_max_bytes, ttl, metrics.clone());
         let pin_granularity = ChronoDuration::from_std(paging.pin_granularity)
             .map_err(|e| format!("PIN_GRANULARITY_SECONDS: {e}"))?;
         let range_policy = RangePolicy {

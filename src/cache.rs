@@ -25,7 +25,6 @@ use tokio::time::Instant;
 use crate::error::{ErrorCode, GatewayError};
 use crate::page::{Page, PageRequest, PageSource};
 use crate::paging::ActivityId;
-use crate::shared::pages::{Claim, SharedPages};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, Clone, Copy)]
@@ -157,9 +156,9 @@ pub struct PageCache {
     /// Each with when it was learnt, checked on tokio's clock (moka's own
     /// expiry is coarse and runs on another clock).
     refusals: Option<Cache<ActivityId, (GatewayError, Instant)>>,
+    /// Where pages come from on a miss: the next level (Redis, when
+    /// replicas share pages), down to the platform.
     source: Arc<dyn PageSource>,
-    /// The second level in Redis, shared with the other replicas.
-    shared: Option<SharedPages>,
     ttl: TtlPolicy,
     metrics: Arc<Metrics>,
 }
@@ -194,17 +193,9 @@ impl PageCache {
             refreshes,
             refusals,
             source,
-            shared: None,
             ttl,
             metrics,
         }
-    }
-
-    /// Adds the second level in Redis (not when the cache is off: that
-    /// setting is for measuring the platform path).
-    pub fn with_shared(mut self, shared: Option<SharedPages>) -> Self {
-        self.shared = shared.filter(|_| self.enabled);
-        self
     }
 
     /// The page for `req`: fresh from the cache, or from one upstream call
@@ -315,44 +306,16 @@ impl PageCache {
         Some(refusal)
     }
 
-    /// A page from the second level (another replica fetched it, or is
-    /// fetching it), else from the platform, shared once fetched.
+    /// A page from the next level; a definitive refusal is remembered.
     async fn fetch(
         &self,
         req: PageRequest,
         deadline: Instant,
     ) -> Result<Arc<CachedPage>, GatewayError> {
-        let mut lock = None;
-        if let Some(shared) = &self.shared {
-            match shared.claim(&req, deadline).await {
-                Claim::Found(found) => {
-                    return Ok(Arc::new(CachedPage {
-                        page: found.page,
-                        fetched_at: Instant::now()
-                            .checked_sub(found.age)
-                            .unwrap_or_else(Instant::now),
-                        // Never longer than this replica's own TTL: a value
-                        // from Redis is not trusted to keep a page fresh.
-                        ttl: found.ttl.min(self.ttl.ttl_for(req.window.to, Utc::now())),
-                    }));
-                }
-                Claim::Fetch(held) => lock = held,
-            }
-        }
-        let fetched = self.source.fetch(req, deadline).await;
+        let fetched = self.source.fetch_aged(req, deadline).await;
         let ttl = self.ttl.ttl_for(req.window.to, Utc::now());
-        if let Some(shared) = &self.shared {
-            match &fetched {
-                Ok(page) => shared.store(&req, page, ttl, lock).await,
-                Err(_) => {
-                    if let Some(lock) = lock {
-                        shared.release(lock).await;
-                    }
-                }
-            }
-        }
-        let page = match fetched {
-            Ok(page) => page,
+        let (page, age) = match fetched {
+            Ok(fetched) => fetched,
             Err(e) => {
                 if let Some(refusals) = &self.refusals
                     && e.code.is_definitive_refusal()
@@ -366,7 +329,8 @@ impl PageCache {
         };
         Ok(Arc::new(CachedPage {
             page,
-            fetched_at: Instant::now(),
+            // A page another replica fetched is as old as it says.
+            fetched_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             ttl,
         }))
     }

@@ -55,6 +55,20 @@ pub trait PageSource: Send + Sync + 'static {
         deadline: Instant,
     ) -> BoxFuture<'_, Result<Page, GatewayError>>;
 
+    /// The page and how old it already is: zero when it comes from the
+    /// platform now; a level that shares pages between replicas says how
+    /// long ago another replica fetched it.
+    fn fetch_aged(
+        &self,
+        req: PageRequest,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<(Page, std::time::Duration), GatewayError>> {
+        Box::pin(async move {
+            let page = self.fetch(req, deadline).await?;
+            Ok((page, std::time::Duration::ZERO))
+        })
+    }
+
     /// What the budget in front of the source can give within `within`;
     /// `None` when it has none (fakes, benchmarks).
     fn reach(&self, _within: std::time::Duration) -> Option<Reach> {

@@ -13,6 +13,10 @@
 //!   and holds at most [`MAX_VALUE_BYTES`].
 //! - A miss takes a short lock (`SET NX PX`); the other replicas missing the
 //!   same page wait a bounded time for its value, then fetch it themselves.
+//!
+//! It is a [`PageSource`] layer: under each replica's moka page cache
+//! (which knows nothing of Redis), over the next source (the platform
+//! client, behind its budget).
 
 use std::time::Duration;
 
@@ -22,8 +26,14 @@ use reqwest::Url;
 use serde_json::json;
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
 use super::{KEY_PREFIX, Redis};
-use crate::page::{Page, PageRequest, Visit};
+use crate::cache::TtlPolicy;
+use crate::error::GatewayError;
+use crate::page::{Page, PageRequest, PageSource, Reach, Visit};
 use crate::telemetry::{Metrics, OutcomeLabel};
 
 /// The largest value written or read: a page of 1000 visits with long user
@@ -66,9 +76,11 @@ pub struct SharedPages {
     redis: Redis,
     /// Tells platforms apart, for gateways of several platforms on one Redis.
     platform: String,
-    /// The page's TTL plus this is how long a value lives.
-    grace: Duration,
+    /// A page's TTL, by its window's age, as the moka level has it.
+    ttl: TtlPolicy,
     metrics: std::sync::Arc<Metrics>,
+    /// Where pages come from on a miss.
+    next: Arc<dyn PageSource>,
 }
 
 /// Releases a lock only if it is still ours (it may have expired and been
@@ -105,14 +117,16 @@ impl SharedPages {
     pub fn new(
         redis: Redis,
         base: &Url,
-        grace: Duration,
+        ttl: TtlPolicy,
         metrics: std::sync::Arc<Metrics>,
+        next: Arc<dyn PageSource>,
     ) -> Self {
         Self {
             redis,
             platform: super::platform_id(base),
-            grace,
+            ttl,
             metrics,
+            next,
         }
     }
 
@@ -167,7 +181,7 @@ impl SharedPages {
     /// On a miss in moka: the page if another replica has it or is fetching
     /// it (waiting a bounded time), else a go-ahead to fetch, with the lock
     /// when this replica took it.
-    pub async fn claim(&self, req: &PageRequest, deadline: Instant) -> Claim {
+    async fn claim(&self, req: &PageRequest, deadline: Instant) -> Claim {
         let key = self.key(req);
         if let Some(found) = self.get(req, &key).await {
             self.lookup("hit");
@@ -248,11 +262,11 @@ impl SharedPages {
     }
 
     /// Shares a page this replica fetched, then lets the waiting replicas in.
-    pub async fn store(&self, req: &PageRequest, page: &Page, ttl: Duration, lock: Option<Lock>) {
+    async fn store(&self, req: &PageRequest, page: &Page, ttl: Duration, lock: Option<Lock>) {
         let value = encode(page, Utc::now().timestamp_millis(), ttl);
         if value.len() <= MAX_VALUE_BYTES {
             let key = self.key(req);
-            let px = (ttl + self.grace).as_millis().max(1) as u64;
+            let px = (ttl + self.ttl.grace).as_millis().max(1) as u64;
             let _: Option<()> = self
                 .redis
                 .run("page_set", |mut c| async move {
@@ -266,7 +280,7 @@ impl SharedPages {
     }
 
     /// Lets the waiting replicas go (they then fetch for themselves).
-    pub async fn release(&self, lock: Lock) {
+    async fn release(&self, lock: Lock) {
         let _: Option<i64> = self
             .redis
             .run("page_unlock", |mut c| async move {
@@ -277,6 +291,48 @@ impl SharedPages {
                     .await
             })
             .await;
+    }
+}
+
+impl PageSource for SharedPages {
+    fn fetch(
+        &self,
+        req: PageRequest,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<Page, GatewayError>> {
+        Box::pin(async move { Ok(self.fetch_aged(req, deadline).await?.0) })
+    }
+
+    /// Another replica's page if it has it (or is fetching it), else the
+    /// next source's, stored for the others once fetched.
+    fn fetch_aged(
+        &self,
+        req: PageRequest,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<(Page, Duration), GatewayError>> {
+        Box::pin(async move {
+            let lock = match self.claim(&req, deadline).await {
+                Claim::Found(found) => return Ok((found.page, found.age)),
+                Claim::Fetch(lock) => lock,
+            };
+            let fetched = self.next.fetch(req, deadline).await;
+            match &fetched {
+                Ok(page) => {
+                    let ttl = self.ttl.ttl_for(req.window.to, Utc::now());
+                    self.store(&req, page, ttl, lock).await;
+                }
+                Err(_) => {
+                    if let Some(lock) = lock {
+                        self.release(lock).await;
+                    }
+                }
+            }
+            Ok((fetched?, Duration::ZERO))
+        })
+    }
+
+    fn reach(&self, within: Duration) -> Option<Reach> {
+        self.next.reach(within)
     }
 }
 
@@ -366,11 +422,29 @@ mod tests {
     #[test]
     fn keys_are_versioned_namespaced_and_name_the_whole_request() {
         let pages = |base: &str| {
+            struct Nowhere;
+            impl PageSource for Nowhere {
+                fn fetch(
+                    &self,
+                    _: PageRequest,
+                    _: Instant,
+                ) -> BoxFuture<'_, Result<Page, GatewayError>> {
+                    Box::pin(async { Err(GatewayError::internal("not asked")) })
+                }
+            }
+            let ttl = TtlPolicy {
+                recent: Duration::from_secs(30),
+                settled: Duration::from_secs(600),
+                grace: Duration::from_secs(600),
+                refresh_deadline: Duration::from_secs(8),
+                negative: Duration::from_secs(30),
+            };
             SharedPages::new(
                 crate::shared::tests::redis_nowhere(),
                 &base.parse().unwrap(),
-                Duration::from_secs(600),
+                ttl,
                 Metrics::new(),
+                Arc::new(Nowhere),
             )
         };
         let key = pages("https://shangzhibo.tv").key(&req());
