@@ -27,7 +27,7 @@ use crate::shared::Redis;
 use crate::shared::pages::SharedPages;
 use crate::stats::load::StatsLoader;
 use crate::telemetry::Metrics;
-use crate::upstream::UpstreamClient;
+use crate::upstream::{BudgetFront, UpstreamClient};
 use crate::visits::FetchPolicy;
 
 pub struct App {
@@ -65,10 +65,17 @@ impl App {
             .redis()
             .map(|config| Redis::new(&config, metrics.clone()))
             .transpose()?;
-        let upstream_client =
-            UpstreamClient::new(upstream.config(), token.clone(), metrics.clone())
+        let upstream_client = {
+            let config = upstream.config();
+            let budget = BudgetFront::new(
+                &config,
+                redis.as_ref(),
+                shared.expected_replicas,
+                metrics.clone(),
+            );
+            UpstreamClient::new(config, token.clone(), budget, metrics.clone())
                 .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?
-                .share_budget(redis.as_ref(), shared.expected_replicas);
+        };
         let ttl = TtlPolicy {
             recent: cache.ttl_recent,
             settled: cache.ttl_settled,

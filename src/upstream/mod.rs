@@ -3,6 +3,7 @@
 
 mod budget;
 pub mod fair;
+mod front;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::error::{ErrorCode, GatewayError};
 use crate::page::{self, Page, PageRequest, PageSource};
 use crate::secret::TokenSource;
-use crate::shared::Redis;
-use crate::shared::budget::SharedBudget;
 use crate::telemetry::{Metrics, ReasonLabel, RequestStats, StatusLabel};
-use budget::Budget;
-use fair::{Caller, FairQueue, Refused};
+use fair::Refused;
+pub use front::BudgetFront;
 
 /// How the client treats the platform (SPEC §3).
 #[derive(Debug, Clone)]
@@ -54,13 +53,8 @@ pub struct UpstreamClient {
     http: reqwest::Client,
     config: Arc<UpstreamConfig>,
     token: TokenSource,
-    /// This process's bucket: the whole budget, or its share of it
-    /// (`EXPECTED_REPLICAS`) when it cannot be shared through Redis.
-    budget: Arc<Budget>,
-    /// The budget of all replicas together, when Redis is configured.
-    shared_budget: Option<SharedBudget>,
-    /// Clients take turns at the budget (SPEC §5b).
-    fair: Arc<FairQueue>,
+    /// The platform budget's one front (fair turns, Redis or local share).
+    budget: Arc<BudgetFront>,
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
@@ -77,6 +71,7 @@ impl UpstreamClient {
     pub fn new(
         config: UpstreamConfig,
         token: TokenSource,
+        budget: BudgetFront,
         metrics: Arc<Metrics>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -89,68 +84,12 @@ impl UpstreamClient {
             .build()?;
         Ok(Self {
             http,
-            budget: Arc::new(Budget::new(
-                config.rate_per_second,
-                config.burst,
-                config.retry_after_cap,
-            )),
-            shared_budget: None,
-            fair: Arc::new(FairQueue::new(config.max_queued_per_client)),
+            budget: Arc::new(budget),
             slots: Arc::new(Semaphore::new(config.max_concurrency.max(1))),
             config: Arc::new(config),
             token,
             metrics,
         })
-    }
-
-    /// Splits the budget between `replicas`: this process's own bucket gets
-    /// its share, and with Redis the whole budget is shared by all of them
-    /// (the bucket is then what the process falls back to when Redis is not
-    /// there).
-    pub fn share_budget(mut self, redis: Option<&Redis>, replicas: u32) -> Self {
-        let replicas = replicas.max(1);
-        let c = &self.config;
-        self.budget = Arc::new(Budget::new(
-            c.rate_per_second / f64::from(replicas),
-            c.burst.div_ceil(replicas),
-            c.retry_after_cap,
-        ));
-        self.shared_budget =
-            redis.map(|r| SharedBudget::new(r.clone(), &c.base, c.rate_per_second, c.burst));
-        self
-    }
-
-    /// A slot for the current [`Caller`], in its turn (SPEC §5b): the time
-    /// queued and the slot's wait together at most `max_wait`.
-    async fn acquire_budget(&self, max_wait: Duration) -> Result<Duration, Refused> {
-        self.fair
-            .take(Caller::current(), max_wait, |left| self.acquire_slot(left))
-            .await
-    }
-
-    /// A slot in the shared budget, or in this process's share of it when
-    /// Redis cannot be asked. `Err(wait)` when the slot is too far away.
-    async fn acquire_slot(&self, max_wait: Duration) -> Result<Duration, Duration> {
-        if let Some(shared) = &self.shared_budget
-            && let Some(answer) = shared.reserve(max_wait).await
-        {
-            let wait = answer?;
-            if !wait.is_zero() {
-                self.metrics.shared_budget_waits.inc();
-                tokio::time::sleep(wait).await;
-            }
-            return Ok(wait);
-        }
-        self.budget.acquire(max_wait).await
-    }
-
-    /// The platform said "too many requests": pause this process's bucket
-    /// and, through Redis, every replica's.
-    async fn pause_budget(&self, r#for: Duration) {
-        self.budget.pause(r#for);
-        if let Some(shared) = &self.shared_budget {
-            shared.pause(r#for.min(self.config.retry_after_cap)).await;
-        }
     }
 
     /// `{base}/api/activity/{id}/stats/user-visits?page=..&pageSize=..&startedAt=..&endedAt=..`
@@ -183,7 +122,7 @@ impl UpstreamClient {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let max_wait = self.config.max_budget_wait.min(remaining);
-            let waited = match self.acquire_budget(max_wait).await {
+            let waited = match self.budget.acquire(max_wait).await {
                 Ok(waited) => waited,
                 Err(refused) => {
                     self.metrics
@@ -214,7 +153,8 @@ impl UpstreamClient {
             {
                 // The platform throttles us: slow everyone down (every
                 // replica, through Redis), whether this request retries or not.
-                self.pause_budget(e.retry_after.unwrap_or(self.config.retry_base))
+                self.budget
+                    .pause(e.retry_after.unwrap_or(self.config.retry_base))
                     .await;
             }
             let error = match result {
@@ -394,10 +334,7 @@ impl PageSource for UpstreamClient {
     /// This process's bucket: with Redis the replicas share a larger
     /// budget, of which this is a fair share, so the estimate is cautious.
     fn reach(&self, within: Duration) -> Option<page::Reach> {
-        Some(page::Reach {
-            requests: self.budget.reach(within),
-            rate: self.budget.rate_per_second(),
-        })
+        Some(self.budget.reach(within))
     }
 }
 
@@ -638,6 +575,12 @@ mod tests {
                 ..crate::config::UpstreamSettings::default().config()
             },
             TokenSource::fixed(crate::secret::Secret::new("t")),
+            BudgetFront::new(
+                &crate::config::UpstreamSettings::default().config(),
+                None,
+                1,
+                Metrics::new(),
+            ),
             Metrics::new(),
         )
         .unwrap();
