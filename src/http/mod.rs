@@ -247,13 +247,9 @@ async fn answer(
             .execute(request.data(client.principal).data(scope.clone()))
             .instrument(operation),
     );
-    let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
-    else {
-        return refused(Refusal::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::UpstreamTimeout,
-            "the request did not complete within the gateway's deadline",
-        ));
+    let mut response = match within_deadline(state, execution).await {
+        Ok(response) => response,
+        Err(refusal) => return refused(refusal),
     };
     let facts = scope.facts();
     annotate(state, &mut response, &facts);
@@ -301,6 +297,22 @@ async fn answer(
             .insert(key, body.clone(), facts.activities, ttl);
     }
     finish(form, media, status, body, fresh)
+}
+
+/// A request's execution, bounded by `REQUEST_TIMEOUT_MS`.
+pub(crate) async fn within_deadline(
+    state: &AppState,
+    execution: impl std::future::Future<Output = async_graphql::Response>,
+) -> Result<async_graphql::Response, Refusal> {
+    tokio::time::timeout(state.limits.request_timeout, execution)
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::UpstreamTimeout,
+                "the request did not complete within the gateway's deadline",
+            )
+        })
 }
 
 /// The longest operation name a span carries.

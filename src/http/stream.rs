@@ -37,8 +37,7 @@ use super::AppState;
 use super::admission::{self, Door};
 use super::refusal::Refusal;
 use super::subscriptions::{self, Joined};
-use super::{admit_post, annotate};
-use crate::error::ErrorCode;
+use super::{admit_post, annotate, within_deadline};
 use crate::graphql::RequestScope;
 use crate::graphql_http::{MediaType, Params, StreamProtocol};
 use crate::live::fanout::Delivery;
@@ -97,15 +96,8 @@ pub async fn serve(
             Ok(joined) => joined,
             Err(refusal) => {
                 // Like a resolver's refusal: one result, then the end.
-                let mut whole = Vec::new();
-                whole.extend_from_slice(opening(protocol));
-                whole.extend_from_slice(&result(
-                    protocol,
-                    refusal.into_result(&state.metrics).as_bytes(),
-                ));
-                whole.extend_from_slice(end(protocol));
                 drop(connection);
-                return respond(protocol, Body::from(whole));
+                return single(protocol, refusal.into_result(&state.metrics).as_bytes());
             }
         };
         let (frames, taken) = mpsc::channel(QUEUE);
@@ -123,24 +115,26 @@ pub async fn serve(
         .data(Arc::new(live_connection))
         .data(state.live.clone());
     let execution = caller.scope(state.schema.execute(request));
-    let Ok(mut response) = tokio::time::timeout(state.limits.request_timeout, execution).await
-    else {
-        return refused(Refusal::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::UpstreamTimeout,
-            "the request did not complete within the gateway's deadline",
-        ));
+    let mut response = match within_deadline(&state, execution).await {
+        Ok(response) => response,
+        Err(refusal) => return refused(refusal),
     };
     annotate(&state, &mut response, &scope.facts());
     let payload = serde_json::to_vec(&response).unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot serialise a GraphQL response");
         br#"{"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_vec()
     });
+    drop(connection);
+    single(protocol, &payload)
+}
+
+/// A whole stream of one result, then the end: a query's answer, or a
+/// subscription refused before it started.
+fn single(protocol: StreamProtocol, payload: &[u8]) -> Response {
     let mut whole = Vec::new();
     whole.extend_from_slice(opening(protocol));
-    whole.extend_from_slice(&result(protocol, &payload));
+    whole.extend_from_slice(&result(protocol, payload));
     whole.extend_from_slice(end(protocol));
-    drop(connection);
     respond(protocol, Body::from(whole))
 }
 

@@ -299,21 +299,41 @@ async fn live_fifty_subscribers_cost_the_platform_what_one_costs() {
     );
 }
 
-#[tokio::test]
-async fn live_subscriptions_need_credentials_and_are_scoped_per_subscription() {
-    const WEB_KEY: &str = "live-web-key";
+/// A gateway that lets in only the key `key`, scoped to `EXAMPLE_ACTIVITY`.
+pub(crate) async fn keyed_live_app(key: &str) -> TestApp {
     let dir = temp_dir();
     let file = dir.join("api-keys");
-    std::fs::write(
-        &file,
-        keys_line("web", WEB_KEY, &EXAMPLE_ACTIVITY.to_string()),
-    )
-    .unwrap();
-    let app = live_app(|s| {
+    std::fs::write(&file, keys_line("web", key, &EXAMPLE_ACTIVITY.to_string())).unwrap();
+    live_app(|s| {
         s.client.allow_unauthenticated = false;
         s.client.api_keys_file = Some(file);
     })
-    .await;
+    .await
+}
+
+/// A fragment bomb of 2^30 subscriptions, and a query of two 91-day
+/// `userVisits` over the cost bound (with its range): what every door must
+/// refuse at no platform request.
+pub(crate) fn bomb_and_expensive(app: &TestApp) -> (String, String, Value) {
+    let mut bomb = String::from(
+        "subscription { ...F30 } fragment F0 on Subscription { userVisitAdded(activityId: \"1\") { nickname } }\n",
+    );
+    for i in 1..=30 {
+        bomb += &format!(
+            "fragment F{i} on Subscription {{ ...F{j} ...F{j} }}\n",
+            j = i - 1
+        );
+    }
+    let range = json!({ "from": ts(app.now - chrono::Duration::days(91)), "to": ts(app.now) });
+    let one = "userVisits(activityId: \"10024069\", range: $range, first: 100) { totalCount }";
+    let expensive = format!("query($range: TimeRange) {{ a: {one} b: {one} }}");
+    (bomb, expensive, range)
+}
+
+#[tokio::test]
+async fn live_subscriptions_need_credentials_and_are_scoped_per_subscription() {
+    const WEB_KEY: &str = "live-web-key";
+    let app = keyed_live_app(WEB_KEY).await;
     let before = app.sim.request_count();
 
     // No credential anywhere, or a bad one: 4401.
@@ -1088,18 +1108,7 @@ async fn live_a_fragment_bomb_or_an_expensive_query_over_the_socket_is_refused_a
     let app = live_app(|_| {}).await;
     let mut ws = connect(&app, None).await;
     init(&mut ws, json!({})).await;
-    let mut bomb = String::from(
-        "subscription { ...F30 } fragment F0 on Subscription { userVisitAdded(activityId: \"1\") { nickname } }\n",
-    );
-    for i in 1..=30 {
-        bomb += &format!(
-            "fragment F{i} on Subscription {{ ...F{j} ...F{j} }}\n",
-            j = i - 1
-        );
-    }
-    let range = json!({ "from": ts(app.now - chrono::Duration::days(91)), "to": ts(app.now) });
-    let one = "userVisits(activityId: \"10024069\", range: $range, first: 100) { totalCount }";
-    let expensive = format!("query($range: TimeRange) {{ a: {one} b: {one} }}");
+    let (bomb, expensive, range) = bomb_and_expensive(&app);
     let started = std::time::Instant::now();
     send(
         &mut ws,

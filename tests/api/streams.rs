@@ -8,8 +8,8 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, SMALL_ACTIVITY};
 
-use crate::helpers::{Identity, TestApp, keys_line, metric, spawn_app_with, temp_dir, ts};
-use crate::live::started;
+use crate::helpers::{Identity, TestApp, metric, spawn_app_with};
+use crate::live::{bomb_and_expensive, keyed_live_app, started};
 
 const SUBSCRIPTION: &str = "subscription($id: ID!) { userVisitAdded(activityId: $id) { userId anonymousId visitAt nickname } }";
 const SSE: &str = "text/event-stream";
@@ -283,18 +283,7 @@ async fn stream_a_query_is_one_result_then_the_end() {
 #[tokio::test]
 async fn stream_credentials_and_scope_are_checked_as_over_websocket() {
     const WEB_KEY: &str = "stream-web-key";
-    let dir = temp_dir();
-    let file = dir.join("api-keys");
-    std::fs::write(
-        &file,
-        keys_line("web", WEB_KEY, &EXAMPLE_ACTIVITY.to_string()),
-    )
-    .unwrap();
-    let app = live_app(|s| {
-        s.client.allow_unauthenticated = false;
-        s.client.api_keys_file = Some(file);
-    })
-    .await;
+    let app = keyed_live_app(WEB_KEY).await;
     let key = format!("Bearer {WEB_KEY}");
     let body =
         |activity: u64| json!({"query": SUBSCRIPTION, "variables": {"id": activity.to_string()}});
@@ -393,18 +382,7 @@ async fn stream_the_clients_rate_is_charged_per_stream() {
 #[tokio::test]
 async fn stream_a_fragment_bomb_a_malformed_body_or_an_expensive_query_is_a_400_at_no_cost() {
     let app = live_app(|_| {}).await;
-    let mut bomb = String::from(
-        "subscription { ...F30 } fragment F0 on Subscription { userVisitAdded(activityId: \"1\") { nickname } }\n",
-    );
-    for i in 1..=30 {
-        bomb += &format!(
-            "fragment F{i} on Subscription {{ ...F{j} ...F{j} }}\n",
-            j = i - 1
-        );
-    }
-    let range = json!({ "from": ts(app.now - chrono::Duration::days(91)), "to": ts(app.now) });
-    let one = "userVisits(activityId: \"10024069\", range: $range, first: 100) { totalCount }";
-    let expensive = format!("query($range: TimeRange) {{ a: {one} b: {one} }}");
+    let (bomb, expensive, range) = bomb_and_expensive(&app);
     let started = std::time::Instant::now();
     for accept in [SSE, MULTIPART] {
         let r = post(&app, accept, None, json!({"query": bomb})).await;
