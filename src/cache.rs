@@ -281,13 +281,28 @@ impl PageCache {
     /// it is refreshed in the background). A recent window's page past its
     /// TTL is not: it is refreshed first.
     pub async fn contains(&self, req: &PageRequest) -> bool {
+        self.peek(req).await.is_some()
+    }
+
+    /// The page `contains` finds, without asking anyone for it.
+    pub async fn peek(&self, req: &PageRequest) -> Option<Served> {
         if !self.enabled {
-            return false;
+            return None;
         }
-        self.pages
-            .get(req)
-            .await
-            .is_some_and(|page| page.is_fresh() || !TtlPolicy::is_recent(req.window.to, Utc::now()))
+        let page = self.pages.get(req).await?;
+        if page.is_fresh() {
+            Some(Served {
+                freshness: page.freshness(),
+                page,
+            })
+        } else if !TtlPolicy::is_recent(req.window.to, Utc::now()) {
+            Some(Served {
+                freshness: Freshness::NONE,
+                page,
+            })
+        } else {
+            None
+        }
     }
 
     /// What the platform budget can give within `within`: `None` when it

@@ -136,6 +136,17 @@ impl ResolvedRange {
         self.from
     }
 
+    /// The same range, ending later: an open range whose end moves with
+    /// now (a statistics subscription). Never earlier than it ended, never
+    /// after `now`; its span may grow past the maximum, which bounds what
+    /// is read from the platform, not what the live poller brings.
+    pub fn ending_at(self, to: DateTime<Utc>, now: DateTime<Utc>) -> Self {
+        Self {
+            to: truncate_ms(to.min(now)).max(self.to),
+            ..self
+        }
+    }
+
     pub fn to(&self) -> DateTime<Utc> {
         self.to
     }

@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod persisted;
 pub mod scalars;
 pub mod stats;
+mod stats_follow;
 pub mod subscription;
 pub mod types;
 

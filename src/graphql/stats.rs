@@ -53,6 +53,7 @@ pub(super) async fn user_visit_stats(
         Ok(UserVisitStats {
             range,
             zone,
+            progress: StatsProgress::all(loaded.pages),
             stats: loaded.stats,
         })
     };
@@ -62,7 +63,7 @@ pub(super) async fn user_visit_stats(
 /// The arguments of the selected figures, checked before any platform
 /// request: a bad `top` or a timeline with too many buckets costs nothing.
 /// Fields whose arguments cannot be read here fail in their own resolver.
-fn check_selection(
+pub(super) fn check_selection(
     ctx: &Context<'_>,
     range: paging::ResolvedRange,
     zone: Tz,
@@ -120,9 +121,33 @@ fn instant(ms: i64) -> DateTime {
 
 /// Statistics of an activity's visits over a range.
 pub struct UserVisitStats {
-    range: paging::ResolvedRange,
-    zone: Tz,
-    stats: Arc<WindowStats>,
+    pub(super) range: paging::ResolvedRange,
+    pub(super) zone: Tz,
+    pub(super) stats: Arc<WindowStats>,
+    pub(super) progress: StatsProgress,
+}
+
+/// How much of a range's pages the figures were computed from. A query's
+/// figures are always complete; a subscription's fill in.
+#[derive(SimpleObject, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsProgress {
+    /// The range's pages read (from the caches or the platform).
+    pub pages_read: i64,
+    /// The range's pages; a window not yet looked at counts as one page
+    /// until its first page shows how many it has.
+    pub pages_needed: i64,
+    /// True when the figures count every visit of the range.
+    pub complete: bool,
+}
+
+impl StatsProgress {
+    pub(super) fn all(pages: u64) -> Self {
+        Self {
+            pages_read: count(pages),
+            pages_needed: count(pages),
+            complete: true,
+        }
+    }
 }
 
 impl UserVisitStats {
@@ -153,6 +178,12 @@ impl UserVisitStats {
             from: DateTime(self.range.from()),
             to: DateTime(self.range.to()),
         }
+    }
+
+    /// How much of the range's pages these figures count: complete for a
+    /// query; a subscription's first results may be partial.
+    async fn progress(&self) -> StatsProgress {
+        self.progress
     }
 
     /// Visits in the range: `userVisits.totalCount` for the same range.

@@ -1,6 +1,7 @@
-//! `type Subscription { userVisitAdded(activityId: ID!): UserVisit! }`
-//! (SPEC §2, "Live visits"), served by [`crate::live`] over WebSocket,
-//! Server-Sent Events and multipart HTTP ([`crate::http`]).
+//! The subscriptions: `userVisitAdded`, an activity's new visits, fed by
+//! [`crate::live`]'s one poller per activity; and `userVisitStats`, the
+//! statistics filling in and then moving ([`super::stats_follow`]). Served
+//! over WebSocket, Server-Sent Events and multipart HTTP ([`crate::http`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -13,9 +14,16 @@ use async_graphql::{
 };
 use futures::Stream;
 
+use chrono::Utc;
+
+use super::stats::{self, UserVisitStats};
+use super::stats_follow::{self, Follow};
 use super::types::UserVisit;
+use super::{Resolver, TimeRange};
 use crate::error::GatewayError;
 use crate::live::{Live, LiveConnection, LiveVisit};
+use crate::paging;
+use crate::stats::calendar;
 
 pub struct Subscription;
 
@@ -33,17 +41,69 @@ impl Subscription {
         activity_id: ID,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<LiveVisit>> + use<>> {
         let result = (|| {
-            let (Ok(live), Ok(connection)) =
-                (ctx.data::<Arc<Live>>(), ctx.data::<Arc<LiveConnection>>())
-            else {
-                return Err(GatewayError::bad_input(
-                    "subscriptions are served on /graphql over WebSocket (graphql-transport-ws), Server-Sent Events or multipart HTTP",
-                ));
-            };
+            let (live, connection) = live_of(ctx)?;
             let activity = super::readable_activity(Some(&connection.principal), &activity_id)?;
             live.subscribe(activity, connection)
         })();
         result.map_err(|e| e.extend())
+    }
+
+    /// The statistics of `userVisitStats`, filling in: a first result at
+    /// once from what is cached (`progress.complete` false while pages are
+    /// missing), a new one as pages arrive (at most one a second), and a
+    /// complete one equal to the query's. A range without `to`, or with `to`
+    /// ahead, then stays open: each new visit the live poller brings moves
+    /// the figures, the range's end moving with now.
+    async fn user_visit_stats(
+        &self,
+        ctx: &Context<'_>,
+        activity_id: ID,
+        range: Option<TimeRange>,
+        #[graphql(default_with = "Some(\"UTC\".to_owned())")] time_zone: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<UserVisitStats>> + use<>>
+    {
+        let result = (|| {
+            let (live, connection) = live_of(ctx)?;
+            let resolver = ctx
+                .data::<Arc<Resolver>>()
+                .map_err(|_| GatewayError::internal("the resolver is not configured"))?;
+            let activity = super::readable_activity(Some(&connection.principal), &activity_id)?;
+            let zone = calendar::zone(time_zone.as_deref().unwrap_or("UTC"))?;
+            let now = Utc::now();
+            let asked_to = range.as_ref().and_then(|r| r.to.map(|t| t.0));
+            let pinned = paging::resolve_range(
+                range.as_ref().map(|r| r.from.0),
+                asked_to,
+                now,
+                &resolver.range_policy,
+            )?;
+            stats::check_selection(ctx, pinned, zone)?;
+            let until = asked_to.filter(|to| *to > now);
+            stats_follow::follow(Follow {
+                resolver: resolver.clone(),
+                activity,
+                range: pinned,
+                zone,
+                until,
+                open: asked_to.is_none() || until.is_some(),
+                live: live.clone(),
+                connection: connection.clone(),
+            })
+        })();
+        result.map_err(|e| e.extend())
+    }
+}
+
+/// The live state and the subscriber's connection, which only the
+/// subscription doors provide.
+fn live_of<'a>(
+    ctx: &'a Context<'_>,
+) -> Result<(&'a Arc<Live>, &'a Arc<LiveConnection>), GatewayError> {
+    match (ctx.data::<Arc<Live>>(), ctx.data::<Arc<LiveConnection>>()) {
+        (Ok(live), Ok(connection)) => Ok((live, connection)),
+        _ => Err(GatewayError::bad_input(
+            "subscriptions are served on /graphql over WebSocket (graphql-transport-ws), Server-Sent Events or multipart HTTP",
+        )),
     }
 }
 

@@ -44,7 +44,7 @@ use crate::cache::{Freshness, PageCache, Served, TtlPolicy};
 use crate::error::{ErrorCode, GatewayError};
 use crate::page::PageRequest;
 use crate::paging::{self, ActivityId, ResolvedRange, Window};
-use crate::reader::Reader;
+use crate::reader::{Reader, page_count, shape, visits_of};
 use crate::telemetry::{Metrics, OutcomeLabel};
 use crate::upstream::fair::{Caller, Priority};
 use crate::visits::FetchPolicy;
@@ -60,6 +60,8 @@ struct Key {
 
 struct Kept {
     stats: Arc<WindowStats>,
+    /// The pages it was built from.
+    pages: u64,
     built: Instant,
     /// How long the pages it was built from stayed fresh, then.
     fresh_for: Duration,
@@ -90,11 +92,43 @@ impl Expiry<Key, Arc<Kept>> for WhileFresh {
     }
 }
 
-/// A range's statistics, and how fresh the pages they come from are.
+/// A range's statistics, how fresh the pages they come from are, and how
+/// many pages that is.
 #[derive(Debug)]
 pub struct Loaded {
     pub stats: Arc<WindowStats>,
     pub freshness: Freshness,
+    pub pages: u64,
+}
+
+/// What the caches hold of a range now, read at no platform request: the
+/// statistics of its windows whose every page is cached, and how many of
+/// its pages are. A window whose first page is not cached counts as one
+/// page, until its first page shows how many it has.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub stats: Arc<WindowStats>,
+    pub read: u64,
+    pub needed: u64,
+}
+
+/// One window's statistics, their pages' freshness and their page count.
+#[derive(Debug, Clone)]
+struct Part {
+    stats: Arc<WindowStats>,
+    freshness: Freshness,
+    pages: u64,
+}
+
+/// The statistics of all `parts` together.
+fn merged<'a>(parts: impl IntoIterator<Item = &'a Arc<WindowStats>>) -> Arc<WindowStats> {
+    let parts: Vec<&Arc<WindowStats>> = parts.into_iter().collect();
+    match parts.as_slice() {
+        [one] => (*one).clone(),
+        many => Arc::new(WindowStats::merge(
+            &many.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
+        )),
+    }
 }
 
 /// The most statistics jobs reading pages in the background at once, for
@@ -132,7 +166,7 @@ struct Plan {
     activity: ActivityId,
     page_size: u64,
     windows: Vec<Window>,
-    parts: Vec<Option<(Arc<WindowStats>, Freshness)>>,
+    parts: Vec<Option<Part>>,
     /// Indices of the windows to build.
     missing: Vec<usize>,
 }
@@ -256,6 +290,55 @@ impl StatsLoader {
         shared.build(plan, &firsts, later, now)
     }
 
+    /// What the caches hold of `range` now, at no platform request.
+    pub async fn snapshot(
+        &self,
+        pages: &PageCache,
+        activity: ActivityId,
+        range: ResolvedRange,
+        page_size: u64,
+        now: DateTime<Utc>,
+    ) -> Snapshot {
+        let shared = &self.shared;
+        let plan = shared.plan(activity, range, page_size, now);
+        let reader = Reader::new(pages, activity, page_size, Instant::now());
+        let (mut read, mut needed) = (0, 0);
+        let mut parts = Vec::new();
+        for (window, part) in plan.windows.iter().zip(plan.parts) {
+            if let Some(part) = part {
+                read += part.pages;
+                needed += part.pages;
+                parts.push(part.stats);
+                continue;
+            }
+            let Some(first) = pages.peek(&reader.request(*window, 1, None)).await else {
+                needed += 1;
+                continue;
+            };
+            let count = page_count(shape(&first));
+            let mut served = vec![first];
+            for page in 2..=count {
+                let req = reader.request(*window, page, Some(&served[0]));
+                if let Some(page) = pages.peek(&req).await {
+                    served.push(page);
+                }
+            }
+            read += served.len() as u64;
+            needed += count;
+            // A list that changed between two pages is left out, not shifted.
+            if served.len() as u64 == count
+                && let Ok(part) = shared.window(key(activity, *window, page_size), &served, now)
+            {
+                parts.push(part.stats);
+            }
+        }
+        Snapshot {
+            stats: merged(&parts),
+            read,
+            needed,
+        }
+    }
+
     /// Starts the range's job, or joins the one running: its progress as
     /// `STATS_LOADING`, or why no job runs.
     fn start(
@@ -313,7 +396,7 @@ impl Shared {
         now: DateTime<Utc>,
     ) -> Plan {
         let windows = paging::split_windows(range);
-        let parts: Vec<Option<(Arc<WindowStats>, Freshness)>> = windows
+        let parts: Vec<Option<Part>> = windows
             .iter()
             .map(|w| self.kept(key(activity, *w, page_size), now))
             .collect();
@@ -375,68 +458,76 @@ impl Shared {
         } = plan;
         let mut later = later.into_iter();
         for (&i, (_, first)) in missing.iter().zip(firsts) {
-            let total = first.page.page.total;
-            let size = first.page.page.page_size.max(1);
             let mut served = vec![first.clone()];
-            served.extend(
-                later
-                    .by_ref()
-                    .take(total.div_ceil(size).saturating_sub(1) as usize),
-            );
-            let mut freshness = Freshness::FOREVER;
-            let mut visits = Vec::with_capacity(total as usize);
-            for (p, page) in served.iter().enumerate() {
-                freshness = freshness.and(page.freshness);
-                let expected = total.saturating_sub(p as u64 * size).min(size) as usize;
-                if page.page.page.visits.len() < expected {
-                    return Err(GatewayError::bad_response(
-                        "the platform's list changed while it was being read (a page is shorter than the first page promised); try again",
-                    ));
-                }
-                visits.extend(page.page.page.visits[..expected].iter());
-            }
-            let stats = Arc::new(WindowStats::from_visits(visits));
-            self.keep(key(activity, windows[i], page_size), &stats, freshness, now);
-            parts[i] = Some((stats, freshness));
+            served.extend(later.by_ref().take(page_count(shape(first)) as usize - 1));
+            parts[i] = Some(self.window(key(activity, windows[i], page_size), &served, now)?);
         }
+        let parts: Vec<Part> = parts.into_iter().flatten().collect();
+        Ok(Loaded {
+            stats: merged(parts.iter().map(|p| &p.stats)),
+            freshness: parts
+                .iter()
+                .fold(Freshness::FOREVER, |f, part| f.and(part.freshness)),
+            pages: parts.iter().map(|p| p.pages).sum(),
+        })
+    }
 
-        let parts: Vec<(Arc<WindowStats>, Freshness)> = parts.into_iter().flatten().collect();
-        let freshness = parts
-            .iter()
-            .fold(Freshness::FOREVER, |f, (_, part)| f.and(*part));
-        let stats = match parts.as_slice() {
-            [(one, _)] => one.clone(),
-            many => Arc::new(WindowStats::merge(
-                &many.iter().map(|(s, _)| s.as_ref()).collect::<Vec<_>>(),
-            )),
+    /// A window's statistics from its every page, first to last (kept when
+    /// settled).
+    fn window(
+        &self,
+        key: Key,
+        served: &[Served],
+        now: DateTime<Utc>,
+    ) -> Result<Part, GatewayError> {
+        let Some(first) = served.first() else {
+            return Err(GatewayError::internal("a window without its first page"));
         };
-        Ok(Loaded { stats, freshness })
+        let shape = shape(first);
+        let mut freshness = Freshness::FOREVER;
+        let mut visits = Vec::with_capacity(shape.total as usize);
+        for (page, served) in (1..).zip(served) {
+            freshness = freshness.and(served.freshness);
+            visits.extend(visits_of(served, shape, page)?);
+        }
+        let part = Part {
+            stats: Arc::new(WindowStats::from_visits(visits)),
+            freshness,
+            pages: served.len() as u64,
+        };
+        self.keep(key, &part, now);
+        Ok(part)
     }
 
     /// A settled window's statistics, while they are fresh.
-    fn kept(&self, key: Key, now: DateTime<Utc>) -> Option<(Arc<WindowStats>, Freshness)> {
+    fn kept(&self, key: Key, now: DateTime<Utc>) -> Option<Part> {
         if TtlPolicy::is_recent(key.window.to, now) {
             return None;
         }
         let kept = self.kept.as_ref()?.get(&key)?;
-        Some((kept.stats.clone(), kept.freshness()?))
+        Some(Part {
+            stats: kept.stats.clone(),
+            freshness: kept.freshness()?,
+            pages: kept.pages,
+        })
     }
 
     /// Keeps a settled window's statistics built from fresh pages only.
-    fn keep(&self, key: Key, stats: &Arc<WindowStats>, freshness: Freshness, now: DateTime<Utc>) {
+    fn keep(&self, key: Key, part: &Part, now: DateTime<Utc>) {
         let Some(kept) = &self.kept else { return };
         if TtlPolicy::is_recent(key.window.to, now)
-            || freshness.fresh_for.is_zero()
-            || freshness.stale_age.is_some()
+            || part.freshness.fresh_for.is_zero()
+            || part.freshness.stale_age.is_some()
         {
             return;
         }
         kept.insert(
             key,
             Arc::new(Kept {
-                stats: stats.clone(),
+                stats: part.stats.clone(),
+                pages: part.pages,
                 built: Instant::now(),
-                fresh_for: freshness.fresh_for,
+                fresh_for: part.freshness.fresh_for,
             }),
         );
     }

@@ -21,6 +21,7 @@ mod resilience;
 mod security;
 mod settings;
 mod stats;
+mod stats_live;
 mod streams;
 mod surface;
 mod traces;

@@ -14,7 +14,7 @@ use crate::helpers::{TestApp, error_code, metric, spawn_app, spawn_app_with, ts}
 /// An activity of crafted visits only.
 const CRAFTED: u64 = 424_242;
 
-const STATS: &str = r#"
+pub(crate) const STATS: &str = r#"
 query($id: ID!, $range: TimeRange, $tz: String, $interval: StatsInterval!, $top: Int) {
   userVisitStats(activityId: $id, range: $range, timeZone: $tz) {
     range { from to }
@@ -34,17 +34,17 @@ query($id: ID!, $range: TimeRange, $tz: String, $interval: StatsInterval!, $top:
 }"#;
 
 /// What a test asks.
-struct Ask {
-    activity: u64,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+pub(crate) struct Ask {
+    pub(crate) activity: u64,
+    pub(crate) from: DateTime<Utc>,
+    pub(crate) to: DateTime<Utc>,
     zone: &'static str,
     interval: &'static str,
     top: usize,
 }
 
 impl Ask {
-    fn new(activity: u64, from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+    pub(crate) fn new(activity: u64, from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
         Self {
             activity,
             from,
@@ -55,7 +55,7 @@ impl Ask {
         }
     }
 
-    fn variables(&self) -> Value {
+    pub(crate) fn variables(&self) -> Value {
         json!({
             "id": self.activity.to_string(),
             "range": { "from": ts(self.from), "to": ts(self.to) },
@@ -66,7 +66,7 @@ impl Ask {
     }
 }
 
-async fn stats(app: &TestApp, ask: &Ask) -> Value {
+pub(crate) async fn stats(app: &TestApp, ask: &Ask) -> Value {
     app.graphql(STATS, ask.variables()).await
 }
 
@@ -916,7 +916,7 @@ async fn poll_until_loaded(app: &TestApp, ask: &Ask, within: std::time::Duration
 }
 
 /// Platform requests asked more than once: `(activity, window, page, size)`.
-fn fetched_twice(app: &TestApp) -> Vec<String> {
+pub(crate) fn fetched_twice(app: &TestApp) -> Vec<String> {
     let mut seen = HashSet::new();
     app.sim
         .seen()
@@ -933,7 +933,12 @@ fn fetched_twice(app: &TestApp) -> Vec<String> {
 
 /// The pages a range needs from the simulated platform (50 visits a page;
 /// a window without visits still has its first page).
-fn pages_needed(app: &TestApp, activity: u64, from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+pub(crate) fn pages_needed(
+    app: &TestApp,
+    activity: u64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> u64 {
     let mut pages = 0;
     let mut start = from;
     while start < to {
@@ -947,7 +952,7 @@ fn pages_needed(app: &TestApp, activity: u64, from: DateTime<Utc>, to: DateTime<
 
 /// A slow budget (5/s, burst 2) and a 3 s deadline: a 35-day range of the
 /// example activity needs about 30 pages, six seconds of budget.
-fn slow_budget(s: &mut visits_gateway::config::Settings) {
+pub(crate) fn slow_budget(s: &mut visits_gateway::config::Settings) {
     s.cache.response_cache_max_bytes = 0;
     s.upstream.rate_per_second = 5.0;
     s.upstream.burst = 2;

@@ -12,9 +12,10 @@ use crate::helpers::{Identity, TestApp, metric, spawn_app_with};
 use crate::live::{bomb_and_expensive, keyed_live_app, started};
 
 const SUBSCRIPTION: &str = "subscription($id: ID!) { userVisitAdded(activityId: $id) { userId anonymousId visitAt nickname } }";
-const SSE: &str = "text/event-stream";
+pub(crate) const SSE: &str = "text/event-stream";
 /// What Apollo Client's `HttpLink` sends for a subscription.
-const MULTIPART: &str = "multipart/mixed;boundary=graphql;subscriptionSpec=1.0,application/json";
+pub(crate) const MULTIPART: &str =
+    "multipart/mixed;boundary=graphql;subscriptionSpec=1.0,application/json";
 
 /// Every test polls each second.
 async fn live_app(configure: impl FnOnce(&mut visits_gateway::config::Settings)) -> TestApp {
@@ -26,7 +27,7 @@ async fn live_app(configure: impl FnOnce(&mut visits_gateway::config::Settings))
 }
 
 #[derive(Debug, PartialEq)]
-enum Event {
+pub(crate) enum Event {
     /// A result (SSE `next`; a multipart part's `payload`).
     Next(Value),
     Heartbeat,
@@ -35,7 +36,7 @@ enum Event {
 }
 
 /// A stream's response body, read event by event.
-struct Events {
+pub(crate) struct Events {
     accept: &'static str,
     response: reqwest::Response,
     buffer: Vec<u8>,
@@ -120,7 +121,7 @@ impl Events {
     }
 
     /// The next result or end, skipping heartbeats.
-    async fn next_result(&mut self, wait: Duration) -> Option<Event> {
+    pub(crate) async fn next_result(&mut self, wait: Duration) -> Option<Event> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -133,7 +134,7 @@ impl Events {
 }
 
 /// POSTs `body` asking for `accept`'s stream.
-async fn post(
+pub(crate) async fn post(
     app: &TestApp,
     accept: &'static str,
     authorization: Option<&str>,
@@ -167,7 +168,7 @@ async fn subscribe(
     events(response, accept)
 }
 
-fn events(response: reqwest::Response, accept: &'static str) -> Events {
+pub(crate) fn events(response: reqwest::Response, accept: &'static str) -> Events {
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().unwrap();
     if accept == SSE {
