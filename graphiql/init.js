@@ -131,10 +131,182 @@
     }
   }
 
+  // The statistics panel: for any result holding `userVisitStats` (a query's,
+  // or each of a subscription's as it fills in and moves), its headline
+  // figures, its progress and a bar chart of its timeline. Drawn with the
+  // DOM and SVG attributes only: the page's CSP allows no inline style.
+  var SVG = 'http://www.w3.org/2000/svg';
+  var panel = null;
+
+  function svg(name, attributes) {
+    var element = document.createElementNS(SVG, name);
+    Object.keys(attributes).forEach(function (k) {
+      element.setAttribute(k, String(attributes[k]));
+    });
+    return element;
+  }
+
+  function findStats(result) {
+    var data = result && result.data;
+    if (!data || typeof data !== 'object') return null;
+    var keys = Object.keys(data);
+    for (var i = 0; i < keys.length; i++) {
+      var value = data[keys[i]];
+      if (value && typeof value === 'object' && ('visits' in value || 'timeline' in value || 'progress' in value)) {
+        return value;
+      }
+    }
+    return null;
+  }
+
+  function showStats(result) {
+    var stats = findStats(result);
+    if (!stats) return;
+    if (!panel) {
+      panel = document.createElement('aside');
+      panel.id = 'stats-panel';
+      panel.setAttribute('aria-label', 'statistics');
+      var close = document.createElement('button');
+      close.className = 'stats-close';
+      close.type = 'button';
+      close.textContent = '×';
+      close.title = 'Hide the statistics panel';
+      close.addEventListener('click', function () {
+        panel.hidden = true;
+      });
+      panel.appendChild(close);
+      panel.appendChild(document.createElement('div')).className = 'stats-headline';
+      panel.appendChild(document.createElement('div')).className = 'stats-progress';
+      panel.appendChild(document.createElement('div')).className = 'stats-chart';
+      document.body.appendChild(panel);
+    }
+    panel.hidden = false;
+    var number = function (n) {
+      return typeof n === 'number' ? n.toLocaleString() : '–';
+    };
+    var headline = number(stats.visits) + ' visits';
+    if (typeof stats.uniqueVisitors === 'number') headline += ' · ' + number(stats.uniqueVisitors) + ' visitors';
+    if (stats.peakConcurrentViewers) headline += ' · peak ' + number(stats.peakConcurrentViewers.viewers);
+    panel.querySelector('.stats-headline').textContent = headline;
+    panel.dataset.visits = typeof stats.visits === 'number' ? String(stats.visits) : '';
+
+    var progress = stats.progress;
+    var bar = panel.querySelector('.stats-progress');
+    bar.textContent = '';
+    if (progress) {
+      panel.dataset.complete = String(!!progress.complete);
+      var share = progress.pagesNeeded > 0 ? Math.min(1, progress.pagesRead / progress.pagesNeeded) : 1;
+      var track = svg('svg', { width: 200, height: 8, viewBox: '0 0 200 8', role: 'img' });
+      track.appendChild(svg('rect', { width: 200, height: 8, rx: 4, class: 'stats-track' }));
+      track.appendChild(svg('rect', { width: Math.round(200 * share), height: 8, rx: 4, class: 'stats-fill' }));
+      bar.appendChild(track);
+      var label = document.createElement('span');
+      label.textContent = progress.complete
+        ? ' complete (' + number(progress.pagesRead) + ' pages)'
+        : ' loading: ' + number(progress.pagesRead) + ' of ' + number(progress.pagesNeeded) + ' pages';
+      bar.appendChild(label);
+    }
+
+    var chart = panel.querySelector('.stats-chart');
+    chart.textContent = '';
+    var timeline = Array.isArray(stats.timeline) ? stats.timeline : [];
+    panel.dataset.buckets = String(timeline.length);
+    if (timeline.length === 0) return;
+    var width = 360;
+    var height = 90;
+    var most = Math.max.apply(null, timeline.map(function (b) { return b.visits || 0; }).concat([1]));
+    var step = width / timeline.length;
+    var plot = svg('svg', { width: width, height: height + 14, viewBox: '0 0 ' + width + ' ' + (height + 14), role: 'img' });
+    var title = svg('title', {});
+    title.textContent = 'visits per bucket of the timeline';
+    plot.appendChild(title);
+    timeline.forEach(function (bucket, i) {
+      var h = Math.round((height * (bucket.visits || 0)) / most);
+      var rect = svg('rect', {
+        x: (i * step + step * 0.1).toFixed(1),
+        y: height - h,
+        width: Math.max(1, step * 0.8).toFixed(1),
+        height: h,
+        class: 'stats-bar',
+      });
+      var tip = svg('title', {});
+      tip.textContent = (bucket.start || '') + ': ' + number(bucket.visits) + ' visits';
+      rect.appendChild(tip);
+      plot.appendChild(rect);
+    });
+    var first = svg('text', { x: 0, y: height + 12, class: 'stats-axis' });
+    first.textContent = String(timeline[0].start || '').slice(0, 10);
+    plot.appendChild(first);
+    var last = svg('text', { x: width, y: height + 12, 'text-anchor': 'end', class: 'stats-axis' });
+    last.textContent = String(timeline[timeline.length - 1].start || '').slice(0, 10);
+    plot.appendChild(last);
+    chart.appendChild(plot);
+  }
+
+  // Hands each result to the panel on its way to GraphiQL: a promise's, an
+  // async iterable's (subscriptions over graphql-ws, possibly behind a
+  // promise) or an observable's.
+  function observed(result) {
+    if (result && typeof result.then === 'function') {
+      // GraphiQL's own fetcher resolves to a subscription's iterable.
+      return result.then(function (value) {
+        if (value && (typeof value[Symbol.asyncIterator] === 'function' || typeof value.subscribe === 'function')) {
+          return observed(value);
+        }
+        showStats(value);
+        return value;
+      });
+    }
+    if (result && typeof result[Symbol.asyncIterator] === 'function') {
+      var wrapped = {};
+      wrapped[Symbol.asyncIterator] = function () {
+        var inner = result[Symbol.asyncIterator]();
+        return {
+          next: function () {
+            return inner.next().then(function (step) {
+              if (!step.done) showStats(step.value);
+              return step;
+            });
+          },
+          return: function (value) {
+            return inner.return ? inner.return(value) : Promise.resolve({ done: true, value: value });
+          },
+          throw: function (error) {
+            return inner.throw ? inner.throw(error) : Promise.reject(error);
+          },
+        };
+      };
+      return wrapped;
+    }
+    if (result && typeof result.subscribe === 'function') {
+      return {
+        subscribe: function (observer) {
+          return result.subscribe({
+            next: function (value) {
+              showStats(value);
+              if (observer.next) observer.next(value);
+            },
+            error: function (e) {
+              if (observer.error) observer.error(e);
+            },
+            complete: function () {
+              if (observer.complete) observer.complete();
+            },
+          });
+        },
+      };
+    }
+    return result;
+  }
+
   // POSTs the operation as JSON, with the headers from the headers editor.
   // A body that is not JSON (a proxy's error page, say) becomes a GraphQL
   // error, so that the result pane shows what happened.
   function fetcher(params, options) {
+    return observed(send(params, options));
+  }
+
+  function send(params, options) {
     if (isSubscription(params)) return wsFetcher(withDefinedOperationName(params), options);
     var headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
     var extra = (options && options.headers) || {};

@@ -327,12 +327,17 @@ impl From<StatsInterval> for Interval {
     }
 }
 
-/// The playground's statistics example, for an activity.
+/// The playground's statistics example, for an activity: a subscription,
+/// so the tab shows the figures filling in, then moving with each new visit
+/// (the playground draws its timeline).
 pub fn example_query(activity: u64) -> String {
     format!(
         "# Statistics of the last 7 days, by day in Shanghai time: press the run button.
-query VisitStats {{
+# As a subscription the figures fill in (progress), then move with each new
+# visit; write `query` instead of `subscription` for a one-off answer.
+subscription VisitStats {{
   userVisitStats(activityId: \"{activity}\", timeZone: \"Asia/Shanghai\") {{
+    progress {{ pagesRead pagesNeeded complete }}
     range {{ from to }}
     visits
     uniqueVisitors
