@@ -40,7 +40,7 @@ use crate::error::ErrorCode;
 use crate::live::{Live, LiveConnection, LiveVisit};
 use crate::page::Visit;
 use crate::paging::{ActivityId, ResolvedRange};
-use crate::stats::WindowStats;
+use crate::stats::{Base, WindowStats};
 use crate::upstream::fair::{Caller, Priority};
 
 /// The most often a subscription sends new figures while pages arrive.
@@ -69,8 +69,9 @@ pub(super) struct Follow {
 enum Phase {
     Start,
     Loading,
-    /// The range's figures, with every poller visit so far merged in.
-    Moving(Arc<WindowStats>),
+    /// The range's figures, with every poller visit so far added: each
+    /// poll's visits are added to what is held, not merged with it again.
+    Moving(Base),
     Done,
 }
 
@@ -166,8 +167,8 @@ impl State {
                         }
                     }
                 }
-                Phase::Moving(stats) => {
-                    let stats = stats.clone();
+                Phase::Moving(base) => {
+                    let stats = base.stats().clone();
                     let until = self.follow.until;
                     tokio::select! {
                         biased;
@@ -188,8 +189,12 @@ impl State {
                             if self.added.is_empty() {
                                 continue;
                             }
-                            let stats = with_visits(&stats, &mut self.added);
-                            self.phase = Phase::Moving(stats.clone());
+                            drop(stats);
+                            let new = WindowStats::from_visits(self.added.iter().map(|v| &**v));
+                            self.added.clear();
+                            let Phase::Moving(base) = &mut self.phase else { continue };
+                            base.add(&[&new]);
+                            let stats = base.stats().clone();
                             return Some(Ok(self.moved(stats, None)));
                         }
                     }
@@ -224,7 +229,7 @@ impl State {
                 self.read = self.read.max(loaded.pages);
                 let stats = with_visits(&loaded.stats, &mut self.added);
                 self.phase = if f.open {
-                    Phase::Moving(stats.clone())
+                    Phase::Moving(Base::new(&[&stats]))
                 } else {
                     Phase::Done
                 };

@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -39,11 +39,11 @@ use moka::sync::Cache;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::WindowStats;
-use crate::cache::{Freshness, PageCache, Served, TtlPolicy};
+use super::{Base, WindowStats};
+use crate::cache::{CachedPage, Freshness, PageCache, Served, TtlPolicy};
 use crate::error::{ErrorCode, GatewayError};
 use crate::page::PageRequest;
-use crate::paging::{self, ActivityId, ResolvedRange, Window};
+use crate::paging::{self, ActivityId, ResolvedRange, Window, WindowShape};
 use crate::reader::{Reader, page_count, shape, visits_of};
 use crate::telemetry::{Metrics, OutcomeLabel};
 use crate::upstream::fair::{Caller, Priority};
@@ -58,8 +58,8 @@ struct Key {
     page_size: u64,
 }
 
-struct Kept {
-    stats: Arc<WindowStats>,
+struct Kept<T = Arc<WindowStats>> {
+    stats: T,
     /// The pages it was built from.
     pages: u64,
     built: Instant,
@@ -67,7 +67,7 @@ struct Kept {
     fresh_for: Duration,
 }
 
-impl Kept {
+impl<T> Kept<T> {
     /// Its freshness now, if it has any left.
     fn freshness(&self) -> Option<Freshness> {
         let fresh_for = self.fresh_for.saturating_sub(self.built.elapsed());
@@ -81,11 +81,11 @@ impl Kept {
 /// Dropped once its pages would have been refreshed.
 struct WhileFresh;
 
-impl Expiry<Key, Arc<Kept>> for WhileFresh {
+impl<K, T> Expiry<K, Arc<Kept<T>>> for WhileFresh {
     fn expire_after_create(
         &self,
-        _: &Key,
-        kept: &Arc<Kept>,
+        _: &K,
+        kept: &Arc<Kept<T>>,
         _: std::time::Instant,
     ) -> Option<Duration> {
         Some(kept.fresh_for)
@@ -112,24 +112,27 @@ pub struct Snapshot {
     pub needed: u64,
 }
 
-/// One window's statistics, their pages' freshness and their page count.
+/// One window's statistics (a settled window's in one piece, a recent
+/// window's page by page), their pages' freshness and their page count.
 #[derive(Debug, Clone)]
 struct Part {
-    stats: Arc<WindowStats>,
+    stats: Vec<Arc<WindowStats>>,
     freshness: Freshness,
     pages: u64,
 }
 
-/// The statistics of all `parts` together.
-fn merged<'a>(parts: impl IntoIterator<Item = &'a Arc<WindowStats>>) -> Arc<WindowStats> {
-    let parts: Vec<&Arc<WindowStats>> = parts.into_iter().collect();
-    match parts.as_slice() {
-        [one] => (*one).clone(),
-        many => Arc::new(WindowStats::merge(
-            &many.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
-        )),
-    }
+/// The settled windows of a range, merged, by everything that makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct BaseKey {
+    activity: ActivityId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    page_size: u64,
 }
+
+/// A recent page's statistics, by the page they were built from (its
+/// address, held by the `Weak`, and the visits counted of it).
+type PageKey = (usize, usize);
 
 /// The most statistics jobs reading pages in the background at once, for
 /// the whole process and for one client. Beyond them a query that would
@@ -153,8 +156,14 @@ pub struct StatsLoader {
 
 /// What the loader and its background jobs share.
 struct Shared {
-    /// `None` when `STATS_CACHE_MAX_BYTES=0`.
+    /// `None` when `STATS_CACHE_MAX_BYTES=0`, as the two below.
     kept: Option<Cache<Key, Arc<Kept>>>,
+    /// Settled windows merged, while each of them is fresh: a query adds
+    /// only its recent windows to them.
+    bases: Option<Cache<BaseKey, Arc<Kept<Arc<Base>>>>>,
+    /// Recent windows' statistics page by page, while the page lives: a
+    /// window whose pages were refreshed builds only the refreshed ones.
+    recent_pages: Option<Cache<PageKey, (Weak<CachedPage>, Arc<WindowStats>)>>,
     /// `STATS_MAX_PLATFORM_REQUESTS`.
     max_platform_requests: u64,
     jobs: Jobs,
@@ -187,19 +196,45 @@ impl Plan {
 }
 
 impl StatsLoader {
+    /// `max_bytes` (`STATS_CACHE_MAX_BYTES`) is shared: half for settled
+    /// windows, three eighths for their merged bases, the rest for recent
+    /// pages.
     pub fn new(max_bytes: u64, max_platform_requests: u64) -> Self {
-        let kept = (max_bytes > 0).then(|| {
+        let on = max_bytes > 0;
+        let weight = |w: usize| u32::try_from(w).unwrap_or(u32::MAX);
+        let kept = on.then(|| {
             Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|_: &Key, kept: &Arc<Kept>| {
-                    u32::try_from(kept.stats.weight()).unwrap_or(u32::MAX)
+                .max_capacity(max_bytes / 2)
+                .weigher(move |_: &Key, kept: &Arc<Kept>| weight(kept.stats.weight()))
+                .expire_after(WhileFresh)
+                .build()
+        });
+        let bases = on.then(|| {
+            Cache::builder()
+                .max_capacity(max_bytes / 8 * 3)
+                .weigher(move |_: &BaseKey, kept: &Arc<Kept<Arc<Base>>>| {
+                    weight(kept.stats.weight())
                 })
                 .expire_after(WhileFresh)
+                .build()
+        });
+        let recent_pages = on.then(|| {
+            Cache::builder()
+                .max_capacity(max_bytes / 8)
+                .weigher(
+                    move |_: &PageKey, (_, stats): &(Weak<CachedPage>, Arc<WindowStats>)| {
+                        weight(stats.weight())
+                    },
+                )
+                // A recent page is refreshed within minutes.
+                .time_to_idle(Duration::from_secs(600))
                 .build()
         });
         Self {
             shared: Arc::new(Shared {
                 kept,
+                bases,
+                recent_pages,
                 max_platform_requests,
                 jobs: Jobs::default(),
                 metrics: None,
@@ -308,7 +343,7 @@ impl StatsLoader {
             if let Some(part) = part {
                 read += part.pages;
                 needed += part.pages;
-                parts.push(part.stats);
+                parts.push((*window, part));
                 continue;
             }
             let Some(first) = pages.peek(&reader.request(*window, 1, None)).await else {
@@ -329,11 +364,11 @@ impl StatsLoader {
             if served.len() as u64 == count
                 && let Ok(part) = shared.window(key(activity, *window, page_size), &served, now)
             {
-                parts.push(part.stats);
+                parts.push((*window, part));
             }
         }
         Snapshot {
-            stats: merged(&parts),
+            stats: shared.combine(activity, page_size, &parts, now),
             read,
             needed,
         }
@@ -462,14 +497,96 @@ impl Shared {
             served.extend(later.by_ref().take(page_count(shape(first)) as usize - 1));
             parts[i] = Some(self.window(key(activity, windows[i], page_size), &served, now)?);
         }
-        let parts: Vec<Part> = parts.into_iter().flatten().collect();
+        let parts: Vec<(Window, Part)> = windows
+            .into_iter()
+            .zip(parts)
+            .filter_map(|(w, p)| Some((w, p?)))
+            .collect();
         Ok(Loaded {
-            stats: merged(parts.iter().map(|p| &p.stats)),
+            stats: self.combine(activity, page_size, &parts, now),
             freshness: parts
                 .iter()
-                .fold(Freshness::FOREVER, |f, part| f.and(part.freshness)),
-            pages: parts.iter().map(|p| p.pages).sum(),
+                .fold(Freshness::FOREVER, |f, (_, part)| f.and(part.freshness)),
+            pages: parts.iter().map(|(_, p)| p.pages).sum(),
         })
+    }
+
+    /// A range's statistics from its windows' parts: the settled windows
+    /// merged once (kept as a base while each is fresh), the recent
+    /// windows' pages added to them.
+    fn combine(
+        &self,
+        activity: ActivityId,
+        page_size: u64,
+        parts: &[(Window, Part)],
+        now: DateTime<Utc>,
+    ) -> Arc<WindowStats> {
+        let (settled, recent): (Vec<_>, Vec<_>) = parts
+            .iter()
+            .partition(|(w, _)| !TtlPolicy::is_recent(w.to, now));
+        let held: Vec<&WindowStats> = settled
+            .iter()
+            .flat_map(|(_, p)| p.stats.iter().map(AsRef::as_ref))
+            .collect();
+        let added: Vec<&WindowStats> = recent
+            .iter()
+            .flat_map(|(_, p)| p.stats.iter().map(AsRef::as_ref))
+            .collect();
+        if let ([(_, one)], []) = (settled.as_slice(), added.as_slice())
+            && let [stats] = one.stats.as_slice()
+        {
+            return stats.clone();
+        }
+        if held.len() < 2 {
+            let all: Vec<&WindowStats> = held.into_iter().chain(added).collect();
+            return Arc::new(WindowStats::merge(&all));
+        }
+        let base = self.base(activity, page_size, &settled, &held);
+        if added.is_empty() {
+            base.stats().clone()
+        } else {
+            Arc::new(base.with(&added))
+        }
+    }
+
+    /// The settled windows merged: kept while each of them is fresh.
+    fn base(
+        &self,
+        activity: ActivityId,
+        page_size: u64,
+        settled: &[&(Window, Part)],
+        held: &[&WindowStats],
+    ) -> Arc<Base> {
+        let (Some((first, _)), Some((last, _))) = (settled.first(), settled.last()) else {
+            return Arc::new(Base::new(held));
+        };
+        let key = BaseKey {
+            activity,
+            from: first.from,
+            to: last.to,
+            page_size,
+        };
+        let freshness = settled
+            .iter()
+            .fold(Freshness::FOREVER, |f, (_, p)| f.and(p.freshness));
+        let keepable = !freshness.fresh_for.is_zero() && freshness.stale_age.is_none();
+        if let Some(bases) = self.bases.as_ref().filter(|_| keepable) {
+            if let Some(kept) = bases.get(&key).filter(|k| k.freshness().is_some()) {
+                return kept.stats.clone();
+            }
+            let base = Arc::new(Base::new(held));
+            bases.insert(
+                key,
+                Arc::new(Kept {
+                    stats: base.clone(),
+                    pages: 0,
+                    built: Instant::now(),
+                    fresh_for: freshness.fresh_for,
+                }),
+            );
+            return base;
+        }
+        Arc::new(Base::new(held))
     }
 
     /// A window's statistics from its every page, first to last (kept when
@@ -484,19 +601,56 @@ impl Shared {
             return Err(GatewayError::internal("a window without its first page"));
         };
         let shape = shape(first);
-        let mut freshness = Freshness::FOREVER;
+        let freshness = served
+            .iter()
+            .fold(Freshness::FOREVER, |f, s| f.and(s.freshness));
+        let pages = served.len() as u64;
+        if TtlPolicy::is_recent(key.window.to, now) {
+            // Its pages change: each page's statistics are kept as long as
+            // the page, so new pages are all that is built again.
+            let stats = (1..)
+                .zip(served)
+                .map(|(page, served)| self.recent_page(served, shape, page))
+                .collect::<Result<_, _>>()?;
+            return Ok(Part {
+                stats,
+                freshness,
+                pages,
+            });
+        }
         let mut visits = Vec::with_capacity(shape.total as usize);
         for (page, served) in (1..).zip(served) {
-            freshness = freshness.and(served.freshness);
             visits.extend(visits_of(served, shape, page)?);
         }
         let part = Part {
-            stats: Arc::new(WindowStats::from_visits(visits)),
+            stats: vec![Arc::new(WindowStats::from_visits(visits))],
             freshness,
-            pages: served.len() as u64,
+            pages,
         };
         self.keep(key, &part, now);
         Ok(part)
+    }
+
+    /// A recent window's page's statistics: kept by the page they come from.
+    fn recent_page(
+        &self,
+        served: &Served,
+        shape: WindowShape,
+        page: u64,
+    ) -> Result<Arc<WindowStats>, GatewayError> {
+        let visits = visits_of(served, shape, page)?;
+        let Some(memo) = &self.recent_pages else {
+            return Ok(Arc::new(WindowStats::from_visits(visits)));
+        };
+        // The `Weak` keeps the page's address from being reused while the
+        // entry lives.
+        let key = (Arc::as_ptr(&served.page) as usize, visits.len());
+        if let Some((_, stats)) = memo.get(&key) {
+            return Ok(stats);
+        }
+        let stats = Arc::new(WindowStats::from_visits(visits));
+        memo.insert(key, (Arc::downgrade(&served.page), stats.clone()));
+        Ok(stats)
     }
 
     /// A settled window's statistics, while they are fresh.
@@ -506,7 +660,7 @@ impl Shared {
         }
         let kept = self.kept.as_ref()?.get(&key)?;
         Some(Part {
-            stats: kept.stats.clone(),
+            stats: vec![kept.stats.clone()],
             freshness: kept.freshness()?,
             pages: kept.pages,
         })
@@ -521,10 +675,13 @@ impl Shared {
         {
             return;
         }
+        let [stats] = part.stats.as_slice() else {
+            return;
+        };
         kept.insert(
             key,
             Arc::new(Kept {
-                stats: part.stats.clone(),
+                stats: stats.clone(),
                 pages: part.pages,
                 built: Instant::now(),
                 fresh_for: part.freshness.fresh_for,

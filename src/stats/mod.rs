@@ -22,6 +22,7 @@ pub mod load;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
+use std::sync::Arc;
 
 use crate::page::{Text, Visit};
 
@@ -131,6 +132,74 @@ impl<K: Hash + Eq + Clone> Table<K> {
     }
 }
 
+/// Each distinct visitor's and key's index in a [`WindowStats`].
+#[derive(Debug, Default)]
+struct Index {
+    visitors: HashMap<Visitor, u32>,
+    keys: [HashMap<Option<Text>, u32>; 4],
+}
+
+/// `value`'s index: from `base`, else from `new`, else a new one (pushed
+/// on `list`).
+fn index_of<K: Hash + Eq + Clone>(
+    base: Option<&HashMap<K, u32>>,
+    new: &mut HashMap<K, u32>,
+    list: &mut Vec<K>,
+    value: &K,
+) -> u32 {
+    if let Some(&id) = base.and_then(|b| b.get(value)) {
+        return id;
+    }
+    *new.entry(value.clone()).or_insert_with(|| {
+        list.push(value.clone());
+        u32::try_from(list.len() - 1).expect("fewer than 2^32 distinct values")
+    })
+}
+
+/// Statistics that others are added to, with the index of their visitors
+/// and keys: adding a few visits to many (a range's settled windows, then
+/// its newest pages; an open range, then a poll's visits) hashes only what
+/// is added, not what is held.
+#[derive(Debug, Default)]
+pub struct Base {
+    stats: Arc<WindowStats>,
+    index: Index,
+}
+
+impl Base {
+    /// `parts` merged.
+    pub fn new(parts: &[&WindowStats]) -> Self {
+        let mut base = Self::default();
+        base.add(parts);
+        base
+    }
+
+    pub fn stats(&self) -> &Arc<WindowStats> {
+        &self.stats
+    }
+
+    /// Adds `parts` for good (copying what is held only while a result
+    /// handed out still shares it).
+    pub fn add(&mut self, parts: &[&WindowStats]) {
+        Arc::make_mut(&mut self.stats).append(parts, None, &mut self.index);
+    }
+
+    /// These statistics with `parts` added: exactly [`WindowStats::merge`]
+    /// of them all, at the cost of a copy of what is held.
+    pub fn with(&self, parts: &[&WindowStats]) -> WindowStats {
+        let mut stats = WindowStats::clone(&self.stats);
+        stats.append(parts, Some(&self.index), &mut Index::default());
+        stats
+    }
+
+    /// Approximate bytes held: the statistics, and their index.
+    pub fn weight(&self) -> usize {
+        let entries = self.index.visitors.capacity()
+            + self.index.keys.iter().map(HashMap::capacity).sum::<usize>();
+        self.stats.weight() + entries * (std::mem::size_of::<Visitor>() + 8)
+    }
+}
+
 /// A bucket of `by*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyCount {
@@ -198,18 +267,45 @@ impl WindowStats {
     /// The statistics of all these windows' visits together. Windows given
     /// oldest first (as a range splits) merge fastest; any order is exact.
     pub fn merge(parts: &[&WindowStats]) -> Self {
-        let mut visitors = Table::with_capacity(parts.iter().map(|p| p.visitors.len()).sum());
-        let mut keys: [Table<Option<Text>>; 4] = std::array::from_fn(|_| Table::new());
-        let visits = parts.iter().map(|p| p.records.len()).sum();
-        let mut records = Vec::with_capacity(visits);
-        let mut ends = Vec::with_capacity(visits);
-        let mut duration_minutes = 0u64;
+        let mut merged = Self::default();
+        merged.append(parts, None, &mut Index::default());
+        merged
+    }
+
+    /// Adds `parts`' visits. Each distinct visitor and key gets its index
+    /// from `base` (the index of what `self` held, when kept), else from
+    /// `new`, which learns the ones `self` did not hold.
+    fn append(&mut self, parts: &[&WindowStats], base: Option<&Index>, new: &mut Index) {
+        let visits: usize = parts.iter().map(|p| p.records.len()).sum();
+        self.records.reserve(visits);
+        self.ends.reserve(visits);
         for part in parts {
-            ends.extend_from_slice(&part.ends);
-            let visitor_ids: Vec<u32> = part.visitors.iter().map(|v| visitors.id(v)).collect();
-            let key_ids: [Vec<u32>; 4] =
-                std::array::from_fn(|d| part.keys[d].iter().map(|k| keys[d].id(k)).collect());
-            records.extend(part.records.iter().map(|r| Record {
+            let visitor_ids: Vec<u32> = part
+                .visitors
+                .iter()
+                .map(|v| {
+                    index_of(
+                        base.map(|b| &b.visitors),
+                        &mut new.visitors,
+                        &mut self.visitors,
+                        v,
+                    )
+                })
+                .collect();
+            let key_ids: [Vec<u32>; 4] = std::array::from_fn(|d| {
+                part.keys[d]
+                    .iter()
+                    .map(|k| {
+                        index_of(
+                            base.map(|b| &b.keys[d]),
+                            &mut new.keys[d],
+                            &mut self.keys[d],
+                            k,
+                        )
+                    })
+                    .collect()
+            });
+            self.records.extend(part.records.iter().map(|r| Record {
                 visitor: match r.visitor {
                     NO_VISITOR => NO_VISITOR,
                     v => visitor_ids[v as usize],
@@ -217,19 +313,13 @@ impl WindowStats {
                 keys: std::array::from_fn(|d| key_ids[d][r.keys[d] as usize]),
                 ..*r
             }));
-            duration_minutes += part.duration_minutes;
+            self.ends.extend_from_slice(&part.ends);
+            self.duration_minutes += part.duration_minutes;
         }
-        // Stable sorts are run-adaptive: windows in order are already sorted,
-        // and each window's ends are one sorted run.
-        records.sort_by_key(|r| r.at);
-        ends.sort();
-        Self {
-            records,
-            ends,
-            visitors: visitors.list,
-            keys: keys.map(|t| t.list),
-            duration_minutes,
-        }
+        // Stable sorts are run-adaptive: what was held and each part are
+        // sorted runs, already in order when parts come oldest first.
+        self.records.sort_by_key(|r| r.at);
+        self.ends.sort();
     }
 
     pub fn visits(&self) -> u64 {
@@ -541,6 +631,8 @@ mod tests {
             cuts in proptest::collection::vec(0..31 * 24 * 60 * MINUTE, 0..6),
             // Several visits at one instant, across a cut too.
             same in 0..5usize,
+            // Where a base ends and added windows begin.
+            split in 0..8usize,
         ) {
             let mut visits = visits;
             if let Some(first) = visits.first().cloned() {
@@ -560,6 +652,18 @@ mod tests {
             let merged = WindowStats::merge(&windows.iter().collect::<Vec<_>>());
             let whole = stats(&visits);
             prop_assert_eq!(figures(&merged), figures(&whole));
+
+            // A base of the first windows, with the others added (for a
+            // query) or added for good (an open range's polls): the same.
+            let parts: Vec<&WindowStats> = windows.iter().collect();
+            let (first, rest) = parts.split_at(split.min(parts.len()));
+            let base = Base::new(first);
+            prop_assert_eq!(figures(&base.with(rest)), figures(&whole));
+            let mut grown = Base::new(first);
+            for part in rest {
+                grown.add(&[part]);
+            }
+            prop_assert_eq!(figures(grown.stats()), figures(&whole));
 
             // And the peak is the most visits online at any start instant.
             let online = |t: i64| visits.iter().filter(|v| v.at <= t && t <= v.until.max(v.at)).count() as u64;
