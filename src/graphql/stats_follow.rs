@@ -71,7 +71,7 @@ enum Phase {
     Loading,
     /// The range's figures, with every poller visit so far added: each
     /// poll's visits are added to what is held, not merged with it again.
-    Moving(Base),
+    Moving(Box<Base>),
     Done,
 }
 
@@ -229,7 +229,7 @@ impl State {
                 self.read = self.read.max(loaded.pages);
                 let stats = with_visits(&loaded.stats, &mut self.added);
                 self.phase = if f.open {
-                    Phase::Moving(Base::new(&[&stats]))
+                    Phase::Moving(Box::new(Base::new(&[&stats])))
                 } else {
                     Phase::Done
                 };

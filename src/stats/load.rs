@@ -133,6 +133,8 @@ struct BaseKey {
 /// A recent page's statistics, by the page they were built from (its
 /// address, held by the `Weak`, and the visits counted of it).
 type PageKey = (usize, usize);
+/// A recent page's statistics, and the page, held weakly.
+type PageStats = (Weak<CachedPage>, Arc<WindowStats>);
 
 /// The most statistics jobs reading pages in the background at once, for
 /// the whole process and for one client. Beyond them a query that would
@@ -163,7 +165,7 @@ struct Shared {
     bases: Option<Cache<BaseKey, Arc<Kept<Arc<Base>>>>>,
     /// Recent windows' statistics page by page, while the page lives: a
     /// window whose pages were refreshed builds only the refreshed ones.
-    recent_pages: Option<Cache<PageKey, (Weak<CachedPage>, Arc<WindowStats>)>>,
+    recent_pages: Option<Cache<PageKey, PageStats>>,
     /// `STATS_MAX_PLATFORM_REQUESTS`.
     max_platform_requests: u64,
     jobs: Jobs,
