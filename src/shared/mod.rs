@@ -416,6 +416,139 @@ pub(crate) mod tests {
         assert!(RedisUrl::parse("redis://127.0.0.1:6379").is_ok());
     }
 
+    /// A stand-in Redis on a local port: PING answers PONG and any other
+    /// command OK; while `silent` is set it reads and answers nothing, on
+    /// connections old and new (a hung Redis).
+    async fn fake_redis(silent: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let silent = silent.clone();
+                tokio::spawn(async move {
+                    let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                    while let Ok(n @ 1..) = socket.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some((name, used)) = resp_command(&buf) {
+                            buf.drain(..used);
+                            if silent.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            let reply: &[u8] = if name.eq_ignore_ascii_case(b"PING") {
+                                b"+PONG\r\n"
+                            } else {
+                                b"+OK\r\n"
+                            };
+                            if socket.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// The name of the first whole command in `buf` (a RESP array of bulk
+    /// strings) and its length in bytes; `None` until one has arrived.
+    fn resp_command(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+        fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+            let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+            Some((&buf[at..end], end + 2))
+        }
+        let number = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse::<usize>().ok();
+        let (head, mut at) = line(buf, 0)?;
+        let args = number(head.strip_prefix(b"*")?)?;
+        let mut name = None;
+        for _ in 0..args {
+            let (len, start) = line(buf, at)?;
+            let len = number(len.strip_prefix(b"$")?)?;
+            let arg = buf.get(start..start + len)?;
+            name.get_or_insert_with(|| arg.to_vec());
+            at = start + len + 2;
+        }
+        (at <= buf.len()).then(|| (name.unwrap_or_default(), at))
+    }
+
+    fn series(metrics: &Metrics, name: &str) -> f64 {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    async fn ping(redis: &Redis) -> Option<String> {
+        redis
+            .run("ping", |mut c| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
+            .await
+    }
+
+    /// The circuit through a real connection: closed once Redis answers,
+    /// open after three failures in a row (commands then skip Redis without
+    /// trying), probed while open, and closed again by the first probe
+    /// Redis answers.
+    #[tokio::test]
+    async fn the_circuit_opens_on_failures_probes_and_closes_when_redis_answers_again() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let silent = Arc::new(AtomicBool::new(false));
+        let port = fake_redis(silent.clone()).await;
+        let metrics = Metrics::new();
+        let redis = Redis::new(
+            &RedisConfig {
+                url: RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap(),
+                password_file: None,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        redis.start(Duration::from_secs(10));
+        assert!(redis.wait_until_up(Duration::from_secs(5)).await, "closed");
+        assert_eq!(series(&metrics, "visits_gateway_redis_up"), 1.0);
+        assert_eq!(ping(&redis).await.as_deref(), Some("PONG"));
+
+        // Redis hangs: each command times out; the third in a row opens it.
+        silent.store(true, Ordering::SeqCst);
+        let failed = r#"visits_gateway_redis_errors_total{op="ping"}"#;
+        for n in 1..=FAILURE_THRESHOLD {
+            assert!(redis.is_up(), "still closed before failure {n}");
+            assert_eq!(ping(&redis).await, None);
+            assert_eq!(series(&metrics, failed), f64::from(n));
+        }
+        assert!(!redis.is_up(), "open after {FAILURE_THRESHOLD} failures");
+        assert_eq!(series(&metrics, "visits_gateway_redis_up"), 0.0);
+        // Open: a command skips Redis, so it neither waits nor fails again.
+        assert_eq!(ping(&redis).await, None);
+        assert_eq!(series(&metrics, failed), f64::from(FAILURE_THRESHOLD));
+
+        // While open, probes are tried, and a failed one keeps it open.
+        let probes = r#"visits_gateway_redis_errors_total{op="connect"}"#;
+        let mut probed = false;
+        for _ in 0..50 {
+            if series(&metrics, probes) >= 1.0 {
+                probed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(probed, "no probe while open");
+        assert!(!redis.is_up(), "a failed probe keeps it open");
+
+        // Redis answers again: the next probe closes it.
+        silent.store(false, Ordering::SeqCst);
+        assert!(
+            redis.wait_until_up(Duration::from_secs(5)).await,
+            "closed again"
+        );
+        assert_eq!(series(&metrics, "visits_gateway_redis_up"), 1.0);
+        assert_eq!(ping(&redis).await.as_deref(), Some("PONG"));
+    }
+
     #[tokio::test]
     async fn a_redis_that_is_not_there_is_reported_down_and_skipped() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")

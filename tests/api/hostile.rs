@@ -2221,15 +2221,22 @@ fn in_child_process(test: &str) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+    // libtest exits 0 when no test matches the name too: a pass is exactly
+    // one test run, and passed.
+    let ran_one = stdout.lines().any(|l| l == "running 1 test")
+        && stdout
+            .lines()
+            .any(|l| l.starts_with("test result: ok. 1 passed;"));
     let verdict = match status {
-        Some(s) if s.success() => return,
+        Some(s) if s.success() && ran_one => return,
+        Some(s) if s.success() => {
+            "the child process ran no test of that name, or more than one".to_owned()
+        }
         Some(s) => format!("the child process failed ({s})"),
         None => format!("no verdict within {CHILD_DEADLINE:?}"),
     };
-    let output: String = [out, err]
-        .iter()
-        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
-        .collect();
+    let output = stdout + &std::fs::read_to_string(&err).unwrap_or_default();
     let lines: Vec<&str> = output.lines().collect();
     let tail = lines[lines.len().saturating_sub(30)..].join("\n");
     panic!("{test}: {verdict}; the end of its output:\n{tail}");
