@@ -1,5 +1,5 @@
-//! State shared by the replicas through Redis (SPEC §3 "Shared state across
-//! replicas"): the connection, its circuit breaker and its metrics. What is
+//! State shared by the replicas through Redis (docs/operations.md, "Shared
+//! state"): the connection, its circuit breaker and its metrics. What is
 //! shared lives beside it: [`budget`] (the platform budget, one Lua script)
 //! and [`pages`] (the page cache's second level and cross-replica coalescing).
 //!
@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisResult};
-use reqwest::Url;
 use tokio::time::Instant;
 
+use crate::config::RedisUrl;
 use crate::secret::{Secret, Watched, read_secret_file};
 use crate::telemetry::{Metrics, OpLabel};
 use circuit::{Change, Circuit};
@@ -50,56 +50,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Failures in a row that open the circuit.
 const FAILURE_THRESHOLD: u32 = 3;
 /// How often an open circuit probes Redis: sharing resumes within about
-/// this long of Redis coming back (SPEC: 10 s at most).
+/// this long of Redis coming back (we promise 10 s at most).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// `redis://` or `rediss://` URL; its password never shows in `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl(Url);
-
-impl RedisUrl {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let url = Url::parse(s.trim()).map_err(|_| {
-            "not a URL: expected redis://host:6379 or rediss://host:6379".to_owned()
-        })?;
-        if !matches!(url.scheme(), "redis" | "rediss") || url.host().is_none() {
-            return Err("must be a redis:// or rediss:// URL with a host".into());
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err("must have no query or fragment".into());
-        }
-        Ok(Self(url))
-    }
-
-    /// The URL with any password replaced, for logs.
-    pub fn redacted(&self) -> String {
-        let mut url = self.0.clone();
-        if url.password().is_some() {
-            let _ = url.set_password(Some("redacted"));
-        }
-        url.to_string()
-    }
-
-    pub fn host(&self) -> Option<String> {
-        self.0.host_str().map(str::to_owned)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.0.port().unwrap_or(6379)
-    }
-}
-
-impl std::fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RedisUrl({})", self.redacted())
-    }
-}
-
-/// What `App::build` hands over: the URL, the password file, the replicas.
+/// The connection's settings: the URL and the password file.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: RedisUrl,
     pub password_file: Option<PathBuf>,
+}
+
+impl RedisConfig {
+    /// From the shared-state settings; `None` when `REDIS_URL` is unset.
+    pub fn from_settings(s: &crate::config::SharedSettings) -> Option<Self> {
+        s.redis_url.clone().map(|url| Self {
+            url,
+            password_file: s.redis_password_file.clone(),
+        })
+    }
 }
 
 /// The shared connection: cheap to clone.
@@ -276,8 +244,7 @@ impl Inner {
         let password = self.password.as_ref().map(Watched::get);
         let mut info = self
             .url
-            .0
-            .as_str()
+            .with_password()
             .into_connection_info()
             .map_err(|e| e.to_string())?;
         if let Some(p) = &password {
@@ -396,24 +363,6 @@ pub(crate) mod tests {
             Metrics::new(),
         )
         .unwrap()
-    }
-
-    #[test]
-    fn urls_are_redis_ones_and_their_password_never_shows() {
-        let url = RedisUrl::parse("rediss://:hunter2@redis.internal:6380/2").unwrap();
-        assert!(!format!("{url:?}").contains("hunter2"));
-        assert!(url.redacted().contains("redis.internal:6380"));
-        assert_eq!(url.port(), 6380);
-        for bad in [
-            "http://redis:6379",
-            "redis://",
-            "unix:///tmp/redis.sock",
-            "redis://h:1/?x=1",
-            "not a url",
-        ] {
-            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
-        }
-        assert!(RedisUrl::parse("redis://127.0.0.1:6379").is_ok());
     }
 
     /// A stand-in Redis on a local port: PING answers PONG and any other

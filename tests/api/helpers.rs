@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use visits_gateway::app::App;
 use visits_gateway::config::Settings;
 use visits_gateway::demo::SimPlatform;
+use visits_gateway::graphql::manifest::Manifest;
 use visits_gateway::secret::{Secret, TokenSource};
 
 /// Every log line of every test in this binary, at debug level, so tests can
@@ -99,8 +100,15 @@ async fn spawn_gateway(
     settings.upstream.burst = 10_000;
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
-    let app = App::build(&settings, TokenSource::fixed(Secret::new(token.as_str())))
-        .expect("gateway builds");
+    // Read as the binary reads it, at start.
+    let manifest = Manifest::from_setting(settings.server.persisted_queries_file.as_deref())
+        .expect("the manifest loads");
+    let app = App::build(
+        &settings,
+        TokenSource::fixed(Secret::new(token.as_str())),
+        manifest,
+    )
+    .expect("gateway builds");
     // The metrics listener, bound and served as main does.
     let metrics_addr = match (
         settings.server.metrics_listen_addr,

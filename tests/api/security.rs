@@ -57,7 +57,7 @@ async fn keyed_app() -> (TestApp, PathBuf) {
 #[tokio::test]
 async fn serve_refuses_to_start_without_client_authentication() {
     let settings = Settings::defaults();
-    let Err(e) = App::build(&settings, TokenSource::fixed(Secret::new("t"))) else {
+    let Err(e) = App::build(&settings, TokenSource::fixed(Secret::new("t")), None) else {
         panic!("an open gateway was built without ALLOW_UNAUTHENTICATED");
     };
     assert!(
