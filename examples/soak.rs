@@ -606,8 +606,12 @@ async fn run(args: Args) -> bool {
         eprintln!("soak: bad settings: {e}");
         return true;
     }
-    let app = App::build(&settings, TokenSource::fixed(Secret::new(token.as_str())))
-        .expect("the gateway builds");
+    let app = App::build(
+        &settings,
+        TokenSource::fixed(Secret::new(token.as_str())),
+        None,
+    )
+    .expect("the gateway builds");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

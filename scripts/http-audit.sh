@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GraphQL-over-HTTP audit (SPEC §6): starts `visits-gateway demo` on a
+# The GraphQL-over-HTTP audit (docs/api.md): starts `visits-gateway demo` on a
 # free loopback port, with a client rate high enough for the suite's burst of
 # requests from one address, and runs every audit of the npm package
 # graphql-http (its serverAudits, from tests/http-audit) against /graphql.

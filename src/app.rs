@@ -14,20 +14,21 @@ use crate::auth::Authenticator;
 use crate::cache::{PageCache, TtlPolicy};
 use crate::config::{ClientSettings, ServerSettings, Settings};
 use crate::graphql::documents::Documents;
+use crate::graphql::manifest::Manifest;
 use crate::graphql::persisted::PersistedQueries;
 use crate::graphql::{self, Resolver};
 use crate::http::{AppState, RequestLimits};
-use crate::limits::{ClientLimiter, TrustedProxies};
+use crate::limits::{ClientLimiter, Rate, TrustedProxies};
 use crate::page::PageSource;
 use crate::paging::RangePolicy;
 use crate::playground::{self, Playground};
 use crate::response_cache::ResponseCache;
 use crate::secret::TokenSource;
-use crate::shared::Redis;
 use crate::shared::pages::SharedPages;
+use crate::shared::{Redis, RedisConfig};
 use crate::stats::load::StatsLoader;
 use crate::telemetry::Metrics;
-use crate::upstream::{BudgetFront, UpstreamClient};
+use crate::upstream::{BudgetFront, UpstreamClient, UpstreamConfig};
 use crate::visits::FetchPolicy;
 
 pub struct App {
@@ -49,8 +50,14 @@ struct ShutdownPolicy {
 }
 
 impl App {
-    /// Wires each part to its own group of settings.
-    pub fn build(settings: &Settings, token: TokenSource) -> Result<Self, String> {
+    /// Wires each part to its own group of settings; `manifest` is the
+    /// trusted documents of `PERSISTED_QUERIES_FILE`, read at start
+    /// ([`Manifest::from_setting`]).
+    pub fn build(
+        settings: &Settings,
+        token: TokenSource,
+        manifest: Option<Arc<Manifest>>,
+    ) -> Result<Self, String> {
         let Settings {
             server,
             upstream,
@@ -61,12 +68,11 @@ impl App {
         } = settings;
         let auth = Authenticator::from_settings(client)?;
         let metrics = Metrics::new();
-        let redis = shared
-            .redis()
+        let redis = RedisConfig::from_settings(shared)
             .map(|config| Redis::new(&config, metrics.clone()))
             .transpose()?;
         let upstream_client = {
-            let config = upstream.config();
+            let config = UpstreamConfig::from_settings(upstream);
             let budget = BudgetFront::new(
                 &config,
                 redis.as_ref(),
@@ -142,7 +148,7 @@ impl App {
         );
         let persisted = PersistedQueries::new(
             crate::graphql::persisted::MAX_BYTES,
-            server.persisted_queries_file.clone(),
+            manifest,
             server.persisted_queries_only,
         );
         let state = Arc::new(AppState {
@@ -161,7 +167,7 @@ impl App {
                 cache.response_cache_max_bytes,
                 cache.response_cache_max_ttl,
             ),
-            client_limiter: ClientLimiter::new(client.rate()),
+            client_limiter: ClientLimiter::new(Rate::new(client.rate_per_second, client.burst)),
             trusted_proxies: TrustedProxies::new(client.trusted_proxies.clone()),
             limits: RequestLimits {
                 max_body_bytes: server.max_body_bytes as usize,
@@ -268,7 +274,7 @@ impl App {
 /// for them all, as `axum::serve`'s graceful shutdown does. Unlike it, with
 /// a timer, so a connection that has not sent a request's headers within
 /// `header_read_timeout` (a first request, or the next on an idle
-/// keep-alive connection) is closed (SPEC §5b).
+/// keep-alive connection) is closed (a slow client must not hold the process open).
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,

@@ -200,13 +200,20 @@ impl PageCache {
 
     /// The page for `req`: fresh from the cache, or from one upstream call
     /// shared by every concurrent caller, or stale as described above.
-    pub async fn page(&self, req: PageRequest, deadline: Instant) -> Result<Served, GatewayError> {
+    /// `now` is the caller's clock (a request's pinned one), which decides
+    /// whether the window is recent: one request sees one clock.
+    pub async fn page(
+        &self,
+        req: PageRequest,
+        deadline: Instant,
+        now: DateTime<Utc>,
+    ) -> Result<Served, GatewayError> {
         if let Some(refusal) = self.remembered_refusal(req.activity).await {
             return Err(refusal);
         }
         if !self.enabled {
             self.metrics.cache_lookup("miss");
-            let page = self.fetch(req, deadline).await?;
+            let page = self.fetch(req, deadline, now).await?;
             return Ok(Served {
                 page,
                 freshness: Freshness::NONE,
@@ -220,9 +227,9 @@ impl PageCache {
                     page: cached,
                 });
             }
-            if !TtlPolicy::is_recent(req.window.to, Utc::now()) {
+            if !TtlPolicy::is_recent(req.window.to, now) {
                 self.metrics.cache_lookup("stale-while-revalidate");
-                self.refresh_in_background(req);
+                self.refresh_in_background(req, now);
                 // Served at once and not reported stale: a settled window's
                 // page is a moment from being refreshed and unlikely to differ;
                 // zero freshness keeps the response out of the response cache.
@@ -231,7 +238,7 @@ impl PageCache {
                     page: cached,
                 });
             }
-            return match self.refresh(req, deadline).await {
+            return match self.refresh(req, deadline, now).await {
                 Ok(fresh) => {
                     self.metrics.cache_lookup("miss");
                     Ok(Served {
@@ -261,7 +268,7 @@ impl PageCache {
         let entry = self
             .pages
             .entry(req)
-            .or_try_insert_with(self.fetch(req, deadline))
+            .or_try_insert_with(self.fetch(req, deadline, now))
             .await
             .map_err(|e: Arc<GatewayError>| (*e).clone())?;
         self.metrics.cache_lookup(if entry.is_fresh() {
@@ -279,7 +286,9 @@ impl PageCache {
     /// Whether `req` would be served without a platform request on the
     /// caller's path: a fresh page, or a settled window's page (served while
     /// it is refreshed in the background). A recent window's page past its
-    /// TTL is not: it is refreshed first.
+    /// TTL is not: it is refreshed first. Judged on the wall clock: its
+    /// caller (the statistics' read-ahead planning) has no request clock to
+    /// pass yet.
     pub async fn contains(&self, req: &PageRequest) -> bool {
         self.peek(req).await.is_some()
     }
@@ -326,9 +335,10 @@ impl PageCache {
         &self,
         req: PageRequest,
         deadline: Instant,
+        now: DateTime<Utc>,
     ) -> Result<Arc<CachedPage>, GatewayError> {
         let fetched = self.source.fetch_aged(req, deadline).await;
-        let ttl = self.ttl.ttl_for(req.window.to, Utc::now());
+        let ttl = self.ttl.ttl_for(req.window.to, now);
         let (page, age) = match fetched {
             Ok(fetched) => fetched,
             Err(e) => {
@@ -356,6 +366,7 @@ impl PageCache {
         &self,
         req: PageRequest,
         deadline: Instant,
+        now: DateTime<Utc>,
     ) -> Result<Arc<CachedPage>, GatewayError> {
         // One refresh for all its callers (and none if another has just
         // landed). A page that fails its checks is an error, so the stale
@@ -364,7 +375,7 @@ impl PageCache {
             if let Some(page) = self.pages.get(&req).await.filter(|p| p.is_fresh()) {
                 return Ok(page);
             }
-            let fresh = self.fetch(req, deadline).await?;
+            let fresh = self.fetch(req, deadline, now).await?;
             self.pages.insert(req, fresh.clone()).await;
             Ok(fresh)
         };
@@ -377,11 +388,11 @@ impl PageCache {
         result
     }
 
-    fn refresh_in_background(&self, req: PageRequest) {
+    fn refresh_in_background(&self, req: PageRequest, now: DateTime<Utc>) {
         let this = self.clone();
         tokio::spawn(async move {
             let deadline = Instant::now() + this.ttl.refresh_deadline;
-            if let Err(e) = this.refresh(req, deadline).await {
+            if let Err(e) = this.refresh(req, deadline, now).await {
                 tracing::warn!(
                     code = e.code.as_str(),
                     "background refresh failed; the stale page stays"
@@ -499,7 +510,7 @@ mod tests {
         });
         let cache = cache(script.clone());
         let req = request(Utc::now());
-        let calls = (0..100).map(|_| cache.page(req, far()));
+        let calls = (0..100).map(|_| cache.page(req, far(), Utc::now()));
         let results = futures::future::join_all(calls).await;
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(script.calls.load(Ordering::SeqCst), 1);
@@ -511,8 +522,8 @@ mod tests {
         script.fail(ErrorCode::UpstreamUnavailable);
         let cache = cache(script.clone());
         let req = request(Utc::now());
-        assert!(cache.page(req, far()).await.is_err());
-        assert!(cache.page(req, far()).await.is_ok());
+        assert!(cache.page(req, far(), Utc::now()).await.is_err());
+        assert!(cache.page(req, far(), Utc::now()).await.is_ok());
         assert_eq!(script.calls.load(Ordering::SeqCst), 2);
     }
 
@@ -521,16 +532,16 @@ mod tests {
         let script = Arc::new(Script::default());
         let cache = cache(script.clone());
         let req = request(Utc::now());
-        cache.page(req, far()).await.unwrap();
+        cache.page(req, far(), Utc::now()).await.unwrap();
         tokio::time::advance(Duration::from_secs(9)).await;
-        cache.page(req, far()).await.unwrap();
+        cache.page(req, far(), Utc::now()).await.unwrap();
         assert_eq!(
             script.calls.load(Ordering::SeqCst),
             1,
             "fresh within its TTL"
         );
         tokio::time::advance(Duration::from_secs(2)).await;
-        let page = cache.page(req, far()).await.unwrap();
+        let page = cache.page(req, far(), Utc::now()).await.unwrap();
         assert_eq!(script.calls.load(Ordering::SeqCst), 2);
         assert!(page.page.is_fresh());
     }
@@ -540,15 +551,15 @@ mod tests {
         let script = Arc::new(Script::default());
         let cache = cache(script.clone());
         let req = request(Utc::now());
-        let first = cache.page(req, far()).await.unwrap();
+        let first = cache.page(req, far(), Utc::now()).await.unwrap();
         tokio::time::advance(Duration::from_secs(30)).await;
         script.fail(ErrorCode::UpstreamUnavailable);
-        let stale = cache.page(req, far()).await.unwrap();
+        let stale = cache.page(req, far(), Utc::now()).await.unwrap();
         assert!(Arc::ptr_eq(&first.page, &stale.page));
         // A clear answer from the platform is passed on, not hidden.
         script.fail(ErrorCode::ActivityNotFound);
         assert_eq!(
-            cache.page(req, far()).await.unwrap_err().code,
+            cache.page(req, far(), Utc::now()).await.unwrap_err().code,
             ErrorCode::ActivityNotFound
         );
     }
@@ -558,16 +569,16 @@ mod tests {
         let script = Arc::new(Script::default());
         let cache = cache(script.clone());
         let req = request(Utc::now());
-        let first = cache.page(req, far()).await.unwrap();
+        let first = cache.page(req, far(), Utc::now()).await.unwrap();
         tokio::time::advance(Duration::from_secs(30)).await;
         script.broken.store(1, Ordering::SeqCst);
-        let stale = cache.page(req, far()).await.unwrap();
+        let stale = cache.page(req, far(), Utc::now()).await.unwrap();
         assert_eq!(script.calls.load(Ordering::SeqCst), 2);
         assert!(
             Arc::ptr_eq(&first.page, &stale.page),
             "the broken page replaced it"
         );
-        let fresh = cache.page(req, far()).await.unwrap();
+        let fresh = cache.page(req, far(), Utc::now()).await.unwrap();
         assert_eq!(script.calls.load(Ordering::SeqCst), 3);
         assert!(fresh.page.is_fresh());
     }
@@ -580,12 +591,15 @@ mod tests {
         let other_window = request(Utc::now() - chrono::Duration::days(7));
         script.fail(ErrorCode::ActivityNotFound);
         for r in [req, req, other_window] {
-            let e = cache.page(r, far()).await.unwrap_err();
+            let e = cache.page(r, far(), Utc::now()).await.unwrap_err();
             assert_eq!(e.code, ErrorCode::ActivityNotFound);
         }
         assert_eq!(script.calls.load(Ordering::SeqCst), 1, "remembered");
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert!(cache.page(req, far()).await.is_ok(), "forgotten after 30 s");
+        assert!(
+            cache.page(req, far(), Utc::now()).await.is_ok(),
+            "forgotten after 30 s"
+        );
         assert_eq!(script.calls.load(Ordering::SeqCst), 2);
     }
 
@@ -594,15 +608,15 @@ mod tests {
         let script = Arc::new(Script::default());
         let cache = cache(script.clone());
         let req = request(Utc::now());
-        let first = cache.page(req, far()).await.unwrap();
+        let first = cache.page(req, far(), Utc::now()).await.unwrap();
         assert_eq!(first.freshness.fresh_for, Duration::from_secs(10));
         tokio::time::advance(Duration::from_secs(4)).await;
-        let hit = cache.page(req, far()).await.unwrap();
+        let hit = cache.page(req, far(), Utc::now()).await.unwrap();
         assert_eq!(hit.freshness.fresh_for, Duration::from_secs(6));
         assert_eq!(hit.freshness.stale_age, None);
         tokio::time::advance(Duration::from_secs(20)).await;
         script.fail(ErrorCode::UpstreamTimeout);
-        let stale = cache.page(req, far()).await.unwrap();
+        let stale = cache.page(req, far(), Utc::now()).await.unwrap();
         assert_eq!(stale.freshness.fresh_for, Duration::ZERO);
         assert_eq!(stale.freshness.stale_age, Some(Duration::from_secs(24)));
         let both = hit.freshness.and(stale.freshness);
@@ -617,9 +631,10 @@ mod tests {
         });
         let cache = cache(script.clone());
         let req = request(Utc::now() - chrono::Duration::days(3));
-        let first = cache.page(req, far()).await.unwrap();
+        let first = cache.page(req, far(), Utc::now()).await.unwrap();
         tokio::time::advance(Duration::from_secs(101)).await;
-        let served = futures::future::join_all((0..20).map(|_| cache.page(req, far()))).await;
+        let served =
+            futures::future::join_all((0..20).map(|_| cache.page(req, far(), Utc::now()))).await;
         assert!(
             served
                 .iter()
@@ -632,7 +647,7 @@ mod tests {
             2,
             "one background refresh"
         );
-        let after = cache.page(req, far()).await.unwrap();
+        let after = cache.page(req, far(), Utc::now()).await.unwrap();
         assert!(after.page.is_fresh() && !Arc::ptr_eq(&after.page, &first.page));
     }
 
@@ -643,8 +658,8 @@ mod tests {
         let recent = request(Utc::now());
         let settled = request(Utc::now() - chrono::Duration::days(3));
         assert!(!cache.contains(&recent).await && !cache.contains(&settled).await);
-        cache.page(recent, far()).await.unwrap();
-        cache.page(settled, far()).await.unwrap();
+        cache.page(recent, far(), Utc::now()).await.unwrap();
+        cache.page(settled, far(), Utc::now()).await.unwrap();
         assert!(cache.contains(&recent).await && cache.contains(&settled).await);
         // Past their TTLs: a recent page is refreshed first, a settled one
         // is served while it is refreshed in the background.
@@ -654,6 +669,21 @@ mod tests {
         assert_eq!(script.calls.load(Ordering::SeqCst), 2, "asking is free");
         let off = PageCache::new(script, 0, POLICY, Metrics::new());
         assert!(!off.contains(&settled).await);
+    }
+
+    /// Whether a window is recent is judged on the caller's `now`, never
+    /// on a clock of the cache's own: a window that ended a moment ago is
+    /// settled for a caller whose clock reads two hours later.
+    #[tokio::test(start_paused = true)]
+    async fn recency_is_judged_on_the_callers_clock() {
+        let cache = cache(Arc::new(Script::default()));
+        let end = Utc::now();
+        let recent = cache.page(request(end), far(), end).await.unwrap();
+        assert_eq!(recent.freshness.fresh_for, POLICY.recent);
+        let other = request(end - chrono::Duration::seconds(1));
+        let later = end + chrono::Duration::hours(2);
+        let settled = cache.page(other, far(), later).await.unwrap();
+        assert_eq!(settled.freshness.fresh_for, POLICY.settled);
     }
 
     #[test]

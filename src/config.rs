@@ -1,4 +1,5 @@
-//! Settings: every one a flag with an environment fallback (SPEC §5a),
+//! Settings: every one a flag with an environment fallback
+//! (docs/configuration.md),
 //! checked at start so a bad value stops the process with its name.
 //!
 //! They come in groups by concern, each handed to the part that needs it
@@ -16,8 +17,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::TypedValueParser;
@@ -25,10 +25,7 @@ use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use reqwest::Url;
 
-use crate::graphql::manifest::Manifest;
-use crate::limits::Rate;
 use crate::secret::{Secret, TokenSource};
-use crate::shared::{RedisConfig, RedisUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -114,12 +111,6 @@ fn proxy_net(s: &str) -> Result<IpNet, String> {
         },
     };
     Ok(net)
-}
-
-/// A trusted documents manifest, read and checked while the settings are
-/// (so a bad file stops `serve` like any bad value, naming the setting).
-fn manifest_file(s: &str) -> Result<Arc<Manifest>, String> {
-    Manifest::load(Path::new(s)).map(Arc::new)
 }
 
 /// Whole milliseconds in `range`, as a [`Duration`]; clap's range check
@@ -226,8 +217,8 @@ pub struct ServerSettings {
     /// Trusted documents: a manifest of the operations clients may name by
     /// id, from Apollo's `generate-persisted-query-manifest` or
     /// relay-compiler's persisted-query output (read once, at start).
-    #[arg(id = "PERSISTED_QUERIES_FILE", long = "persisted-queries-file", env, value_parser = manifest_file)]
-    pub persisted_queries_file: Option<Arc<Manifest>>,
+    #[arg(id = "PERSISTED_QUERIES_FILE", long = "persisted-queries-file", env)]
+    pub persisted_queries_file: Option<PathBuf>,
 
     /// Run only the operations of PERSISTED_QUERIES_FILE: any other query
     /// text, and APQ registration, is PERSISTED_QUERY_NOT_ALLOWED.
@@ -489,6 +480,53 @@ pub struct ClientSettings {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+/// `redis://` or `rediss://` URL; its password never shows in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(Url);
+
+impl RedisUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = Url::parse(s.trim()).map_err(|_| {
+            "not a URL: expected redis://host:6379 or rediss://host:6379".to_owned()
+        })?;
+        if !matches!(url.scheme(), "redis" | "rediss") || url.host().is_none() {
+            return Err("must be a redis:// or rediss:// URL with a host".into());
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("must have no query or fragment".into());
+        }
+        Ok(Self(url))
+    }
+
+    /// The URL with any password replaced, for logs.
+    pub fn redacted(&self) -> String {
+        let mut url = self.0.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("redacted"));
+        }
+        url.to_string()
+    }
+
+    pub fn host(&self) -> Option<String> {
+        self.0.host_str().map(str::to_owned)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.port().unwrap_or(6379)
+    }
+
+    /// The URL as given, password included: to connect, never to show.
+    pub fn with_password(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
+}
+
 /// Parses REDIS_URL without ever echoing the value: it may hold a password.
 #[derive(Clone)]
 struct RedisUrlParser;
@@ -512,7 +550,7 @@ impl TypedValueParser for RedisUrlParser {
     }
 }
 
-/// State shared by replicas through Redis (SPEC §3): optional.
+/// State shared by replicas through Redis: optional.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Shared state (Redis)")]
 pub struct SharedSettings {
@@ -530,16 +568,6 @@ pub struct SharedSettings {
     /// it cannot share it through Redis.
     #[arg(id = "EXPECTED_REPLICAS", long = "expected-replicas", env, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub expected_replicas: u32,
-}
-
-impl SharedSettings {
-    /// The Redis connection's settings, when Redis is configured.
-    pub fn redis(&self) -> Option<RedisConfig> {
-        self.redis_url.clone().map(|url| RedisConfig {
-            url,
-            password_file: self.redis_password_file.clone(),
-        })
-    }
 }
 
 impl Settings {
@@ -609,24 +637,6 @@ impl UpstreamSettings {
             ),
         }
     }
-
-    /// The upstream client's configuration.
-    pub fn config(&self) -> crate::upstream::UpstreamConfig {
-        crate::upstream::UpstreamConfig {
-            base: self.base_url.clone(),
-            connect_timeout: self.connect_timeout,
-            max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
-            timeout: self.timeout,
-            rate_per_second: self.rate_per_second,
-            burst: self.burst,
-            max_budget_wait: self.max_budget_wait,
-            max_queued_per_client: self.max_queued_per_client as usize,
-            max_concurrency: self.max_concurrency as usize,
-            max_retries: self.max_retries,
-            retry_base: self.retry_base,
-            retry_after_cap: self.retry_after_cap,
-        }
-    }
 }
 
 impl PagingSettings {
@@ -650,11 +660,6 @@ impl ClientSettings {
         self.api_keys_file.is_some()
             || self.jwt_hs256_secret_file.is_some()
             || self.jwt_public_key_file.is_some()
-    }
-
-    /// The rate of clients without one of their own.
-    pub fn rate(&self) -> Rate {
-        Rate::new(self.rate_per_second, self.burst)
     }
 }
 
@@ -895,9 +900,27 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_redis_ones_and_their_password_never_shows() {
+        let url = RedisUrl::parse("rediss://:hunter2@redis.internal:6380/2").unwrap();
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(url.redacted().contains("redis.internal:6380"));
+        assert_eq!(url.port(), 6380);
+        for bad in [
+            "http://redis:6379",
+            "redis://",
+            "unix:///tmp/redis.sock",
+            "redis://h:1/?x=1",
+            "not a url",
+        ] {
+            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(RedisUrl::parse("redis://127.0.0.1:6379").is_ok());
+    }
+
+    #[test]
     fn redis_settings_are_optional_checked_and_redacted() {
         let s = parse(&[]).unwrap();
-        assert!(s.shared.redis().is_none());
+        assert!(s.shared.redis_url.is_none());
         assert_eq!(s.shared.expected_replicas, 1);
         let s = parse(&[
             "--redis-url",
@@ -906,7 +929,7 @@ mod tests {
             "3",
         ])
         .unwrap();
-        assert!(s.shared.redis().is_some());
+        assert!(s.shared.redis_url.is_some());
         assert_eq!(s.shared.expected_replicas, 3);
         assert!(!format!("{s:?}").contains("hunter2"));
         for (flag, bad, name) in [

@@ -1,5 +1,5 @@
 //! One error type for everything a client can be told, each with the code of
-//! SPEC §4. Causes that matter only to operators are logged where they happen;
+//! docs/api.md. Causes that matter only to operators are logged where they happen;
 //! the client gets the code and a message it can act on, never a secret and
 //! never the platform's raw body.
 
@@ -75,13 +75,13 @@ impl ErrorCode {
     }
 
     /// The platform's clear "no" about an activity, remembered for
-    /// `NEGATIVE_CACHE_SECONDS` (SPEC §3). A 401 is not: it is about our token,
+    /// `NEGATIVE_CACHE_SECONDS`. A 401 is not: it is about our token,
     /// which an operator may fix at any moment.
     pub fn is_definitive_refusal(self) -> bool {
         matches!(self, Self::ActivityNotFound | Self::UpstreamFeatureDisabled)
     }
 
-    /// Failures worth retrying against the platform (SPEC §3).
+    /// Failures worth retrying against the platform.
     pub fn is_transient(self) -> bool {
         matches!(
             self,

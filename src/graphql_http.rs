@@ -1,4 +1,4 @@
-//! GraphQL over HTTP, as its specification says (SPEC §6): which media type
+//! GraphQL over HTTP, as its specification says (docs/api.md): which media type
 //! a response uses, the request's parameters from a JSON body (POST) or a
 //! query string (GET), and which operation a GET may run. Pure functions; the
 //! handlers in [`crate::http`] apply them.
@@ -102,7 +102,7 @@ pub fn negotiate(headers: &HeaderMap) -> Option<MediaType> {
 }
 
 /// A stream of results over plain HTTP, for subscriptions where WebSockets
-/// do not pass (SPEC §2, "Live visits").
+/// do not pass (docs/subscriptions-http.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamProtocol {
     /// GraphQL over Server-Sent Events, distinct connections mode

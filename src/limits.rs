@@ -145,7 +145,7 @@ impl TrustedProxies {
 
 /// The host an anonymous client's address stands for: an IPv6 address
 /// counts by its /64 (one host usually holds the whole /64, so rotating
-/// within it must not buy fresh rate buckets, SPEC §5b); IPv4, and IPv4
+/// within it must not buy fresh rate buckets); IPv4, and IPv4
 /// mapped into IPv6, by the address itself.
 pub fn client_host(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use tracing_subscriber::{EnvFilter, fmt};
 use visits_gateway::app::App;
 use visits_gateway::config::{Cli, Command, LogFormat, Settings};
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, SimPlatform};
+use visits_gateway::graphql::manifest::Manifest;
 use visits_gateway::otel;
 use visits_gateway::secret::{Secret, TokenSource};
 
@@ -35,6 +37,13 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    let manifest = match Manifest::from_setting(settings.server.persisted_queries_file.as_deref()) {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let traces = match init_tracing(settings.server.log_format) {
         Ok(traces) => traces,
         Err(e) => {
@@ -49,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(settings, demo));
+    let result = runtime.block_on(run(settings, manifest, demo));
     // The server has stopped: export the spans still queued.
     if let Some(traces) = traces {
         traces.shutdown();
@@ -90,7 +99,11 @@ fn init_tracing(format: LogFormat) -> Result<Option<otel::Tracing>, String> {
     Ok(Some(traces))
 }
 
-async fn run(mut settings: Settings, demo: bool) -> Result<(), String> {
+async fn run(
+    mut settings: Settings,
+    manifest: Option<Arc<Manifest>>,
+    demo: bool,
+) -> Result<(), String> {
     let token = if demo {
         // The simulated platform gets a fresh token; nobody needs to know it.
         let token = Secret::new(format!(
@@ -111,7 +124,7 @@ async fn run(mut settings: Settings, demo: bool) -> Result<(), String> {
     } else {
         settings.upstream.token_source()?
     };
-    let app = App::build(&settings, token)?;
+    let app = App::build(&settings, token, manifest)?;
     let listen_addr = settings.server.listen_addr;
     let listener = TcpListener::bind(listen_addr)
         .await

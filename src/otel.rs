@@ -1,4 +1,4 @@
-//! OpenTelemetry traces over OTLP/HTTP (SPEC §6), on only when the standard
+//! OpenTelemetry traces over OTLP/HTTP (docs/operations.md), on only when the standard
 //! `OTEL_*` variables ask for them. The spans are ordinary `tracing` spans
 //! bridged by tracing-opentelemetry; everything here is a no-op, and no span
 //! the gateway creates for tracing alone exists, while [`enabled`] is false.

@@ -1,5 +1,6 @@
 //! The paging plan, as pure functions: no I/O, no clock (the caller passes
-//! `now`), so every rule of SPEC §2 is unit- and property-testable.
+//! `now`), so every rule of ranges and paging (docs/api.md) is unit- and
+//! property-testable.
 //!
 //! A request goes through three steps:
 //! 1. [`resolve_range`]: defaults, pinning and limits give a [`ResolvedRange`].
@@ -93,7 +94,7 @@ impl Default for RangePolicy {
 }
 
 impl ResolvedRange {
-    /// A range, if it keeps every rule of SPEC §2: `from` before `to`, not
+    /// A range, if it keeps every rule of a range: `from` before `to`, not
     /// before [`EARLIEST`], at most the maximum span, and `to` not after now.
     pub fn new(
         from: DateTime<Utc>,
@@ -163,7 +164,7 @@ pub fn pinned_now(now: DateTime<Utc>, granularity: Duration) -> DateTime<Utc> {
         .unwrap_or_else(|_| truncate_ms(now))
 }
 
-/// Applies the defaults and pinning of SPEC §2 to a client's range.
+/// Applies the defaults and pinning of ranges (docs/api.md) to a client's range.
 pub fn resolve_range(
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,

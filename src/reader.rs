@@ -14,6 +14,7 @@
 //! - With a request's platform slots (`WINDOW_CONCURRENCY`), each page holds
 //!   one while the cache may call the platform.
 
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -32,6 +33,9 @@ pub struct Reader<'a> {
     /// The page size asked of the platform (`UPSTREAM_PAGE_SIZE`).
     page_size: u64,
     deadline: Instant,
+    /// The clock every page read sees (whether a window is recent): read
+    /// once, when the reader is made for a request or a background job.
+    now: DateTime<Utc>,
 }
 
 impl<'a> Reader<'a> {
@@ -47,6 +51,7 @@ impl<'a> Reader<'a> {
             activity,
             page_size,
             deadline,
+            now: Utc::now(),
         }
     }
 
@@ -81,7 +86,7 @@ impl<'a> Reader<'a> {
                 })?),
                 None => None,
             };
-        self.cache.page(req, self.deadline).await
+        self.cache.page(req, self.deadline, self.now).await
     }
 
     /// The first page of `window`.

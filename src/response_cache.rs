@@ -163,7 +163,7 @@ impl ResponseCache {
             // Owned copies, exactly their length: a POST body may be a slice
             // of the connection's read buffer (its headers too, 100s of KB),
             // and a serialised body may have spare capacity; the weigher
-            // counts only the bytes (SPEC §5b).
+            // counts only the bytes (a client must not make us hold more than it sends).
             let key = ResponseKey {
                 request: Bytes::copy_from_slice(&key.request),
                 ..key

@@ -110,7 +110,7 @@ impl<T: PartialEq + Send + Sync + 'static> Watched<T> {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "{what} file unreadable; keeping the previous one")
+                        tracing::warn!(file = %path.display(), error = %e, "{what} file unreadable or invalid; keeping the previous one")
                     }
                 }
             }

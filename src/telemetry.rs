@@ -261,7 +261,7 @@ pub async fn observe(
         )
     };
     if traced {
-        // The server span (SPEC §6): a child of the client's `traceparent`.
+        // The server span: a child of the client's `traceparent`.
         crate::otel::adopt_parent(&span, req.headers());
         span.record("otel.kind", "server");
         span.record("otel.name", format!("{method} {route}"));

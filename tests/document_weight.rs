@@ -1,5 +1,5 @@
 //! The document cache weighs a parsed document by what it keeps alive
-//! (SPEC §5b): for the worst shapes a client can send, the weight is at
+//! (docs/security.md): for the worst shapes a client can send, the weight is at
 //! least the heap the parse really keeps, as this binary's allocator counts
 //! it (each allocation as glibc's malloc holds it: 8 bytes of header,
 //! rounded up to 16, 32 at least), and at most twice that. Its own binary: the allocator counts

@@ -1,4 +1,4 @@
-//! Who is asking, and which activities they may read (SPEC §5). Checked in
+//! Who is asking, and which activities they may read (docs/security.md). Checked in
 //! the HTTP layer before any GraphQL work, and per activity in the resolver
 //! before the cache is read.
 

@@ -1,5 +1,5 @@
 //! The simulated platform behind `visits-gateway demo` and the integration
-//! tests: the real REST endpoint of SPEC §1 on a loopback port, with generated
+//! tests: the platform's REST endpoint (docs/architecture.md) on a loopback port, with generated
 //! visits over the last 60 days and the platform's quirks (Bearer token,
 //! envelope errors, the 7-day limit, a page-size cap, a feature switch).
 //! Tests steer it: add visits, cap page sizes, inject faults, count requests.
@@ -252,7 +252,7 @@ pub fn envelope(status: u16, name: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// The platform's own timestamp check (SPEC §1).
+/// The platform's own timestamp check.
 fn platform_time(s: Option<&String>) -> Option<DateTime<Utc>> {
     let s = s?;
     let b = s.as_bytes();

@@ -1,4 +1,4 @@
-//! SPEC §2, "What one request may cost": the most platform requests a whole
+//! What one request may cost (docs/api.md): the most platform requests a whole
 //! GraphQL request can make, and the timeline buckets it can build, read
 //! from its document before anything runs, so that no alias, fragment or
 //! forged cursor spends the platform's budget past
@@ -25,7 +25,7 @@ use crate::stats::calendar::{self, Calendar};
 const MAX_NESTING: usize = 64;
 
 /// The most `timeline` buckets one request may ask for, all its `timeline`
-/// fields together (SPEC §2).
+/// fields together.
 pub const MAX_TIMELINE_BUCKETS: u64 = crate::stats::calendar::MAX_BUCKETS as u64;
 
 /// What the operation that would run may cost, at worst.

@@ -14,7 +14,7 @@
 //! A document's weight in the cache is what it keeps alive: its text (the
 //! key) and its syntax tree's heap ([`heap_bytes`]). A parsed `{ a a a ... }`
 //! holds some 300 bytes for each 2 bytes of text, so weighing by the text
-//! alone let a cache of 8 MiB keep hundreds of MiB (SPEC §5b);
+//! alone let a cache of 8 MiB keep hundreds of MiB (a client must not make us hold more than it sends);
 //! `tests/document_weight.rs` checks the weight against the heap a parse
 //! really keeps, for the worst shapes.
 

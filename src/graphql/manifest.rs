@@ -64,6 +64,15 @@ struct ApolloOperation {
 }
 
 impl Manifest {
+    /// `PERSISTED_QUERIES_FILE`, when set: read and checked once, at start,
+    /// by the binary (a bad file stops it like a bad setting); the message
+    /// names the setting.
+    pub fn from_setting(path: Option<&Path>) -> Result<Option<Arc<Self>>, String> {
+        path.map(|p| Self::load(p).map(Arc::new))
+            .transpose()
+            .map_err(|e| format!("PERSISTED_QUERIES_FILE: {e}"))
+    }
+
     /// Reads and checks the file; the message says what is wrong and where.
     pub fn load(path: &Path) -> Result<Self, String> {
         let bytes =

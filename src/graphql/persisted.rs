@@ -1,4 +1,4 @@
-//! Persisted queries (SPEC §6): a request may name its document instead of
+//! Persisted queries (docs/api.md): a request may name its document instead of
 //! sending it.
 //!
 //! - Automatic persisted queries, Apollo's protocol:

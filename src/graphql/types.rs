@@ -1,4 +1,4 @@
-//! The output types of SPEC §2.
+//! The output types of the API (docs/api.md).
 
 use async_graphql::{ID, Object, SimpleObject};
 

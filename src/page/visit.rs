@@ -1,4 +1,4 @@
-//! The platform's JSON, read leniently (SPEC §1: strings may be missing or
+//! The platform's JSON, read leniently (strings may be missing or
 //! null, unknown fields may appear), then turned into our own [`Visit`].
 //!
 //! A page is parsed and checked whole when it is fetched; the cache then
@@ -102,7 +102,7 @@ impl Interner {
         t
     }
 
-    /// `""`, null and missing all mean "no value" (SPEC §2).
+    /// `""`, null and missing all mean "no value" (docs/api.md).
     fn text(&mut self, s: Option<Cow<'_, str>>) -> Option<Text> {
         s.filter(|v| !v.is_empty()).map(|v| self.share(&v))
     }

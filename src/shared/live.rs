@@ -1,5 +1,5 @@
-//! One live poller per activity for all replicas (SPEC §2 "Live visits",
-//! issue 22): a renewable lease says which replica polls an activity, and a
+//! One live poller per activity for all replicas (docs/live-cluster.md):
+//! a renewable lease says which replica polls an activity, and a
 //! Redis Stream carries what it finds to the others.
 //!
 //! # Keys

@@ -1,5 +1,5 @@
-//! State shared by the replicas through Redis (SPEC §3 "Shared state across
-//! replicas"): the connection, its circuit breaker and its metrics. What is
+//! State shared by the replicas through Redis (docs/operations.md, "Shared
+//! state"): the connection, its circuit breaker and its metrics. What is
 //! shared lives beside it: [`budget`] (the platform budget, one Lua script)
 //! and [`pages`] (the page cache's second level and cross-replica coalescing).
 //!
@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisResult};
-use reqwest::Url;
 use tokio::time::Instant;
 
+use crate::config::RedisUrl;
 use crate::secret::{Secret, Watched, read_secret_file};
 use crate::telemetry::{Metrics, OpLabel};
 use circuit::{Change, Circuit};
@@ -50,56 +50,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Failures in a row that open the circuit.
 const FAILURE_THRESHOLD: u32 = 3;
 /// How often an open circuit probes Redis: sharing resumes within about
-/// this long of Redis coming back (SPEC: 10 s at most).
+/// this long of Redis coming back (we promise 10 s at most).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// `redis://` or `rediss://` URL; its password never shows in `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl(Url);
-
-impl RedisUrl {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let url = Url::parse(s.trim()).map_err(|_| {
-            "not a URL: expected redis://host:6379 or rediss://host:6379".to_owned()
-        })?;
-        if !matches!(url.scheme(), "redis" | "rediss") || url.host().is_none() {
-            return Err("must be a redis:// or rediss:// URL with a host".into());
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err("must have no query or fragment".into());
-        }
-        Ok(Self(url))
-    }
-
-    /// The URL with any password replaced, for logs.
-    pub fn redacted(&self) -> String {
-        let mut url = self.0.clone();
-        if url.password().is_some() {
-            let _ = url.set_password(Some("redacted"));
-        }
-        url.to_string()
-    }
-
-    pub fn host(&self) -> Option<String> {
-        self.0.host_str().map(str::to_owned)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.0.port().unwrap_or(6379)
-    }
-}
-
-impl std::fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RedisUrl({})", self.redacted())
-    }
-}
-
-/// What `App::build` hands over: the URL, the password file, the replicas.
+/// The connection's settings: the URL and the password file.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: RedisUrl,
     pub password_file: Option<PathBuf>,
+}
+
+impl RedisConfig {
+    /// From the shared-state settings; `None` when `REDIS_URL` is unset.
+    pub fn from_settings(s: &crate::config::SharedSettings) -> Option<Self> {
+        s.redis_url.clone().map(|url| Self {
+            url,
+            password_file: s.redis_password_file.clone(),
+        })
+    }
 }
 
 /// The shared connection: cheap to clone.
@@ -276,8 +244,7 @@ impl Inner {
         let password = self.password.as_ref().map(Watched::get);
         let mut info = self
             .url
-            .0
-            .as_str()
+            .with_password()
             .into_connection_info()
             .map_err(|e| e.to_string())?;
         if let Some(p) = &password {
@@ -398,22 +365,137 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn urls_are_redis_ones_and_their_password_never_shows() {
-        let url = RedisUrl::parse("rediss://:hunter2@redis.internal:6380/2").unwrap();
-        assert!(!format!("{url:?}").contains("hunter2"));
-        assert!(url.redacted().contains("redis.internal:6380"));
-        assert_eq!(url.port(), 6380);
-        for bad in [
-            "http://redis:6379",
-            "redis://",
-            "unix:///tmp/redis.sock",
-            "redis://h:1/?x=1",
-            "not a url",
-        ] {
-            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
+    /// A stand-in Redis on a local port: PING answers PONG and any other
+    /// command OK; while `silent` is set it reads and answers nothing, on
+    /// connections old and new (a hung Redis).
+    async fn fake_redis(silent: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let silent = silent.clone();
+                tokio::spawn(async move {
+                    let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                    while let Ok(n @ 1..) = socket.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some((name, used)) = resp_command(&buf) {
+                            buf.drain(..used);
+                            if silent.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            let reply: &[u8] = if name.eq_ignore_ascii_case(b"PING") {
+                                b"+PONG\r\n"
+                            } else {
+                                b"+OK\r\n"
+                            };
+                            if socket.write_all(reply).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// The name of the first whole command in `buf` (a RESP array of bulk
+    /// strings) and its length in bytes; `None` until one has arrived.
+    fn resp_command(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+        fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+            let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+            Some((&buf[at..end], end + 2))
         }
-        assert!(RedisUrl::parse("redis://127.0.0.1:6379").is_ok());
+        let number = |bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse::<usize>().ok();
+        let (head, mut at) = line(buf, 0)?;
+        let args = number(head.strip_prefix(b"*")?)?;
+        let mut name = None;
+        for _ in 0..args {
+            let (len, start) = line(buf, at)?;
+            let len = number(len.strip_prefix(b"$")?)?;
+            let arg = buf.get(start..start + len)?;
+            name.get_or_insert_with(|| arg.to_vec());
+            at = start + len + 2;
+        }
+        (at <= buf.len()).then(|| (name.unwrap_or_default(), at))
+    }
+
+    fn series(metrics: &Metrics, name: &str) -> f64 {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    async fn ping(redis: &Redis) -> Option<String> {
+        redis
+            .run("ping", |mut c| async move {
+                redis::cmd("PING").query_async::<String>(&mut c).await
+            })
+            .await
+    }
+
+    /// The circuit through a real connection: closed once Redis answers,
+    /// open after three failures in a row (commands then skip Redis without
+    /// trying), probed while open, and closed again by the first probe
+    /// Redis answers.
+    #[tokio::test]
+    async fn the_circuit_opens_on_failures_probes_and_closes_when_redis_answers_again() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let silent = Arc::new(AtomicBool::new(false));
+        let port = fake_redis(silent.clone()).await;
+        let metrics = Metrics::new();
+        let redis = Redis::new(
+            &RedisConfig {
+                url: RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap(),
+                password_file: None,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        redis.start(Duration::from_secs(10));
+        assert!(redis.wait_until_up(Duration::from_secs(5)).await, "closed");
+        assert_eq!(series(&metrics, "visits_gateway_redis_up"), 1.0);
+        assert_eq!(ping(&redis).await.as_deref(), Some("PONG"));
+
+        // Redis hangs: each command times out; the third in a row opens it.
+        silent.store(true, Ordering::SeqCst);
+        let failed = r#"visits_gateway_redis_errors_total{op="ping"}"#;
+        for n in 1..=FAILURE_THRESHOLD {
+            assert!(redis.is_up(), "still closed before failure {n}");
+            assert_eq!(ping(&redis).await, None);
+            assert_eq!(series(&metrics, failed), f64::from(n));
+        }
+        assert!(!redis.is_up(), "open after {FAILURE_THRESHOLD} failures");
+        assert_eq!(series(&metrics, "visits_gateway_redis_up"), 0.0);
+        // Open: a command skips Redis, so it neither waits nor fails again.
+        assert_eq!(ping(&redis).await, None);
+        assert_eq!(series(&metrics, failed), f64::from(FAILURE_THRESHOLD));
+
+        // While open, probes are tried, and a failed one keeps it open.
+        let probes = r#"visits_gateway_redis_errors_total{op="connect"}"#;
+        let mut probed = false;
+        for _ in 0..50 {
+            if series(&metrics, probes) >= 1.0 {
+                probed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(probed, "no probe while open");
+        assert!(!redis.is_up(), "a failed probe keeps it open");
+
+        // Redis answers again: the next probe closes it.
+        silent.store(false, Ordering::SeqCst);
+        assert!(
+            redis.wait_until_up(Duration::from_secs(5)).await,
+            "closed again"
+        );
+        assert_eq!(series(&metrics, "visits_gateway_redis_up"), 1.0);
+        assert_eq!(ping(&redis).await.as_deref(), Some("PONG"));
     }
 
     #[tokio::test]

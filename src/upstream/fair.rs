@@ -1,4 +1,4 @@
-//! Fair turns at the platform budget (SPEC §5b). The budget alone serves
+//! Fair turns at the platform budget (docs/architecture.md). The budget alone serves
 //! callers in the order they came: a client that keeps many platform requests
 //! queued (statistics over long ranges, ranges shifted a millisecond at a
 //! time, subscriptions on ever-new activities) makes another client's request

@@ -2,6 +2,10 @@
 //! attempt: clients take their turn ([`FairQueue`]), then the slot comes from
 //! the budget of all replicas in Redis when it answers, else from this
 //! process's share of it (`EXPECTED_REPLICAS`); a 429 pauses both.
+//!
+//! Asked per attempt, under the retries rather than once per page above
+//! them: the platform counts every request, retries included, and a retry
+//! after a 429 must wait out the pause the 429 set.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The platform's REST client: builds the one request we make, sends it with
-//! the server's token and timeouts, and maps every answer onto SPEC §4.
+//! the server's token and timeouts, and maps every answer onto the error codes of docs/api.md.
 
 mod budget;
 pub mod fair;
@@ -22,7 +22,7 @@ use crate::telemetry::{Metrics, ReasonLabel, RequestStats, StatusLabel};
 use fair::Refused;
 pub use front::BudgetFront;
 
-/// How the client treats the platform (SPEC §3).
+/// How the client treats the platform (docs/operations.md).
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub base: Url,
@@ -46,6 +46,26 @@ pub struct UpstreamConfig {
     pub retry_after_cap: Duration,
     /// The largest answer read from the platform.
     pub max_body_bytes: usize,
+}
+
+impl UpstreamConfig {
+    /// From the platform client's settings.
+    pub fn from_settings(s: &crate::config::UpstreamSettings) -> Self {
+        Self {
+            base: s.base_url.clone(),
+            connect_timeout: s.connect_timeout,
+            max_body_bytes: usize::try_from(s.max_body_bytes).unwrap_or(usize::MAX),
+            timeout: s.timeout,
+            rate_per_second: s.rate_per_second,
+            burst: s.burst,
+            max_budget_wait: s.max_budget_wait,
+            max_queued_per_client: s.max_queued_per_client as usize,
+            max_concurrency: s.max_concurrency as usize,
+            max_retries: s.max_retries,
+            retry_base: s.retry_base,
+            retry_after_cap: s.retry_after_cap,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -180,7 +200,7 @@ impl UpstreamClient {
     }
 
     /// One platform request: with tracing on, inside a client span of its own
-    /// whose context goes to the platform (SPEC §6); `resends` before it.
+    /// whose context goes to the platform (docs/operations.md, "OpenTelemetry"); `resends` before it.
     async fn traced_attempt(
         &self,
         req: &PageRequest,
@@ -360,7 +380,7 @@ struct ErrorEnvelope {
     pub message: Option<String>,
 }
 
-/// Maps a non-2xx answer onto SPEC §4. Status codes are the only reliable
+/// Maps a non-2xx answer onto our error codes (docs/api.md). Status codes are the only reliable
 /// signal; the envelope's `message` is kept for `extensions.upstreamMessage`.
 /// The wait asked for is a 429 message's `请于xxx后重试`, else `Retry-After`.
 fn classify_failure(
@@ -572,11 +592,11 @@ mod tests {
         let client = UpstreamClient::new(
             UpstreamConfig {
                 base: Url::parse("https://example.test/base/").unwrap(),
-                ..crate::config::UpstreamSettings::default().config()
+                ..UpstreamConfig::from_settings(&crate::config::UpstreamSettings::default())
             },
             TokenSource::fixed(crate::secret::Secret::new("t")),
             BudgetFront::new(
-                &crate::config::UpstreamSettings::default().config(),
+                &UpstreamConfig::from_settings(&crate::config::UpstreamSettings::default()),
                 None,
                 1,
                 Metrics::new(),

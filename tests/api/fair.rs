@@ -1,4 +1,4 @@
-//! SPEC §5b: clients take turns at the platform budget, so one that keeps
+//! Clients take turns at the platform budget, so one that keeps
 //! the budget's queue full does not starve another.
 
 use std::sync::Arc;

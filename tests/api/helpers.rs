@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use visits_gateway::app::App;
 use visits_gateway::config::Settings;
 use visits_gateway::demo::SimPlatform;
+use visits_gateway::graphql::manifest::Manifest;
 use visits_gateway::secret::{Secret, TokenSource};
 
 /// Every log line of every test in this binary, at debug level, so tests can
@@ -48,6 +49,8 @@ pub fn logs() -> String {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `METRICS_LISTEN_ADDR` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub sim: SimPlatform,
     pub http: reqwest::Client,
     /// The platform token this app holds; unique per test.
@@ -97,8 +100,33 @@ async fn spawn_gateway(
     settings.upstream.burst = 10_000;
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
-    let app = App::build(&settings, TokenSource::fixed(Secret::new(token.as_str())))
-        .expect("gateway builds");
+    // Read as the binary reads it, at start.
+    let manifest = Manifest::from_setting(settings.server.persisted_queries_file.as_deref())
+        .expect("the manifest loads");
+    let app = App::build(
+        &settings,
+        TokenSource::fixed(Secret::new(token.as_str())),
+        manifest,
+    )
+    .expect("gateway builds");
+    // The metrics listener, bound and served as main does.
+    let metrics_addr = match (
+        settings.server.metrics_listen_addr,
+        app.metrics_router.clone(),
+    ) {
+        (Some(wanted), Some(router)) => {
+            let listener = TcpListener::bind(wanted).await.unwrap();
+            let bound = listener.local_addr().unwrap();
+            tokio::spawn(visits_gateway::app::serve_http(
+                listener,
+                router,
+                settings.server.header_read_timeout,
+                std::future::pending(),
+            ));
+            Some(bound)
+        }
+        _ => None,
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -107,6 +135,7 @@ async fn spawn_gateway(
     }));
     TestApp {
         addr,
+        metrics_addr,
         sim,
         http: reqwest::Client::new(),
         token,

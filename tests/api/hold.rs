@@ -1,4 +1,4 @@
-//! What a hostile client can make the gateway hold (issue 20, SPEC §5b):
+//! What a hostile client can make the gateway hold (docs/security.md):
 //! rate buckets by IPv6 /64, connections that never finish their headers,
 //! and memory beyond the caches' byte bounds.
 

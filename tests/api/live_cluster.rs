@@ -1,4 +1,4 @@
-//! Live visits across replicas (issue 22, SPEC §2 "Live visits"): three
+//! Live visits across replicas (docs/live-cluster.md): three
 //! gateways on one real `redis-server` poll each live activity once per
 //! interval together; every subscriber on every replica gets each visit once,
 //! in order; when the polling replica stops (SIGTERM) or vanishes (SIGKILL,

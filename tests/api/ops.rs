@@ -171,6 +171,35 @@ async fn metrics_can_live_on_their_own_port() {
             .await;
     let r = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 404, "not on the main port");
+
+    // Served on its own port, with what the main port did.
+    let r = app
+        .user_visits(json!({ "id": SMALL_ACTIVITY.to_string(), "first": 2 }))
+        .await;
+    assert!(r["errors"].is_null(), "{r}");
+    let addr = app.metrics_addr.expect("the metrics listener is bound");
+    let r = app
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let m = r.text().await.unwrap();
+    assert!(
+        metric(
+            &m,
+            r#"visits_gateway_upstream_requests_total{status="200"}"#
+        ) >= 1.0,
+        "{m}"
+    );
+    let r = app
+        .http
+        .get(format!("http://{addr}/graphql"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the metrics port serves metrics alone");
 }
 
 /// Every `visits_gateway_*` series the chart's Grafana dashboard and alert

@@ -1,4 +1,4 @@
-//! GraphQL over HTTP (SPEC §6): both media types with their statuses, the
+//! GraphQL over HTTP (docs/api.md): both media types with their statuses, the
 //! content type a POST must have, and queries over GET sharing the POST's
 //! admission, response cache and cost check.
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, Fault, SMALL_ACTIVITY};
 
-use crate::helpers::{error_code, identities, spawn_app, spawn_app_with};
+use crate::helpers::{error_code, identities, spawn_app, spawn_app_with, ts};
 
 fn small() -> Value {
     json!({ "id": SMALL_ACTIVITY.to_string(), "first": 5 })
@@ -138,7 +138,16 @@ async fn a_stale_page_is_served_with_extensions_stale_when_the_platform_is_down(
         s.upstream.max_retries = 0;
     })
     .await;
-    let fresh = app.user_visits(small()).await;
+    // An explicit range: an open one is pinned to the minute, and would
+    // move (to other pages) when a minute boundary falls inside the sleep.
+    let (from, to) = (app.now - chrono::Duration::days(2), app.now);
+    let query = json!({
+        "id": SMALL_ACTIVITY.to_string(),
+        "range": { "from": ts(from), "to": ts(to) },
+        "first": 5,
+    });
+    let fresh = app.user_visits(query.clone()).await;
+    assert!(fresh["errors"].is_null(), "{fresh}");
     assert!(fresh["extensions"]["stale"].is_null());
     // Wait out the 1 s TTL for real: a paused clock would also fire the HTTP
     // timeouts of this end-to-end path (the paused-clock version is in cache.rs).
@@ -146,7 +155,7 @@ async fn a_stale_page_is_served_with_extensions_stale_when_the_platform_is_down(
     for _ in 0..10 {
         app.sim.push_fault(Fault::Status(503, String::new()));
     }
-    let stale = app.user_visits(small()).await;
+    let stale = app.user_visits(query).await;
     assert!(stale["errors"].is_null(), "{stale}");
     assert_eq!(stale["data"], fresh["data"]);
     let age = &stale["extensions"]["stale"]["ageSeconds"];

@@ -57,7 +57,7 @@ async fn keyed_app() -> (TestApp, PathBuf) {
 #[tokio::test]
 async fn serve_refuses_to_start_without_client_authentication() {
     let settings = Settings::defaults();
-    let Err(e) = App::build(&settings, TokenSource::fixed(Secret::new("t"))) else {
+    let Err(e) = App::build(&settings, TokenSource::fixed(Secret::new("t")), None) else {
         panic!("an open gateway was built without ALLOW_UNAUTHENTICATED");
     };
     assert!(
@@ -149,7 +149,21 @@ async fn a_rotated_jwt_secret_applies_without_restart() {
     let tmp = file.with_extension("new");
     std::fs::write(&tmp, "short").unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The reload ran and refused it, for this test's file (the log buffer is
+    // the whole test binary's).
+    let file_field = format!("\"file\":\"{}\"", file.display());
+    let refused = || {
+        crate::helpers::logs()
+            .lines()
+            .any(|l| l.contains(&file_field) && l.contains("the secret must be at least 32 bytes"))
+    };
+    for _ in 0..50 {
+        if refused() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused(), "no reload refused the short secret");
     assert_eq!(
         ask(&app, Some(&signed(HS_SECRET)), EXAMPLE_ACTIVITY)
             .await

@@ -94,7 +94,7 @@ async fn check(app: &TestApp, ask: &Ask) -> Value {
     got.clone()
 }
 
-// The independent computation: the definitions of SPEC §2, done the
+// The independent computation: the definitions of docs/api.md, done the
 // obvious way, from the platform's own visits.
 
 fn last_online(v: &SimVisit) -> DateTime<Utc> {

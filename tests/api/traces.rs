@@ -1,4 +1,4 @@
-//! OpenTelemetry traces (SPEC §6). The tracer provider and the subscriber are
+//! OpenTelemetry traces (docs/operations.md). The tracer provider and the subscriber are
 //! process-wide, so the gateway runs here as a child process (`serve`), in
 //! front of the simulated platform and exporting to an OTLP/HTTP receiver,
 //! both inside this test process.

@@ -4,12 +4,10 @@
 //! `PERSISTED_QUERIES_ONLY`, in which nothing else runs: not over HTTP, not
 //! over WebSocket, and never at the platform's expense.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, SMALL_ACTIVITY};
-use visits_gateway::graphql::manifest::Manifest;
 
 use crate::helpers::{TestApp, error_code, spawn_app_with, temp_dir};
 use crate::live::{connect, init, next, send, started};
@@ -53,10 +51,9 @@ fn relay_manifest() -> Value {
 async fn app_with(manifest: &Value, only: bool) -> TestApp {
     let path = temp_dir().join("manifest.json");
     std::fs::write(&path, manifest.to_string()).unwrap();
-    let manifest = Arc::new(Manifest::load(&path).unwrap());
     spawn_app_with(move |s| {
         s.upstream.live_poll = Duration::from_secs(1);
-        s.server.persisted_queries_file = Some(manifest);
+        s.server.persisted_queries_file = Some(path);
         s.server.persisted_queries_only = only;
     })
     .await

@@ -87,20 +87,21 @@ async fn concurrent_walks_with_any_page_sizes_cost_one_request_per_distinct_upst
         distinct.len(),
         "an upstream page was fetched twice"
     );
-    // The platform serves 50 a page: each window costs ceil(total / 50) pages.
-    let range = visits_gateway::paging::ResolvedRange::new(
-        from,
-        to,
-        chrono::Utc::now(),
-        &Default::default(),
-    )
-    .unwrap();
-    let windows = visits_gateway::paging::split_windows(range);
+    // The platform serves 50 a page: each window costs ceil(total / 50)
+    // pages. The windows, worked out here rather than by the gateway's own
+    // splitter: 7 days each from `from`, the last one ending at `to`.
+    let week = Duration::days(7);
+    let windows: Vec<_> = (0..)
+        .map(|i| from + week * i)
+        .take_while(|start| *start < to)
+        .map(|start| (start, (start + week).min(to)))
+        .collect();
+    assert_eq!(windows.len(), 5, "30 days: four weeks and two days");
     let pages: usize = windows
         .iter()
-        .map(|w| {
+        .map(|&(start, end)| {
             app.sim
-                .visits_between(EXAMPLE_ACTIVITY, w.from, w.to)
+                .visits_between(EXAMPLE_ACTIVITY, start, end)
                 .len()
                 .div_ceil(50)
                 .max(1)

@@ -1,5 +1,5 @@
 // Automatic persisted queries with Apollo Client's createPersistedQueryLink
-// against a running gateway (SPEC §6), over POST and with
+// against a running gateway (docs/api.md), over POST and with
 // useGETForHashedQueries: the first request sends only the hash and is told
 // PERSISTED_QUERY_NOT_FOUND, the link resends it with the query, and a new
 // client then runs it by hash alone.

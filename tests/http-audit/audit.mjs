@@ -1,5 +1,5 @@
 // Runs every audit of graphql-http's serverAudits against a running gateway
-// and fails when a MUST or a SHOULD is not ok (SPEC §6); the MAYs' results
+// and fails when a MUST or a SHOULD is not ok (docs/api.md); the MAYs' results
 // are printed for docs/api.md.
 //
 //   node tests/http-audit/audit.mjs http://127.0.0.1:8080/graphql
