@@ -8,8 +8,9 @@
 //! visit is a distinct visitor: the worst case for distinct counting) as the
 //! platform's JSON, parsed by the gateway's own parser, through the real
 //! page cache and `StatsLoader`. The range ends now, so its newest window is
-//! built again from the page cache on every query, as in production; the 13
-//! settled windows come from the statistics cache. Each query then computes
+//! recent, as in production: its pages' statistics are kept page by page and
+//! added to the 13 settled windows, which are kept merged (with their index
+//! of visitors) after the first query. Each query then computes
 //! every figure: totals, the peak, the four `by*` lists and the timeline by
 //! `DAY` and by `HOUR` in Asia/Shanghai.
 //!
@@ -241,7 +242,7 @@ async fn main() {
     let mut parts = Vec::new();
     let t = Instant::now();
     let loaded = query.load(&loader).await;
-    parts.push(("load (kept windows, the newest built, merged)", t.elapsed()));
+    parts.push(("load (the settled base, the newest pages added)", t.elapsed()));
     let t = Instant::now();
     loaded.stats.peak();
     parts.push(("peak", t.elapsed()));
@@ -334,7 +335,7 @@ async fn main() {
         ms(first_time)
     );
     println!(
-        "warm query (13 windows kept, the newest built from the page cache, every figure): {:.1} ms of CPU; wall median {:.1} ms, max {:.1} ms over {} runs",
+        "warm query (13 windows kept merged, the newest window's pages added, every figure): {:.1} ms of CPU; wall median {:.1} ms, max {:.1} ms over {} runs",
         ms(cpu),
         ms(times[times.len() / 2]),
         ms(*times.last().unwrap()),
