@@ -242,7 +242,10 @@ async fn main() {
     let mut parts = Vec::new();
     let t = Instant::now();
     let loaded = query.load(&loader).await;
-    parts.push(("load (the settled base, the newest pages added)", t.elapsed()));
+    parts.push((
+        "load (the settled base, the newest pages added)",
+        t.elapsed(),
+    ));
     let t = Instant::now();
     loaded.stats.peak();
     parts.push(("peak", t.elapsed()));

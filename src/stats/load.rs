@@ -130,6 +130,54 @@ struct BaseKey {
     page_size: u64,
 }
 
+/// A range's settled windows merged, and the last range built on them:
+/// while the recent pages added are the same, the range is not built again.
+struct Merged {
+    base: Base,
+    /// The recent pages' statistics last added (held, so that no other
+    /// statistics take their addresses), and the range they made.
+    last: Mutex<Option<LastRange>>,
+}
+
+/// The recent pages' statistics added to a base, and the range they made.
+type LastRange = (Vec<Arc<WindowStats>>, Arc<WindowStats>);
+
+impl Merged {
+    fn new(settled: &[&WindowStats]) -> Self {
+        Self {
+            base: Base::new(settled),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The base, and room for the last range built on it (about as large
+    /// as the base's statistics).
+    fn weight(&self) -> usize {
+        self.base.weight() + self.base.stats().weight()
+    }
+
+    /// The settled windows with `added` (recent pages' statistics).
+    fn with(&self, added: &[Arc<WindowStats>]) -> Arc<WindowStats> {
+        if added.is_empty() {
+            return self.base.stats().clone();
+        }
+        let same = |parts: &[Arc<WindowStats>]| {
+            parts.len() == added.len() && parts.iter().zip(added).all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        let last = || self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((parts, range)) = &*last()
+            && same(parts)
+        {
+            return range.clone();
+        }
+        // Built outside the lock: a concurrent query builds the same.
+        let parts: Vec<&WindowStats> = added.iter().map(AsRef::as_ref).collect();
+        let range = Arc::new(self.base.with(&parts));
+        *last() = Some((added.to_vec(), range.clone()));
+        range
+    }
+}
+
 /// A recent page's statistics, by the page they were built from (its
 /// address, held by the `Weak`, and the visits counted of it).
 type PageKey = (usize, usize);
@@ -162,7 +210,7 @@ struct Shared {
     kept: Option<Cache<Key, Arc<Kept>>>,
     /// Settled windows merged, while each of them is fresh: a query adds
     /// only its recent windows to them.
-    bases: Option<Cache<BaseKey, Arc<Kept<Arc<Base>>>>>,
+    bases: Option<Cache<BaseKey, Arc<Kept<Arc<Merged>>>>>,
     /// Recent windows' statistics page by page, while the page lives: a
     /// window whose pages were refreshed builds only the refreshed ones.
     recent_pages: Option<Cache<PageKey, PageStats>>,
@@ -198,23 +246,24 @@ impl Plan {
 }
 
 impl StatsLoader {
-    /// `max_bytes` (`STATS_CACHE_MAX_BYTES`) is shared: half for settled
-    /// windows, three eighths for their merged bases, the rest for recent
-    /// pages.
+    /// `max_bytes` (`STATS_CACHE_MAX_BYTES`) is shared: a quarter for
+    /// settled windows, five eighths for ranges' merged settled windows (each
+    /// with its index and last range, several times a window's weight), the
+    /// rest for recent pages.
     pub fn new(max_bytes: u64, max_platform_requests: u64) -> Self {
         let on = max_bytes > 0;
         let weight = |w: usize| u32::try_from(w).unwrap_or(u32::MAX);
         let kept = on.then(|| {
             Cache::builder()
-                .max_capacity(max_bytes / 2)
+                .max_capacity(max_bytes / 4)
                 .weigher(move |_: &Key, kept: &Arc<Kept>| weight(kept.stats.weight()))
                 .expire_after(WhileFresh)
                 .build()
         });
         let bases = on.then(|| {
             Cache::builder()
-                .max_capacity(max_bytes / 8 * 3)
-                .weigher(move |_: &BaseKey, kept: &Arc<Kept<Arc<Base>>>| {
+                .max_capacity(max_bytes / 8 * 5)
+                .weigher(move |_: &BaseKey, kept: &Arc<Kept<Arc<Merged>>>| {
                     weight(kept.stats.weight())
                 })
                 .expire_after(WhileFresh)
@@ -530,9 +579,9 @@ impl Shared {
             .iter()
             .flat_map(|(_, p)| p.stats.iter().map(AsRef::as_ref))
             .collect();
-        let added: Vec<&WindowStats> = recent
+        let added: Vec<Arc<WindowStats>> = recent
             .iter()
-            .flat_map(|(_, p)| p.stats.iter().map(AsRef::as_ref))
+            .flat_map(|(_, p)| p.stats.iter().cloned())
             .collect();
         if let ([(_, one)], []) = (settled.as_slice(), added.as_slice())
             && let [stats] = one.stats.as_slice()
@@ -540,15 +589,13 @@ impl Shared {
             return stats.clone();
         }
         if held.len() < 2 {
-            let all: Vec<&WindowStats> = held.into_iter().chain(added).collect();
+            let all: Vec<&WindowStats> = held
+                .into_iter()
+                .chain(added.iter().map(AsRef::as_ref))
+                .collect();
             return Arc::new(WindowStats::merge(&all));
         }
-        let base = self.base(activity, page_size, &settled, &held);
-        if added.is_empty() {
-            base.stats().clone()
-        } else {
-            Arc::new(base.with(&added))
-        }
+        self.base(activity, page_size, &settled, &held).with(&added)
     }
 
     /// The settled windows merged: kept while each of them is fresh.
@@ -558,9 +605,9 @@ impl Shared {
         page_size: u64,
         settled: &[&(Window, Part)],
         held: &[&WindowStats],
-    ) -> Arc<Base> {
+    ) -> Arc<Merged> {
         let (Some((first, _)), Some((last, _))) = (settled.first(), settled.last()) else {
-            return Arc::new(Base::new(held));
+            return Arc::new(Merged::new(held));
         };
         let key = BaseKey {
             activity,
@@ -576,7 +623,7 @@ impl Shared {
             if let Some(kept) = bases.get(&key).filter(|k| k.freshness().is_some()) {
                 return kept.stats.clone();
             }
-            let base = Arc::new(Base::new(held));
+            let base = Arc::new(Merged::new(held));
             bases.insert(
                 key,
                 Arc::new(Kept {
@@ -588,7 +635,7 @@ impl Shared {
             );
             return base;
         }
-        Arc::new(Base::new(held))
+        Arc::new(Merged::new(held))
     }
 
     /// A window's statistics from its every page, first to last (kept when

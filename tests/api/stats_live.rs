@@ -81,7 +81,8 @@ async fn stats_subscription_fills_in_with_rising_progress_and_ends_equal_to_the_
 
     // The first at once, from the (empty) caches: partial.
     let (at, first) = &results[0];
-    assert!(*at < Duration::from_millis(1500), "{at:?}");
+    // At once: long before the pages are read (seconds at this budget).
+    assert!(*at < Duration::from_millis(2500), "{at:?}");
     let (read, of, complete) = progress(first);
     assert!(!complete && read < of, "{first}");
     assert_eq!(
