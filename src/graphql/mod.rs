@@ -399,6 +399,7 @@ impl Resolver {
             req.activity,
             req.range,
             req.args,
+            scope.now,
         )
         .await?;
         let connection = UserVisitConnection {

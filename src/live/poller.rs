@@ -473,7 +473,7 @@ impl Live {
             from: now - MAX_WINDOW,
             to: now,
         };
-        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline);
+        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline, now);
         let first = reader.first(window).await?;
         let shape = reader::shape(&first);
         let mut page_no = reader::page_count(shape);
@@ -521,6 +521,7 @@ impl Live {
         out: &mut Vec<Arc<Visit>>,
     ) -> Result<(), GatewayError> {
         let deadline = Instant::now() + self.policy.deadline;
+        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline, now);
         let mut budget = self.policy.max_requests_per_poll;
         // A cursor ahead of our clock (the platform's runs ahead): ask for
         // its millisecond only, until our clock catches up.
@@ -534,7 +535,7 @@ impl Live {
                 0
             };
             let complete = self
-                .read_window(activity, window, skip, &mut budget, deadline, cursor, out)
+                .read_window(reader, window, skip, &mut budget, cursor, out)
                 .await?;
             if !complete {
                 return Ok(());
@@ -552,14 +553,12 @@ impl Live {
 
     /// Reads `window` from offset `skip` to its end; false when the poll's
     /// budget ran out first.
-    #[allow(clippy::too_many_arguments)]
     async fn read_window(
         &self,
-        activity: ActivityId,
+        reader: Reader<'_>,
         window: Window,
         skip: u64,
         budget: &mut u64,
-        deadline: Instant,
         cursor: &mut Cursor,
         out: &mut Vec<Arc<Visit>>,
     ) -> Result<bool, GatewayError> {
@@ -567,7 +566,6 @@ impl Live {
             return Ok(false);
         }
         *budget -= 1;
-        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline);
         let first = reader.first(window).await?;
         let shape = reader::shape(&first);
         if shape.total <= skip {
