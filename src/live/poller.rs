@@ -36,32 +36,7 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::page::Visit;
 use crate::paging::{self, ActivityId, MAX_WINDOW, Window};
 use crate::reader::{self, Reader};
-use crate::shared::live::{Entry, READ_COUNT, Role, SharedLive};
-
-/// Where the poller is in an activity's list of visits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// The newest `visitAt` seen.
-    pub at: DateTime<Utc>,
-    /// Visits at exactly `at` seen (they come first in `[at, …)`).
-    pub seen: u64,
-}
-
-impl Cursor {
-    /// Takes account of a visit read after every earlier one.
-    pub fn advance(&mut self, visit_at: DateTime<Utc>) {
-        if visit_at > self.at {
-            *self = Cursor {
-                at: visit_at,
-                seen: 1,
-            };
-        } else if visit_at == self.at {
-            self.seen += 1;
-        }
-        // An older visit (the platform's order is not by time) leaves the
-        // cursor where it is: the next poll starts after newer ones anyway.
-    }
-}
+use crate::shared::live::{Cursor, Entry, READ_COUNT, Role, SharedLive};
 
 /// The windows to read `[from, to)` in, each at most 7 days: one when it
 /// fits, else the part before `to - 6 days` split from its start, then the
@@ -624,20 +599,6 @@ mod tests {
                     .all(|w| w.to - w.from <= MAX_WINDOW && w.from < w.to)
             );
         }
-    }
-
-    #[test]
-    fn live_cursor_counts_visits_at_its_millisecond() {
-        let at = t("2026-03-20T12:00:00.005Z");
-        let mut c = Cursor { at, seen: 2 };
-        c.advance(at);
-        assert_eq!(c, Cursor { at, seen: 3 });
-        c.advance(at - Duration::milliseconds(1));
-        assert_eq!(c, Cursor { at, seen: 3 });
-        let later = at + Duration::milliseconds(1);
-        c.advance(later);
-        c.advance(later);
-        assert_eq!(c, Cursor { at: later, seen: 2 });
     }
 
     #[test]
