@@ -1,4 +1,4 @@
-//! The GraphQL schema of SPEC §2 and its one resolver, `userVisits`: it turns
+//! The GraphQL schema (docs/api.md) and its one resolver, `userVisits`: it turns
 //! arguments into a validated plan, runs it, and shapes the connection.
 
 pub mod cost;
@@ -240,7 +240,7 @@ impl VisitPlans {
 }
 
 /// A validated `userVisits` request: nothing here can reach the platform
-/// unless it passed every check of SPEC §2.
+/// unless it passed every check of its arguments (docs/api.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VisitsRequest {
     pub activity: ActivityId,
@@ -249,8 +249,8 @@ pub struct VisitsRequest {
 }
 
 impl VisitsRequest {
-    /// The most platform requests this request can make (SPEC §2, "What one
-    /// request may cost").
+    /// The most platform requests this request can make (docs/api.md, "What
+    /// one request may cost").
     pub fn worst_case_requests(&self, upstream_page_size: u64) -> u64 {
         let slice_len = match self.args.direction {
             Direction::Forward { first, .. } => first,

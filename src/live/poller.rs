@@ -8,9 +8,10 @@
 //! asks the platform for `[at, now)` and skips that many at the start of the
 //! list, so several visits at one millisecond are neither sent twice nor
 //! skipped. This relies on the platform's order being oldest first (id
-//! ascending on the reference platform, SPEC §1). A burst of more than one
-//! page is read page by page, at most `MAX_PLATFORM_REQUESTS_PER_QUERY` pages
-//! a poll; the rest follows at the next poll, from the cursor.
+//! ascending on the reference platform: docs/architecture.md, "The platform
+//! we call"). A burst of more than one page is read page by page, at most
+//! `MAX_PLATFORM_REQUESTS_PER_QUERY` pages a poll; the rest follows at the
+//! next poll, from the cursor.
 //!
 //! The first poll establishes the starting point: the newest visit of the
 //! 7 days ending now (its last page, read backwards while a page holds only
