@@ -286,15 +286,14 @@ impl PageCache {
     /// Whether `req` would be served without a platform request on the
     /// caller's path: a fresh page, or a settled window's page (served while
     /// it is refreshed in the background). A recent window's page past its
-    /// TTL is not: it is refreshed first. Judged on the wall clock: its
-    /// caller (the statistics' read-ahead planning) has no request clock to
-    /// pass yet.
-    pub async fn contains(&self, req: &PageRequest) -> bool {
-        self.peek(req).await.is_some()
+    /// TTL is not: it is refreshed first. Recent as of `now`, the caller's
+    /// clock, as in [`Self::page`].
+    pub async fn contains(&self, req: &PageRequest, now: DateTime<Utc>) -> bool {
+        self.peek(req, now).await.is_some()
     }
 
     /// The page `contains` finds, without asking anyone for it.
-    pub async fn peek(&self, req: &PageRequest) -> Option<Served> {
+    pub async fn peek(&self, req: &PageRequest, now: DateTime<Utc>) -> Option<Served> {
         if !self.enabled {
             return None;
         }
@@ -304,7 +303,7 @@ impl PageCache {
                 freshness: page.freshness(),
                 page,
             })
-        } else if !TtlPolicy::is_recent(req.window.to, Utc::now()) {
+        } else if !TtlPolicy::is_recent(req.window.to, now) {
             Some(Served {
                 freshness: Freshness::NONE,
                 page,
@@ -655,20 +654,28 @@ mod tests {
     async fn contains_says_whether_a_read_would_wait_on_the_platform() {
         let script = Arc::new(Script::default());
         let cache = cache(script.clone());
-        let recent = request(Utc::now());
-        let settled = request(Utc::now() - chrono::Duration::days(3));
-        assert!(!cache.contains(&recent).await && !cache.contains(&settled).await);
-        cache.page(recent, far(), Utc::now()).await.unwrap();
-        cache.page(settled, far(), Utc::now()).await.unwrap();
-        assert!(cache.contains(&recent).await && cache.contains(&settled).await);
+        let now = Utc::now();
+        let recent = request(now);
+        let settled = request(now - chrono::Duration::days(3));
+        assert!(!cache.contains(&recent, now).await && !cache.contains(&settled, now).await);
+        cache.page(recent, far(), now).await.unwrap();
+        cache.page(settled, far(), now).await.unwrap();
+        assert!(cache.contains(&recent, now).await && cache.contains(&settled, now).await);
         // Past their TTLs: a recent page is refreshed first, a settled one
         // is served while it is refreshed in the background.
         tokio::time::advance(Duration::from_secs(101)).await;
-        assert!(!cache.contains(&recent).await);
-        assert!(cache.contains(&settled).await);
+        assert!(!cache.contains(&recent, now).await);
+        assert!(cache.contains(&settled, now).await);
+        // Recent as of the caller's clock: two hours on, the same page is
+        // settled and served while it is refreshed.
+        assert!(
+            cache
+                .contains(&recent, now + chrono::Duration::hours(2))
+                .await
+        );
         assert_eq!(script.calls.load(Ordering::SeqCst), 2, "asking is free");
         let off = PageCache::new(script, 0, POLICY, Metrics::new());
-        assert!(!off.contains(&settled).await);
+        assert!(!off.contains(&settled, now).await);
     }
 
     /// Whether a window is recent is judged on the caller's `now`, never

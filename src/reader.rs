@@ -33,8 +33,8 @@ pub struct Reader<'a> {
     /// The page size asked of the platform (`UPSTREAM_PAGE_SIZE`).
     page_size: u64,
     deadline: Instant,
-    /// The clock every page read sees (whether a window is recent): read
-    /// once, when the reader is made for a request or a background job.
+    /// The clock every page read sees (whether a window is recent): the
+    /// request's pinned one, or a background job's own.
     now: DateTime<Utc>,
 }
 
@@ -44,6 +44,7 @@ impl<'a> Reader<'a> {
         activity: ActivityId,
         page_size: u64,
         deadline: Instant,
+        now: DateTime<Utc>,
     ) -> Self {
         Self {
             cache,
@@ -51,7 +52,7 @@ impl<'a> Reader<'a> {
             activity,
             page_size,
             deadline,
-            now: Utc::now(),
+            now,
         }
     }
 

@@ -2,6 +2,7 @@
 //! from its first page, cut the client's slice, read just the pages holding
 //! it (through the one [`crate::reader`]).
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -57,10 +58,11 @@ pub async fn load(
     activity: ActivityId,
     range: ResolvedRange,
     args: SliceArgs,
+    now: DateTime<Utc>,
 ) -> Result<VisitSlice, GatewayError> {
     let deadline = Instant::now() + policy.deadline;
     let reader =
-        Reader::new(cache, activity, policy.upstream_page_size, deadline).with_slots(slots);
+        Reader::new(cache, activity, policy.upstream_page_size, deadline, now).with_slots(slots);
     let windows = paging::split_windows(range);
     // Every window's first page: totals for `totalCount` and the page size
     // the platform really serves.

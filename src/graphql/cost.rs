@@ -15,7 +15,7 @@ use async_graphql::{InputType, Name, Value as ConstValue, Variables};
 use chrono::{DateTime, Utc};
 
 use super::stats::StatsInterval;
-use super::{Resolver, TimeRange};
+use super::{Resolver, TimeRange, VisitPlans, VisitsArgs};
 use crate::paging::ActivityId;
 use crate::stats::calendar::{self, Calendar};
 
@@ -29,21 +29,24 @@ const MAX_NESTING: usize = 64;
 pub const MAX_TIMELINE_BUCKETS: u64 = crate::stats::calendar::MAX_BUCKETS as u64;
 
 /// What the operation that would run may cost, at worst.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// Platform requests of its `userVisits` fields.
     pub platform_requests: u64,
     /// Buckets of its `timeline` fields.
     pub timeline_buckets: u64,
+    /// The `userVisits` plans counted: the resolver runs these, not plans
+    /// of its own (one plan a field).
+    pub visits: VisitPlans,
 }
 
 /// The worst case of the operation that would run, counted on every field
 /// the executor would run: each distinct (response name, arguments) pair,
 /// whether it came plainly, by alias, fragment or inline fragment (GraphQL
 /// merges identical fields, so they run once; two different fields under one
-/// response name both count). Each `userVisits` is planned exactly as the
-/// resolver plans it; a field that cannot be planned (bad arguments) costs
-/// nothing: it fails before any platform request.
+/// response name both count). Each `userVisits` is planned as the resolver
+/// runs it (the plans are in [`Plan::visits`]); a field that cannot be
+/// planned (bad arguments) costs nothing: it fails before any platform request.
 pub fn worst_case(
     resolver: &Resolver,
     doc: &ExecutableDocument,
@@ -51,8 +54,13 @@ pub fn worst_case(
     variables: &Variables,
     now: DateTime<Utc>,
 ) -> Plan {
+    let mut visits = VisitPlans::new(now);
     let Some(op) = operation(doc, operation_name) else {
-        return Plan::default();
+        return Plan {
+            platform_requests: 0,
+            timeline_buckets: 0,
+            visits,
+        };
     };
     let mut walk = Walk {
         doc,
@@ -65,7 +73,7 @@ pub fn worst_case(
     let platform_requests = if op.ty == OperationType::Query {
         walk.visits
             .iter()
-            .map(|(_, args)| field_cost(resolver, args, now))
+            .map(|(_, args)| field_cost(resolver, &mut visits, args))
             .sum()
     } else {
         0
@@ -78,6 +86,7 @@ pub fn worst_case(
     Plan {
         platform_requests,
         timeline_buckets,
+        visits,
     }
 }
 
@@ -236,25 +245,22 @@ fn arg<T: InputType>(args: &Args, name: &str) -> Option<T> {
     T::parse(value).ok()
 }
 
-fn field_cost(resolver: &Resolver, args: &Args, now: DateTime<Utc>) -> u64 {
-    let plan = || {
+fn field_cost(resolver: &Resolver, plans: &mut VisitPlans, args: &Args) -> u64 {
+    let mut plan = || {
         let id = match args.iter().find(|(n, _)| n == "activityId")?.1 {
             ConstValue::String(ref s) => s.clone(),
             ConstValue::Number(ref n) => n.to_string(),
             _ => return None,
         };
-        let activity = ActivityId::parse(&id).ok()?;
-        resolver
-            .plan(
-                activity,
-                arg::<Option<TimeRange>>(args, "range")?,
-                arg::<Option<i32>>(args, "first")?,
-                arg::<Option<String>>(args, "after")?,
-                arg::<Option<i32>>(args, "last")?,
-                arg::<Option<String>>(args, "before")?,
-                now,
-            )
-            .ok()
+        let args = VisitsArgs {
+            activity: ActivityId::parse(&id).ok()?,
+            range: arg::<Option<TimeRange>>(args, "range")?,
+            first: arg::<Option<i32>>(args, "first")?,
+            after: arg::<Option<String>>(args, "after")?,
+            last: arg::<Option<i32>>(args, "last")?,
+            before: arg::<Option<String>>(args, "before")?,
+        };
+        plans.plan(resolver, args).ok()
     };
     plan().map_or(0, |req| {
         req.worst_case_requests(resolver.fetch_policy.upstream_page_size)

@@ -1,4 +1,4 @@
-//! The GraphQL schema of SPEC §2 and its one resolver, `userVisits`: it turns
+//! The GraphQL schema (docs/api.md) and its one resolver, `userVisits`: it turns
 //! arguments into a validated plan, runs it, and shapes the connection.
 
 pub mod cost;
@@ -80,7 +80,7 @@ impl RequestScope {
 }
 
 /// A half-open range `[from, to)`; `to` defaults to now.
-#[derive(InputObject, Debug, Clone)]
+#[derive(InputObject, Debug, Clone, PartialEq)]
 pub struct TimeRange {
     pub from: DateTime,
     pub to: Option<DateTime>,
@@ -110,8 +110,24 @@ impl Query {
             let (resolver, scope) = field_context(ctx)?;
             let activity = readable_activity(ctx.data_opt::<Principal>(), &activity_id)?;
             scope.record(|f| f.activities.push(activity));
-            let request = resolver.plan(activity, range, first, after, last, before, scope.now)?;
-            let (connection, freshness) = resolver.run(request, &scope.platform_slots).await?;
+            let args = VisitsArgs {
+                activity,
+                range,
+                first,
+                after,
+                last,
+                before,
+            };
+            // The plan the cost stage made at admission, else (a request
+            // that did not come through it) one made here.
+            let request = match ctx
+                .data_opt::<VisitPlans>()
+                .and_then(|plans| plans.get(&args, scope.now))
+            {
+                Some(planned) => planned?,
+                None => resolver.plan(&args, scope.now)?,
+            };
+            let (connection, freshness) = resolver.run(request, &scope).await?;
             scope.record(|f| f.freshness = f.freshness.and(freshness));
             Ok(connection)
         };
@@ -163,8 +179,68 @@ pub(crate) fn readable_activity(
     Ok(activity)
 }
 
+/// A `userVisits` field's arguments, its activity parsed: all its plan
+/// depends on besides the request's `now`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisitsArgs {
+    pub activity: ActivityId,
+    pub range: Option<TimeRange>,
+    pub first: Option<i32>,
+    pub after: Option<String>,
+    pub last: Option<i32>,
+    pub before: Option<String>,
+}
+
+/// The `userVisits` plans the cost stage made for one request, by
+/// arguments, at the request's `now`: kept in the request's data so that
+/// each field is planned once, and the resolver runs what was costed.
+#[derive(Debug, Clone)]
+pub struct VisitPlans {
+    now: chrono::DateTime<Utc>,
+    plans: Vec<(VisitsArgs, Result<VisitsRequest, GatewayError>)>,
+}
+
+impl VisitPlans {
+    pub(crate) fn new(now: chrono::DateTime<Utc>) -> Self {
+        Self {
+            now,
+            plans: Vec::new(),
+        }
+    }
+
+    /// The plan for `args` at `now`: made once, whoever asks first.
+    pub(crate) fn plan(
+        &mut self,
+        resolver: &Resolver,
+        args: VisitsArgs,
+    ) -> Result<VisitsRequest, GatewayError> {
+        if let Some(planned) = self.get(&args, self.now) {
+            return planned;
+        }
+        let planned = resolver.plan(&args, self.now);
+        self.plans.push((args, planned.clone()));
+        planned
+    }
+
+    /// The plan made for `args`, if one was, at this `now` (a plan made on
+    /// another clock is not this request's).
+    fn get(
+        &self,
+        args: &VisitsArgs,
+        now: chrono::DateTime<Utc>,
+    ) -> Option<Result<VisitsRequest, GatewayError>> {
+        if now != self.now {
+            return None;
+        }
+        self.plans
+            .iter()
+            .find(|(a, _)| a == args)
+            .map(|(_, planned)| planned.clone())
+    }
+}
+
 /// A validated `userVisits` request: nothing here can reach the platform
-/// unless it passed every check of SPEC §2.
+/// unless it passed every check of its arguments (docs/api.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VisitsRequest {
     pub activity: ActivityId,
@@ -173,8 +249,8 @@ pub struct VisitsRequest {
 }
 
 impl VisitsRequest {
-    /// The most platform requests this request can make (SPEC §2, "What one
-    /// request may cost").
+    /// The most platform requests this request can make (docs/api.md, "What
+    /// one request may cost").
     pub fn worst_case_requests(&self, upstream_page_size: u64) -> u64 {
         let slice_len = match self.args.direction {
             Direction::Forward { first, .. } => first,
@@ -185,17 +261,23 @@ impl VisitsRequest {
 }
 
 impl Resolver {
-    #[allow(clippy::too_many_arguments)]
+    /// A field's arguments checked and turned into a plan, at `now`. Once a
+    /// field: through [`VisitPlans`] when the request came through admission.
     pub fn plan(
         &self,
-        activity: ActivityId,
-        range: Option<TimeRange>,
-        first: Option<i32>,
-        after: Option<String>,
-        last: Option<i32>,
-        before: Option<String>,
+        args: &VisitsArgs,
         now: chrono::DateTime<Utc>,
     ) -> Result<VisitsRequest, GatewayError> {
+        #[cfg(test)]
+        tests::PLANS_MADE.with(|n| n.set(n.get() + 1));
+        let VisitsArgs {
+            activity,
+            ref range,
+            first,
+            ref after,
+            last,
+            ref before,
+        } = *args;
         if first.is_some() && last.is_some() {
             return Err(GatewayError::bad_input(
                 "first and last cannot be used together: page forward with first/after or backward with last/before",
@@ -204,10 +286,12 @@ impl Resolver {
         let first = first.map(|n| self.page_size("first", n)).transpose()?;
         let last = last.map(|n| self.page_size("last", n)).transpose()?;
         let after = after
-            .map(|c| self.decode_cursor("after", &c, activity, now))
+            .as_deref()
+            .map(|c| self.decode_cursor("after", c, activity, now))
             .transpose()?;
         let before = before
-            .map(|c| self.decode_cursor("before", &c, activity, now))
+            .as_deref()
+            .map(|c| self.decode_cursor("before", c, activity, now))
             .transpose()?;
 
         let cursor_range = match (after, before) {
@@ -219,7 +303,7 @@ impl Resolver {
             (Some((range, _)), _) | (_, Some((range, _))) => Some(range),
             _ => None,
         };
-        let range = match (cursor_range, range) {
+        let range = match (cursor_range, range.as_ref()) {
             (Some(cursor), None) => cursor,
             (Some(cursor), Some(input)) => {
                 // The client may repeat the range it started with: same `from`,
@@ -235,8 +319,8 @@ impl Resolver {
                 cursor
             }
             (None, input) => paging::resolve_range(
-                input.as_ref().map(|r| r.from.0),
-                input.as_ref().and_then(|r| r.to.map(|t| t.0)),
+                input.map(|r| r.from.0),
+                input.and_then(|r| r.to.map(|t| t.0)),
                 now,
                 &self.range_policy,
             )?,
@@ -302,18 +386,20 @@ impl Resolver {
         Ok((range, cursor.offset))
     }
 
+    /// Runs a plan with the request's platform slots, on its clock.
     pub async fn run(
         &self,
         req: VisitsRequest,
-        platform_slots: &Semaphore,
+        scope: &RequestScope,
     ) -> Result<(UserVisitConnection, crate::cache::Freshness), GatewayError> {
         let loaded = visits::load(
             &self.cache,
             self.fetch_policy,
-            platform_slots,
+            &scope.platform_slots,
             req.activity,
             req.range,
             req.args,
+            scope.now,
         )
         .await?;
         let connection = UserVisitConnection {
@@ -357,4 +443,114 @@ pub fn build_schema(resolver: Option<Arc<Resolver>>, settings: &ServerSettings) 
 /// The SDL, as committed in `schema/schema.graphql`.
 pub fn sdl() -> String {
     build_schema(None, &ServerSettings::default()).sdl()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    use async_graphql::{Request, Variables};
+
+    use super::*;
+    use crate::cache::TtlPolicy;
+    use crate::page::{Page, PageRequest, PageSource};
+    use crate::telemetry::Metrics;
+
+    thread_local! {
+        /// How many times `Resolver::plan` ran on this thread.
+        pub(super) static PLANS_MADE: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn plans_made() -> u64 {
+        PLANS_MADE.with(Cell::get)
+    }
+
+    /// A platform whose windows are all empty.
+    struct Empty;
+
+    impl PageSource for Empty {
+        fn fetch(
+            &self,
+            req: PageRequest,
+            _: tokio::time::Instant,
+        ) -> futures::future::BoxFuture<'_, Result<Page, GatewayError>> {
+            let body = format!(
+                r#"{{"pager":{{"pageSize":{},"total":0}},"items":[]}}"#,
+                req.page_size
+            );
+            Box::pin(async move { crate::page::parse(body.as_bytes(), req.page, req.page_size) })
+        }
+    }
+
+    fn resolver() -> Arc<Resolver> {
+        let ttl = TtlPolicy {
+            recent: Duration::from_secs(10),
+            settled: Duration::from_secs(100),
+            grace: Duration::from_secs(100),
+            refresh_deadline: Duration::from_secs(5),
+            negative: Duration::ZERO,
+        };
+        Arc::new(Resolver {
+            cache: PageCache::new(Arc::new(Empty), 1 << 20, ttl, Metrics::new()),
+            range_policy: RangePolicy::default(),
+            fetch_policy: FetchPolicy {
+                upstream_page_size: 100,
+                window_concurrency: 4,
+                deadline: Duration::from_secs(5),
+            },
+            default_page_size: 20,
+            max_page_size: 100,
+            stats: crate::stats::load::StatsLoader::new(1 << 20, 200),
+        })
+    }
+
+    /// Three fields, two of them the same but for their alias, and one
+    /// whose arguments fail to plan.
+    const QUERY: &str = r#"{
+      a: userVisits(activityId: "7", first: 5) { totalCount }
+      b: userVisits(activityId: "7", last: 3) { totalCount }
+      c: userVisits(activityId: "7", first: 5) { totalCount }
+      d: userVisits(activityId: "7", first: 5, last: 3) { totalCount }
+    }"#;
+
+    /// The cost stage plans each distinct field once, and the resolver runs
+    /// those plans without planning again; without them (a request that did
+    /// not come through admission) it plans each field itself.
+    #[tokio::test]
+    async fn each_field_is_planned_once_per_request() {
+        let resolver = resolver();
+        let schema = build_schema(Some(resolver.clone()), &ServerSettings::default());
+        let now = Utc::now();
+        let doc = async_graphql::parser::parse_query(QUERY).unwrap();
+
+        let before = plans_made();
+        let cost = cost::worst_case(&resolver, &doc, None, &Variables::default(), now);
+        assert_eq!(plans_made() - before, 3, "a and c share one plan");
+        assert!(cost.platform_requests > 0);
+
+        let run = |plans: Option<VisitPlans>| {
+            let mut request = Request::new(QUERY)
+                .data(Principal::anonymous())
+                .data(RequestScope::new(now, 4));
+            if let Some(plans) = plans {
+                request = request.data(plans);
+            }
+            schema.execute(request)
+        };
+        let before = plans_made();
+        let admitted = run(Some(cost.visits)).await;
+        assert_eq!(plans_made() - before, 0, "the resolver planned again");
+
+        let before = plans_made();
+        let direct = run(None).await;
+        assert_eq!(plans_made() - before, 4, "one plan a field run");
+        // The same answer either way, the bad field's error included.
+        assert_eq!(
+            serde_json::to_value(&admitted).unwrap(),
+            serde_json::to_value(&direct).unwrap()
+        );
+        assert_eq!(admitted.errors.len(), 1, "{:?}", admitted.errors);
+        assert_eq!(admitted.errors[0].path.len(), 1);
+    }
 }

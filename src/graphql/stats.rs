@@ -1,4 +1,4 @@
-//! `userVisitStats` (SPEC §2, "Statistics for dashboards"): its arguments
+//! `userVisitStats` (docs/api.md, "Statistics: `userVisitStats`"): its arguments
 //! checked before any platform request, and its types, each figure computed
 //! when a query selects it.
 

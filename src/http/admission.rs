@@ -241,6 +241,8 @@ pub fn document(
             ));
         }
         request.set_parsed_query((**doc).clone());
+        // The resolver runs the plans costed here: one plan a field.
+        request = request.data(plan.visits);
     }
     Ok(Admitted {
         query,

@@ -1,8 +1,8 @@
-//! The HTTP surface of SPEC §6: the doors (GraphQL over POST and GET,
-//! subscriptions over WebSocket, Server-Sent Events and multipart HTTP), the
-//! playground, probes. Every door hands
-//! its document to the one [`admission`] pipeline; every refusal is a
-//! [`Refusal`], which renders itself.
+//! The HTTP surface (docs/api.md, "GraphQL over HTTP"): the doors (GraphQL
+//! over POST and GET, subscriptions over WebSocket, Server-Sent Events and
+//! multipart HTTP), the playground, probes. Every door hands its document to
+//! the one [`admission`] pipeline; every refusal is a [`Refusal`], which
+//! renders itself.
 
 pub mod admission;
 mod refusal;
@@ -181,8 +181,9 @@ enum Form {
 /// What POST and GET share once the client is admitted: answer from the
 /// response cache if it can, read the request, check what it may cost the
 /// platform, else execute with a deadline. Each refusal before execution has
-/// its HTTP status and a GraphQL error body (SPEC §4), the status of a
-/// request error chosen by the response's media type (GraphQL over HTTP).
+/// its HTTP status and a GraphQL error body (docs/api.md, "Error codes"), the
+/// status of a request error chosen by the response's media type (GraphQL
+/// over HTTP).
 async fn answer(
     state: &AppState,
     client: Client,
@@ -216,7 +217,7 @@ async fn answer(
         Form::QueryString => Params::from_query_string(&String::from_utf8_lossy(&raw)),
     };
     // A body or query string that is not a GraphQL request is a 400 in
-    // both media types (SPEC §4; GraphQL over HTTP: a request that is not
+    // both media types (GraphQL over HTTP: a request that is not
     // well-formed).
     let params = match params {
         Ok(params) => params,
@@ -238,7 +239,8 @@ async fn answer(
     } else {
         tracing::Span::none()
     };
-    // Its platform requests take turns with other clients' (SPEC §5b);
+    // Its platform requests take turns with other clients'
+    // (docs/operations.md);
     // `userVisitStats` lowers its own priority.
     let caller = Caller::new(client.bucket, Priority::Interactive);
     let execution = caller.scope(
@@ -356,7 +358,7 @@ fn operation_span(doc: Option<&ExecutableDocument>, name: Option<&str>) -> traci
     span
 }
 
-/// The response; for a GET with its caching headers (SPEC §6): a response
+/// The response; for a GET with its caching headers (docs/api.md): a response
 /// without errors may be kept while it stays fresh, by shared caches
 /// (`public`) only when it needed no credential, with an ETag for
 /// `If-None-Match`; anything else is `no-store`.

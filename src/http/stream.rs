@@ -1,4 +1,4 @@
-//! The subscription doors over plain HTTP (SPEC §2, "Live visits"), for
+//! The subscription doors over plain HTTP (docs/subscriptions-http.md), for
 //! networks and proxies that do not pass WebSockets: a `POST /graphql` whose
 //! `Accept` asks for a stream ([`graphql_http::negotiate_stream`]) gets its
 //! results as
@@ -106,7 +106,7 @@ pub async fn serve(
     }
     // A query (or anything else that is not a subscription): one result.
     let scope = RequestScope::new(now, state.limits.window_concurrency);
-    // Its platform requests take turns with other clients' (SPEC §5b).
+    // Its platform requests take turns with other clients' (docs/operations.md).
     let caller = Caller::new(client.bucket.clone(), Priority::Interactive);
     let request = admitted
         .request

@@ -1,8 +1,8 @@
 //! The WebSocket door: `graphql-transport-ws` (what the npm `graphql-ws`
 //! client speaks) on `GET /graphql` upgrades.
 //!
-//! async-graphql runs the protocol; this loop around it adds what SPEC §2
-//! and §5b ask beyond it:
+//! async-graphql runs the protocol; this loop around it adds what the
+//! gateway asks beyond it (docs/subscriptions.md, docs/security.md):
 //! - every client message is charged to the client's rate like a request,
 //!   and every `subscribe` passes the [`admission`] pipeline before
 //!   async-graphql sees it (a refusal is that subscription's `error`);
@@ -55,7 +55,7 @@ const READ_BUFFER: usize = 1024;
 /// On shutdown, how long the `complete` messages may take before the close.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// A socket must send `connection_init` within this, or it is closed with
-/// 4408 (SPEC §5b; the protocol's code for it).
+/// 4408 (the protocol's code for it; docs/subscriptions.md).
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a `subscribe` message may add to a request body: its id and type.
 const ENVELOPE_BYTES: usize = 1024;
@@ -129,7 +129,7 @@ pub async fn upgrade(state: Arc<AppState>, request: Request) -> Response {
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             // Queries sent over the socket take their turn at the platform
-            // budget as the client that opened it (SPEC §5b).
+            // budget as the client that opened it (docs/operations.md).
             let caller = Caller::new(upgrading.bucket, Priority::Interactive);
             caller.scope(serve(state, socket, header_credential, address, connection))
         })

@@ -1,4 +1,4 @@
-//! Live visits (SPEC §2, "Live visits"): `userVisitAdded` subscriptions fed
+//! Live visits (docs/subscriptions.md): `userVisitAdded` subscriptions fed
 //! by one poller per activity, whatever the number of subscribers.
 //!
 //! - [`Live`] is the registry: an activity's poller and its broadcast

@@ -8,9 +8,10 @@
 //! asks the platform for `[at, now)` and skips that many at the start of the
 //! list, so several visits at one millisecond are neither sent twice nor
 //! skipped. This relies on the platform's order being oldest first (id
-//! ascending on the reference platform, SPEC §1). A burst of more than one
-//! page is read page by page, at most `MAX_PLATFORM_REQUESTS_PER_QUERY` pages
-//! a poll; the rest follows at the next poll, from the cursor.
+//! ascending on the reference platform: docs/architecture.md, "The platform
+//! we call"). A burst of more than one page is read page by page, at most
+//! `MAX_PLATFORM_REQUESTS_PER_QUERY` pages a poll; the rest follows at the
+//! next poll, from the cursor.
 //!
 //! The first poll establishes the starting point: the newest visit of the
 //! 7 days ending now (its last page, read backwards while a page holds only
@@ -36,32 +37,7 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::page::Visit;
 use crate::paging::{self, ActivityId, MAX_WINDOW, Window};
 use crate::reader::{self, Reader};
-use crate::shared::live::{Entry, READ_COUNT, Role, SharedLive};
-
-/// Where the poller is in an activity's list of visits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// The newest `visitAt` seen.
-    pub at: DateTime<Utc>,
-    /// Visits at exactly `at` seen (they come first in `[at, …)`).
-    pub seen: u64,
-}
-
-impl Cursor {
-    /// Takes account of a visit read after every earlier one.
-    pub fn advance(&mut self, visit_at: DateTime<Utc>) {
-        if visit_at > self.at {
-            *self = Cursor {
-                at: visit_at,
-                seen: 1,
-            };
-        } else if visit_at == self.at {
-            self.seen += 1;
-        }
-        // An older visit (the platform's order is not by time) leaves the
-        // cursor where it is: the next poll starts after newer ones anyway.
-    }
-}
+use crate::shared::live::{Cursor, Entry, READ_COUNT, Role, SharedLive};
 
 /// The windows to read `[from, to)` in, each at most 7 days: one when it
 /// fits, else the part before `to - 6 days` split from its start, then the
@@ -473,7 +449,7 @@ impl Live {
             from: now - MAX_WINDOW,
             to: now,
         };
-        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline);
+        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline, now);
         let first = reader.first(window).await?;
         let shape = reader::shape(&first);
         let mut page_no = reader::page_count(shape);
@@ -521,6 +497,7 @@ impl Live {
         out: &mut Vec<Arc<Visit>>,
     ) -> Result<(), GatewayError> {
         let deadline = Instant::now() + self.policy.deadline;
+        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline, now);
         let mut budget = self.policy.max_requests_per_poll;
         // A cursor ahead of our clock (the platform's runs ahead): ask for
         // its millisecond only, until our clock catches up.
@@ -534,7 +511,7 @@ impl Live {
                 0
             };
             let complete = self
-                .read_window(activity, window, skip, &mut budget, deadline, cursor, out)
+                .read_window(reader, window, skip, &mut budget, cursor, out)
                 .await?;
             if !complete {
                 return Ok(());
@@ -552,14 +529,12 @@ impl Live {
 
     /// Reads `window` from offset `skip` to its end; false when the poll's
     /// budget ran out first.
-    #[allow(clippy::too_many_arguments)]
     async fn read_window(
         &self,
-        activity: ActivityId,
+        reader: Reader<'_>,
         window: Window,
         skip: u64,
         budget: &mut u64,
-        deadline: Instant,
         cursor: &mut Cursor,
         out: &mut Vec<Arc<Visit>>,
     ) -> Result<bool, GatewayError> {
@@ -567,7 +542,6 @@ impl Live {
             return Ok(false);
         }
         *budget -= 1;
-        let reader = Reader::new(&self.cache, activity, self.policy.page_size, deadline);
         let first = reader.first(window).await?;
         let shape = reader::shape(&first);
         if shape.total <= skip {
@@ -626,20 +600,6 @@ mod tests {
                     .all(|w| w.to - w.from <= MAX_WINDOW && w.from < w.to)
             );
         }
-    }
-
-    #[test]
-    fn live_cursor_counts_visits_at_its_millisecond() {
-        let at = t("2026-03-20T12:00:00.005Z");
-        let mut c = Cursor { at, seen: 2 };
-        c.advance(at);
-        assert_eq!(c, Cursor { at, seen: 3 });
-        c.advance(at - Duration::milliseconds(1));
-        assert_eq!(c, Cursor { at, seen: 3 });
-        let later = at + Duration::milliseconds(1);
-        c.advance(later);
-        c.advance(later);
-        assert_eq!(c, Cursor { at: later, seen: 2 });
     }
 
     #[test]

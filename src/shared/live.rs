@@ -44,7 +44,6 @@ use serde_json::json;
 
 use super::{KEY_PREFIX, Redis};
 use crate::error::{ErrorCode, GatewayError};
-use crate::live::poller::Cursor;
 use crate::page::Visit;
 use crate::paging::ActivityId;
 
@@ -53,6 +52,32 @@ use crate::paging::ActivityId;
 pub const MAX_ENTRIES: usize = 1000;
 /// Entries read at once; a longer backlog is read over the next steps.
 pub const READ_COUNT: usize = 100;
+
+/// Where the poller is in an activity's list of visits: what each entry
+/// carries on (`t`, `f`), so it lives here, below the poller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// The newest `visitAt` seen.
+    pub at: DateTime<Utc>,
+    /// Visits at exactly `at` seen (they come first in `[at, …)`).
+    pub seen: u64,
+}
+
+impl Cursor {
+    /// Takes account of a visit read after every earlier one.
+    pub fn advance(&mut self, visit_at: DateTime<Utc>) {
+        if visit_at > self.at {
+            *self = Cursor {
+                at: visit_at,
+                seen: 1,
+            };
+        } else if visit_at == self.at {
+            self.seen += 1;
+        }
+        // An older visit (the platform's order is not by time) leaves the
+        // cursor where it is: the next poll starts after newer ones anyway.
+    }
+}
 
 /// Renews or takes the lease (when free), and reads the stream after an id
 /// (or only its last entry, for a replica that joins).
@@ -412,6 +437,20 @@ mod tests {
             r#"{{"pager":{{"pageSize":1,"total":1}},"items":[{{"userId":"{user}","nickname":"n","visitAt":"{at}","lastOnlineAt":"{at}","duration":3,"city":"深圳"}}]}}"#
         );
         Arc::new(crate::page::parse(body.as_bytes(), 1, 1).unwrap().visits[0].clone())
+    }
+
+    #[test]
+    fn live_cursor_counts_visits_at_its_millisecond() {
+        let at = "2026-03-20T12:00:00.005Z".parse::<DateTime<Utc>>().unwrap();
+        let mut c = Cursor { at, seen: 2 };
+        c.advance(at);
+        assert_eq!(c, Cursor { at, seen: 3 });
+        c.advance(at - chrono::Duration::milliseconds(1));
+        assert_eq!(c, Cursor { at, seen: 3 });
+        let later = at + chrono::Duration::milliseconds(1);
+        c.advance(later);
+        c.advance(later);
+        assert_eq!(c, Cursor { at: later, seen: 2 });
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The timeline's buckets in a time zone (SPEC §2): aligned to the interval
-//! on the zone's wall clock, by the IANA database (chrono-tz).
+//! The timeline's buckets in a time zone (docs/api.md, `userVisitStats`):
+//! aligned to the interval on the zone's wall clock, by the IANA database
+//! (chrono-tz).
 //!
 //! A bucket holds the instants whose local time falls in the same interval
 //! (the same local date for `DAY`), while it does: the next bucket starts at

@@ -338,7 +338,7 @@ impl StatsLoader {
         // the platform serves. Read here only when the budget gives them at
         // once; until they are read, each window counts as one page.
         let firsts = plan.firsts();
-        let uncached_firsts = uncached(pages, &firsts).await;
+        let uncached_firsts = uncached(pages, &firsts, now).await;
         shared.spend(spent, uncached_firsts)?;
         if uncached_firsts > 0
             && let Some(reach) = pages.reach(FIRST_PAGES_WITHIN.min(policy.deadline))
@@ -349,7 +349,7 @@ impl StatsLoader {
             return Err(self.start(job, pages, policy, progress, now));
         }
         let read = |req: PageRequest| {
-            Reader::new(pages, req.activity, req.page_size, deadline)
+            Reader::new(pages, req.activity, req.page_size, deadline, now)
                 .with_slots(slots)
                 .page(req)
         };
@@ -359,7 +359,7 @@ impl StatsLoader {
         // here when the budget can give them before the deadline (a quarter
         // of it kept for the platform's own answers), else in the background.
         let later = later_pages(&firsts);
-        let uncached_later = uncached(pages, &later).await;
+        let uncached_later = uncached(pages, &later, now).await;
         shared.spend(spent, uncached_later)?;
         let usable = deadline
             .saturating_duration_since(Instant::now())
@@ -387,7 +387,7 @@ impl StatsLoader {
     ) -> Snapshot {
         let shared = &self.shared;
         let plan = shared.plan(activity, range, page_size, now);
-        let reader = Reader::new(pages, activity, page_size, Instant::now());
+        let reader = Reader::new(pages, activity, page_size, Instant::now(), now);
         let (mut read, mut needed) = (0, 0);
         let mut parts = Vec::new();
         for (window, part) in plan.windows.iter().zip(plan.parts) {
@@ -397,7 +397,7 @@ impl StatsLoader {
                 parts.push((*window, part));
                 continue;
             }
-            let Some(first) = pages.peek(&reader.request(*window, 1, None)).await else {
+            let Some(first) = pages.peek(&reader.request(*window, 1, None), now).await else {
                 needed += 1;
                 continue;
             };
@@ -405,7 +405,7 @@ impl StatsLoader {
             let mut served = vec![first];
             for page in 2..=count {
                 let req = reader.request(*window, page, Some(&served[0]));
-                if let Some(page) = pages.peek(&req).await {
+                if let Some(page) = pages.peek(&req, now).await {
                     served.push(page);
                 }
             }
@@ -511,11 +511,11 @@ impl Shared {
         let spent = AtomicU64::new(0);
         let plan = self.plan(key.activity, key.range, key.page_size, now);
         let firsts = plan.firsts();
-        self.spend(&spent, uncached(pages, &firsts).await)?;
-        let read = |req| read_patiently(pages, &slots, policy, req, progress);
+        self.spend(&spent, uncached(pages, &firsts, now).await)?;
+        let read = |req| read_patiently(pages, &slots, policy, req, progress, now);
         let firsts = read_firsts(firsts, read).await?;
         let later = later_pages(&firsts);
-        let uncached_later = uncached(pages, &later).await;
+        let uncached_later = uncached(pages, &later, now).await;
         self.spend(&spent, uncached_later)?;
         let needed = (firsts.len() + later.len()) as u64;
         progress.needed.store(needed, Ordering::Relaxed);
@@ -760,11 +760,11 @@ impl Shared {
     }
 }
 
-/// How many of these pages the platform would be asked for.
-async fn uncached(pages: &PageCache, reqs: &[PageRequest]) -> u64 {
+/// How many of these pages the platform would be asked for, at `now`.
+async fn uncached(pages: &PageCache, reqs: &[PageRequest], now: DateTime<Utc>) -> u64 {
     let mut n = 0;
     for req in reqs {
-        if !pages.contains(req).await {
+        if !pages.contains(req, now).await {
             n += 1;
         }
     }
@@ -829,13 +829,15 @@ async fn read_patiently(
     policy: FetchPolicy,
     req: PageRequest,
     progress: &Progress,
+    now: DateTime<Utc>,
 ) -> Result<Served, GatewayError> {
-    let cached = pages.contains(&req).await;
+    let cached = pages.contains(&req, now).await;
     let pause = Duration::from_secs_f64((1.0 / progress.rate).clamp(0.1, 5.0));
     let mut refusals = 0;
     loop {
         let deadline = Instant::now() + policy.deadline;
-        let reader = Reader::new(pages, req.activity, req.page_size, deadline).with_slots(slots);
+        let reader =
+            Reader::new(pages, req.activity, req.page_size, deadline, now).with_slots(slots);
         match reader.page(req).await {
             Ok(served) => {
                 if !cached {
