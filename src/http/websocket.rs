@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use async_graphql::Data;
 use async_graphql::http::{WebSocketProtocols, WsMessage};
-use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -265,7 +264,7 @@ async fn serve(
                                     // Like a resolver's refusal: a result with
                                     // the error, then `complete`.
                                     let id: Arc<str> = id.into();
-                                    let result = Bytes::from(refusal.into_result(&state.metrics));
+                                    let result = refusal.into_result(&state.metrics).into();
                                     deliveries.push(
                                         futures::stream::iter([
                                             (id.clone(), Some(Delivery::Next(result))),
@@ -384,14 +383,13 @@ struct Session {
 }
 
 /// A `next` message: the shared payload, with this subscription's id.
-fn next(id: &str, payload: &[u8]) -> String {
+fn next(id: &str, payload: &str) -> String {
     let id = serde_json::to_string(id).unwrap_or_default();
-    let payload = String::from_utf8_lossy(payload);
     let mut text = String::with_capacity(id.len() + payload.len() + 32);
     text.push_str(r#"{"id":"#);
     text.push_str(&id);
     text.push_str(r#","type":"next","payload":"#);
-    text.push_str(&payload);
+    text.push_str(payload);
     text.push('}');
     text
 }
