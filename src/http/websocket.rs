@@ -652,6 +652,32 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_gated_stream_is_polled_again_only_once_it_woke_the_task() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::{Context, Poll, Waker};
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = mpsc::unbounded_channel::<u8>();
+        let mut gated = Gated::new(futures::stream::poll_fn({
+            let polls = polls.clone();
+            move |cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                rx.poll_recv(cx)
+            }
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "not woken: not polled");
+        tx.send(7).unwrap();
+        assert_eq!(gated.poll_next_unpin(&mut cx), Poll::Ready(Some(7)));
+        // After an item it is polled again, as it may have more at once.
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 3);
+        drop(tx);
+        assert_eq!(gated.poll_next_unpin(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
     fn live_connection_init_credentials_are_found_in_any_case_and_under_headers() {
         for payload in [
             json!({"Authorization": "Bearer k"}),
