@@ -15,6 +15,9 @@
 //! 4. `--rounds` times: one visit added on the platform; the poll that reads
 //!    it is seen as the platform's request count moving (checked every
 //!    0.5 ms), and each subscriber's delay is from then to its `next` frame.
+//!    The CPU time of the gateway and of this process (the subscribers and
+//!    the simulated platform) per visit are printed too: when this process
+//!    needs about as long as the delay, the client, not the gateway, set it.
 //!
 //! Prints one `key=value` line; `bench/run.sh` (workload `live`) runs it.
 //! The process needs N + a few hundred file descriptors, and so does the
@@ -35,6 +38,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use visits_gateway::demo::{EXAMPLE_ACTIVITY, SimPlatform};
 use visits_gateway::secret::Secret;
 
@@ -188,6 +192,7 @@ async fn run(cli: &Cli, sim: &SimPlatform, addr: SocketAddr, pid: u32) -> Result
     let mut delays_us = Vec::with_capacity(everyone * cli.rounds);
     let mut last_us = Vec::with_capacity(cli.rounds);
     let cpu_before = cpu_ms(pid)?;
+    let client_cpu_before = cpu_ms(std::process::id())?;
     for round in 0..cli.rounds {
         sim.add_visit(EXAMPLE_ACTIVITY, Utc::now());
         let count = sim.request_count();
@@ -219,6 +224,11 @@ async fn run(cli: &Cli, sim: &SimPlatform, addr: SocketAddr, pid: u32) -> Result
     }
     // Includes the idle polls between the rounds (a few ms each).
     let cpu_per_round = (cpu_ms(pid)? - cpu_before) as f64 / cli.rounds as f64;
+    // This process's (the subscribers' reads, and the simulated platform):
+    // near a whole core per round means the client, not the gateway, set
+    // the last subscriber's delay.
+    let client_cpu_per_round =
+        (cpu_ms(std::process::id())? - client_cpu_before) as f64 / cli.rounds as f64;
     let failed = failures.load(Ordering::Relaxed);
     if failed > 0 {
         return Err(format!("{failed} subscriber sockets failed"));
@@ -233,7 +243,8 @@ async fn run(cli: &Cli, sim: &SimPlatform, addr: SocketAddr, pid: u32) -> Result
          idle_platform_requests_per_poll={:.2} rss_before_kib={rss_before} \
          rss_idle_kib={rss_idle} rss_per_subscriber_kib={rss_per_subscriber:.2} \
          rounds={} delay_p50_ms={:.1} delay_p99_ms={:.1} last_subscriber_median_ms={:.1} \
-         last_subscriber_max_ms={:.1} gateway_cpu_ms_per_visit={cpu_per_round:.0}",
+         last_subscriber_max_ms={:.1} gateway_cpu_ms_per_visit={cpu_per_round:.0} \
+         client_cpu_ms_per_visit={client_cpu_per_round:.0}",
         cli.subscribers,
         cli.poll_seconds,
         cli.idle_polls,
@@ -259,7 +270,12 @@ async fn subscriber(
         "sec-websocket-protocol",
         "graphql-transport-ws".parse().map_err(|_| "header")?,
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+    // A small read buffer, as the gateway's sockets have: tungstenite's
+    // default (128 KiB) is zeroed again for every read, which cost this
+    // client more than the gateway spent on a delivery and so delayed the
+    // arrival times it records.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
         .await
         .map_err(|e| e.to_string())?;
     let text = |v: Value| Message::Text(v.to_string().into());

@@ -212,10 +212,20 @@ async fn produce(
     let mut next = Bytes::from_static(opening(protocol));
     loop {
         if !next.is_empty() {
-            match tokio::time::timeout(stuck, frames.send(Frame::More(next))).await {
+            // Most often there is room: no timer then.
+            let waited = match frames.try_send(Frame::More(next)) {
+                Ok(()) => Ok(Ok(())),
+                Err(mpsc::error::TrySendError::Closed(_)) => Ok(Err(())),
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    tokio::time::timeout(stuck, frames.send(frame))
+                        .await
+                        .map(|sent| sent.map_err(drop))
+                }
+            };
+            match waited {
                 Ok(Ok(())) => {}
                 // The client went away.
-                Ok(Err(_)) => return,
+                Ok(Err(())) => return,
                 Err(_) => {
                     live.dropped_slow(&open, "stream");
                     return;
@@ -229,11 +239,11 @@ async fn produce(
             delivery = deliveries.next() => match delivery {
                 Some(Delivery::Next(payload)) => {
                     live.metrics.live_events_sent.inc();
-                    result(protocol, &payload)
+                    result(protocol, payload.as_bytes())
                 }
                 Some(Delivery::TooSlow(missed)) => {
                     live.metrics.live_closed_slow.inc();
-                    result(protocol, &subscriptions::too_slow(missed))
+                    result(protocol, subscriptions::too_slow(missed).as_bytes())
                 }
                 None => break,
             },

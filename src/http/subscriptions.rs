@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use async_graphql::parser::types::OperationType;
-use axum::body::Bytes;
 use axum::http::StatusCode;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -17,7 +16,7 @@ use super::refusal::Refusal;
 use super::{AppState, annotate};
 use crate::auth::Scope;
 use crate::graphql_http::{self, Params};
-use crate::live::fanout::{Delivery, Key};
+use crate::live::fanout::{Delivery, Key, Payload};
 use crate::live::{LiveConnection, SubscriptionGuard};
 use crate::response_cache::Facts;
 
@@ -87,9 +86,9 @@ pub fn join(
                 .execute_stream(request)
                 .map(move |mut response| {
                     annotate(&state, &mut response, &Facts::default());
-                    Bytes::from(serde_json::to_vec(&response).unwrap_or_else(|e| {
+                    Payload::from(serde_json::to_string(&response).unwrap_or_else(|e| {
                         tracing::error!(error = %e, "cannot serialise a subscription's result");
-                        br#"{"data":null,"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_vec()
+                        r#"{"data":null,"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_owned()
                     }))
                 })
                 .boxed()
@@ -101,12 +100,10 @@ pub fn join(
 }
 
 /// The payload that tells a subscriber it fell behind (it then ends).
-pub fn too_slow(missed: u64) -> Bytes {
+pub fn too_slow(missed: u64) -> String {
     let error = crate::live::too_slow(missed);
     let message = error.message;
-    Bytes::from(
-        serde_json::json!({ "data": null, "errors": [{ "message": message, "extensions": {
-            "code": crate::live::SUBSCRIBER_TOO_SLOW } }] })
-        .to_string(),
-    )
+    serde_json::json!({ "data": null, "errors": [{ "message": message, "extensions": {
+        "code": crate::live::SUBSCRIBER_TOO_SLOW } }] })
+    .to_string()
 }

@@ -20,12 +20,11 @@ use std::time::Duration;
 
 use async_graphql::Data;
 use async_graphql::http::{WebSocketProtocols, WsMessage};
-use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -161,7 +160,10 @@ async fn serve(
     // The client `connection_init` authenticated: what its messages are
     // charged to from then on, and what its subscriptions run as.
     let client: Arc<OnceLock<Session>> = Arc::new(OnceLock::new());
-    let (mut sink, mut input) = socket.split();
+    // One task reads and writes the socket, never both at once: no split
+    // (and no lock between its halves) is needed. It is read only once it
+    // woke the task.
+    let mut socket = Gated::new(socket);
     let (to_protocol, admitted) = mpsc::channel::<Vec<u8>>(INPUT_QUEUE);
     let init = {
         let (state, open, refused, client) =
@@ -196,49 +198,78 @@ async fn serve(
             }
         }
     };
-    let mut messages = async_graphql::http::WebSocket::new(
-        state.schema.clone(),
-        tokio_stream_of(admitted),
-        WebSocketProtocols::GraphQLWS,
-    )
-    .on_connection_init(init)
-    .keepalive_timeout(live.policy.ping * SILENT_PINGS);
+    // Polled only once something of its own woke the task: a delivery to
+    // thousands of sockets does not run the protocol's machinery for each.
+    let mut messages = Gated::new(
+        async_graphql::http::WebSocket::new(
+            state.schema.clone(),
+            tokio_stream_of(admitted),
+            WebSocketProtocols::GraphQLWS,
+        )
+        .on_connection_init(init)
+        .keepalive_timeout(live.policy.ping * SILENT_PINGS),
+    );
 
     let every = live.policy.ping;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let init_deadline = tokio::time::Instant::now() + INIT_TIMEOUT;
+    // One timer, made once: `connection_init`'s deadline until the client
+    // is initialised, then (on shutdown, once subscriptions are open) how
+    // long their `complete` messages may take.
+    let mut deadline = std::pin::pin!(tokio::time::sleep(INIT_TIMEOUT));
     let mut shutdown = live.shutdown_signal();
     // Made once, not per message: thousands of sockets wait on this channel.
     let mut shutdown = std::pin::pin!(async move {
         let _ = shutdown.wait_for(|down| *down).await;
     });
-    let mut closing: Option<tokio::time::Instant> = None;
+    let mut closing = false;
     let stuck = live.policy.stuck_write();
     // Subscriptions served from shared executions, by id; their deliveries.
     let mut joined: HashMap<Arc<str>, (AbortHandle, SubscriptionGuard)> = HashMap::new();
-    let mut deliveries: SelectAll<BoxStream<'static, (Arc<str>, Option<Delivery>)>> =
+    let mut deliveries: SelectAll<BoxStream<'static, (Arc<Tag>, Option<Delivery>)>> =
         SelectAll::new();
     loop {
         let initialised = client.get().is_some() || refused.load(Ordering::SeqCst);
         let message = tokio::select! {
             biased;
-            () = &mut shutdown, if closing.is_none() => {
-                closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+            () = &mut shutdown, if !closing => {
+                closing = true;
                 if open.load(Ordering::SeqCst) == 0 {
                     going_away()
                 } else {
+                    // Subscriptions are open: the client is initialised.
+                    deadline.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
                     continue;
                 }
             }
-            () = tokio::time::sleep_until(closing.unwrap_or_else(tokio::time::Instant::now)), if closing.is_some() => going_away(),
-            () = tokio::time::sleep_until(init_deadline), if !initialised => {
-                state.metrics.graphql_error(ErrorCode::Unauthenticated.as_str());
-                Message::Close(Some(CloseFrame {
-                    code: 4408,
-                    reason: "Connection initialisation timeout".into(),
-                }))
+            () = &mut deadline, if closing || !initialised => {
+                if closing {
+                    going_away()
+                } else {
+                    state.metrics.graphql_error(ErrorCode::Unauthenticated.as_str());
+                    Message::Close(Some(CloseFrame {
+                        code: 4408,
+                        reason: "Connection initialisation timeout".into(),
+                    }))
+                }
             }
-            m = input.next() => match m {
+            // A delivery before the client's messages: it is what thousands
+            // of sockets wake for at once.
+            Some((tag, delivery)) = deliveries.next(), if !deliveries.is_empty() => match delivery {
+                Some(Delivery::Next(payload)) => {
+                    live.metrics.live_events_sent.inc();
+                    Message::Text(tag.next(&payload).into())
+                }
+                Some(Delivery::TooSlow(missed)) => {
+                    live.metrics.live_closed_slow.inc();
+                    Message::Text(tag.next(&subscriptions::too_slow(missed)).into())
+                }
+                None => {
+                    // The shared execution ended: so does this subscription.
+                    joined.remove(&*tag.id);
+                    Message::Text(completed(&tag.id).into())
+                }
+            },
+            m = socket.next() => match m {
                 Some(Ok(Message::Text(t))) => match admit(&state, t.as_bytes(), &client, &address) {
                     Admit::Pass(bytes) => {
                         if to_protocol.try_send(bytes).is_err() {
@@ -264,27 +295,27 @@ async fn serve(
                                 Err(refusal) => {
                                     // Like a resolver's refusal: a result with
                                     // the error, then `complete`.
-                                    let id: Arc<str> = id.into();
-                                    let result = Bytes::from(refusal.into_result(&state.metrics));
+                                    let tag = Arc::new(Tag::new(id.into()));
+                                    let result = refusal.into_result(&state.metrics).into();
                                     deliveries.push(
                                         futures::stream::iter([
-                                            (id.clone(), Some(Delivery::Next(result))),
-                                            (id, None),
+                                            (tag.clone(), Some(Delivery::Next(result))),
+                                            (tag, None),
                                         ])
                                         .boxed(),
                                     );
                                     continue;
                                 }
                                 Ok(Joined { deliveries: stream, guard }) => {
-                                    let id: Arc<str> = id.into();
+                                    let tag = Arc::new(Tag::new(id.into()));
                                     let tagged = stream
                                         .map({
-                                            let id = id.clone();
-                                            move |d| (id.clone(), Some(d))
+                                            let tag = tag.clone();
+                                            move |d| (tag.clone(), Some(d))
                                         })
-                                        .chain(futures::stream::iter([(id.clone(), None)]));
+                                        .chain(futures::stream::iter([(tag.clone(), None)]));
                                     let (tagged, abort) = futures::stream::abortable(tagged);
-                                    joined.insert(id, (abort, guard));
+                                    joined.insert(tag.id.clone(), (abort, guard));
                                     deliveries.push(tagged.boxed());
                                     continue;
                                 }
@@ -318,25 +349,18 @@ async fn serve(
                 Some(m) => message(m, refused.load(Ordering::SeqCst), &state.metrics),
                 None => break,
             },
-            Some((id, delivery)) = deliveries.next(), if !deliveries.is_empty() => match delivery {
-                Some(Delivery::Next(payload)) => {
-                    live.metrics.live_events_sent.inc();
-                    Message::Text(next(&id, &payload).into())
-                }
-                Some(Delivery::TooSlow(missed)) => {
-                    live.metrics.live_closed_slow.inc();
-                    Message::Text(next(&id, &subscriptions::too_slow(missed)).into())
-                }
-                None => {
-                    // The shared execution ended: so does this subscription.
-                    joined.remove(&*id);
-                    Message::Text(completed(&id).into())
-                }
-            },
             _ = ping.tick() => Message::Text(r#"{"type":"ping"}"#.into()),
         };
         let is_close = matches!(message, Message::Close(_));
-        match tokio::time::timeout(stuck, sink.send(message)).await {
+        let sent = {
+            let mut send = std::pin::pin!(socket.inner.send(message));
+            // Most often the socket takes it at once: no timer then.
+            match futures::poll!(send.as_mut()) {
+                std::task::Poll::Ready(sent) => Ok(sent),
+                std::task::Poll::Pending => tokio::time::timeout(stuck, send).await,
+            }
+        };
+        match sent {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break,
             Err(_) => {
@@ -347,8 +371,8 @@ async fn serve(
         if is_close {
             break;
         }
-        if closing.is_some() && open.load(Ordering::SeqCst) == 0 {
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(going_away())).await;
+        if closing && open.load(Ordering::SeqCst) == 0 {
+            let _ = tokio::time::timeout(CLOSE_GRACE, socket.inner.send(going_away())).await;
             break;
         }
     }
@@ -383,17 +407,98 @@ struct Session {
     connection: Arc<LiveConnection>,
 }
 
-/// A `next` message: the shared payload, with this subscription's id.
-fn next(id: &str, payload: &[u8]) -> String {
-    let id = serde_json::to_string(id).unwrap_or_default();
-    let payload = String::from_utf8_lossy(payload);
-    let mut text = String::with_capacity(id.len() + payload.len() + 32);
-    text.push_str(r#"{"id":"#);
-    text.push_str(&id);
-    text.push_str(r#","type":"next","payload":"#);
-    text.push_str(&payload);
-    text.push('}');
-    text
+/// A subscription served from a shared execution: its id, and the start
+/// of its `next` messages, written once.
+struct Tag {
+    id: Arc<str>,
+    /// `{"id":<id>,"type":"next","payload":`
+    next: Box<str>,
+}
+
+impl Tag {
+    fn new(id: Arc<str>) -> Self {
+        let quoted = serde_json::to_string(&*id).unwrap_or_default();
+        let next = format!(r#"{{"id":{quoted},"type":"next","payload":"#).into();
+        Self { id, next }
+    }
+
+    /// A `next` message: the shared payload, with this subscription's id.
+    /// One buffer of exactly its size, which becomes the frame's text as it
+    /// is (no copy, no UTF-8 check).
+    fn next(&self, payload: &str) -> String {
+        let mut text = String::with_capacity(self.next.len() + payload.len() + 1);
+        text.push_str(&self.next);
+        text.push_str(payload);
+        text.push('}');
+        text
+    }
+}
+
+/// A stream polled only when something of its own woke the task since it
+/// last said `Pending` (as `FuturesUnordered` does for each of its futures):
+/// a task that waits on several sources then pays, on a wake-up, for the
+/// one that woke it, not for all of them.
+struct Gated<S> {
+    inner: S,
+    gate: Arc<Gate>,
+    /// The waker `inner` is polled with: it opens the gate, then wakes the
+    /// task.
+    waker: std::task::Waker,
+}
+
+struct Gate {
+    /// Set by a wake-up of `inner` (and at first): poll it.
+    open: AtomicBool,
+    task: futures::task::AtomicWaker,
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.open.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<S> Gated<S> {
+    fn new(inner: S) -> Self {
+        let gate = Arc::new(Gate {
+            open: AtomicBool::new(true),
+            task: futures::task::AtomicWaker::new(),
+        });
+        Self {
+            inner,
+            waker: gate.clone().into(),
+            gate,
+        }
+    }
+}
+
+impl<S: futures::Stream + Unpin> futures::Stream for Gated<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        let this = &mut *self;
+        // The task first, so a wake-up from now on reaches it.
+        this.gate.task.register(cx.waker());
+        if !this.gate.open.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Pending;
+        }
+        let polled = this
+            .inner
+            .poll_next_unpin(&mut std::task::Context::from_waker(&this.waker));
+        if polled.is_ready() {
+            // It may have more at once: poll it again next time.
+            this.gate.open.store(true, Ordering::Release);
+        }
+        polled
+    }
 }
 
 fn completed(id: &str) -> String {
@@ -545,6 +650,32 @@ fn coded(text: String, metrics: &Metrics) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_gated_stream_is_polled_again_only_once_it_woke_the_task() {
+        use std::sync::atomic::AtomicUsize;
+        use std::task::{Context, Poll, Waker};
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = mpsc::unbounded_channel::<u8>();
+        let mut gated = Gated::new(futures::stream::poll_fn({
+            let polls = polls.clone();
+            move |cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                rx.poll_recv(cx)
+            }
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 1, "not woken: not polled");
+        tx.send(7).unwrap();
+        assert_eq!(gated.poll_next_unpin(&mut cx), Poll::Ready(Some(7)));
+        // After an item it is polled again, as it may have more at once.
+        assert!(gated.poll_next_unpin(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 3);
+        drop(tx);
+        assert_eq!(gated.poll_next_unpin(&mut cx), Poll::Ready(None));
+    }
 
     #[test]
     fn live_connection_init_credentials_are_found_in_any_case_and_under_headers() {

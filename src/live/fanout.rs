@@ -20,7 +20,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
 use futures::Stream;
 use futures::stream::BoxStream;
 use tokio::sync::{Notify, broadcast};
@@ -30,17 +29,21 @@ use tokio::sync::{Notify, broadcast};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key(pub Arc<str>);
 
+/// One result serialised once (`{"data": ...}`), shared by every member.
+/// Text, so a door writes it into its frame without checking it again.
+pub type Payload = Arc<str>;
+
 /// What a member receives.
 #[derive(Debug, Clone)]
 pub enum Delivery {
-    /// One result's payload, serialised once (`{"data": ...}`).
-    Next(Bytes),
+    /// One result's payload.
+    Next(Payload),
     /// It fell more than the buffer behind and was dropped from the group.
     TooSlow(u64),
 }
 
 /// The payloads one poll brought.
-type Batch = Arc<Vec<Bytes>>;
+type Batch = Arc<Vec<Payload>>;
 
 struct Group {
     tx: broadcast::Sender<Batch>,
@@ -65,7 +68,7 @@ impl Fanout {
         self: &Arc<Self>,
         key: Key,
         buffer: usize,
-        start: impl FnOnce() -> BoxStream<'static, Bytes>,
+        start: impl FnOnce() -> BoxStream<'static, Payload>,
     ) -> Member {
         let mut groups = lock(&self.groups);
         if let Some(group) = groups.get(&key) {
@@ -117,7 +120,7 @@ async fn run(
     key: Key,
     tx: broadcast::Sender<Batch>,
     left: Arc<Notify>,
-    mut payloads: BoxStream<'static, Bytes>,
+    mut payloads: BoxStream<'static, Payload>,
 ) {
     use futures::{FutureExt, StreamExt};
     loop {
@@ -214,7 +217,7 @@ mod tests {
     async fn members_of_one_key_share_one_execution_and_the_same_bytes() {
         let fanout = Arc::new(Fanout::default());
         let started = Arc::new(AtomicUsize::new(0));
-        let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Payload>();
         let mut rx = Some(rx);
         let mut members = Vec::new();
         for _ in 0..3 {
@@ -232,7 +235,7 @@ mod tests {
             );
         }
         assert_eq!(started.load(Ordering::SeqCst), 1);
-        feed.send(Bytes::from_static(b"{\"data\":1}")).unwrap();
+        feed.send(Payload::from("{\"data\":1}")).unwrap();
         let mut got = Vec::new();
         for m in &mut members {
             match m.next().await {
@@ -264,7 +267,7 @@ mod tests {
         }
         let guard = Stops(stopped.clone());
         let member = fanout.join(key("b"), 8, move || {
-            futures::stream::pending::<Bytes>()
+            futures::stream::pending::<Payload>()
                 .map(move |b| {
                     let _ = &guard;
                     b
@@ -285,7 +288,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_that_falls_behind_is_told_and_ends() {
         let fanout = Arc::new(Fanout::default());
-        let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Payload>();
         let member = fanout.join(key("c"), 2, move || {
             let mut rx = rx;
             futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
@@ -296,7 +299,7 @@ mod tests {
             .boxed();
         let mut slow = member.into_stream().boxed();
         for i in 0..5 {
-            feed.send(Bytes::from(format!("{i}"))).unwrap();
+            feed.send(Payload::from(format!("{i}"))).unwrap();
             assert!(matches!(keeps_up.next().await, Some(Delivery::Next(_))));
         }
         assert!(matches!(slow.next().await, Some(Delivery::TooSlow(3))));
