@@ -1,17 +1,20 @@
 //! Reads a range's visits for statistics, through the page cache, and keeps
 //! each settled window's [`WindowStats`], so that asking again, or for a
 //! longer range with the same `from` (whose windows start alike), costs no
-//! platform request and no page read for those windows. The newest window,
-//! whose visits still change, is built again each time from the page cache
-//! (whose short TTL refreshes it).
+//! platform request and no page read for those windows. A range's settled
+//! windows are also kept merged ([`Base`], with the index of their visitors
+//! and keys) with the range last built on them; a recent window's
+//! statistics are kept page by page while each page lives in the page cache
+//! (whose short TTL refreshes it). So a warm query adds only the recent
+//! pages that changed to what is kept, and hashes only their visitors.
 //!
 //! Statistics read every page of the range, so they have their own bound
-//! (`STATS_MAX_PLATFORM_REQUESTS`, SPEC §2): the pages a request's
+//! (`STATS_MAX_PLATFORM_REQUESTS`, docs/api.md): the pages a request's
 //! statistics need that are not cached, all its fields together. Once the
 //! windows' first pages show the counts, a request over it is refused with
 //! `QUERY_TOO_EXPENSIVE` before any further platform request.
 //!
-//! Long statistics fill in; they do not fail halfway (SPEC §2). Before
+//! Long statistics fill in; they do not fail halfway. Before
 //! asking the platform, the loader compares the pages not cached with what
 //! the budget can give ([`PageCache::reach`]): the first pages within a
 //! second, the others before the deadline (less a quarter of it, for the
@@ -309,7 +312,7 @@ impl StatsLoader {
     /// platform requests this GraphQL request's statistics were allowed.
     ///
     /// When the budget cannot give the pages not cached before the deadline
-    /// (SPEC §2, "Long statistics fill in"), a background job reads them,
+    /// (docs/api.md, "Long statistics fill in"), a background job reads them,
     /// one per activity and range, and the answer is `STATS_LOADING` at once.
     #[allow(clippy::too_many_arguments)]
     pub async fn load(

@@ -1,4 +1,4 @@
-//! Dashboard statistics (SPEC §2, "Statistics for dashboards"), computed
+//! Dashboard statistics (docs/api.md, "Statistics"), computed
 //! from the visits of a range, exactly:
 //! - [`WindowStats`]: one upstream window's visits, reduced to what the
 //!   figures need (a compact record per visit, its distinct visitors and
