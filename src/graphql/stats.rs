@@ -28,16 +28,17 @@ pub(super) async fn user_visit_stats(
 ) -> async_graphql::Result<UserVisitStats> {
     let result = async {
         let (resolver, scope) = field_context(ctx)?;
-        let activity = readable_activity(ctx.data_opt::<Principal>(), &activity_id)?;
-        scope.record(|f| f.activities.push(activity));
-        let zone = calendar::zone(time_zone.as_deref().unwrap_or("UTC"))?;
-        let range = paging::resolve_range(
-            range.as_ref().map(|r| r.from.0),
-            range.as_ref().and_then(|r| r.to.map(|t| t.0)),
-            scope.now,
+        let asked = Asked::check(
+            ctx,
+            ctx.data_opt::<Principal>(),
             &resolver.range_policy,
+            &activity_id,
+            range.as_ref(),
+            time_zone.as_deref(),
+            scope.now,
         )?;
-        check_selection(ctx, range, zone)?;
+        let (activity, range, zone) = (asked.activity, asked.range, asked.zone);
+        scope.record(|f| f.activities.push(activity));
         // Bulk reads: after reads a person waits for, and live polls.
         let load = resolver.stats.load(
             &resolver.cache,
@@ -60,10 +61,47 @@ pub(super) async fn user_visit_stats(
     result.await.map_err(|e: GatewayError| e.extend())
 }
 
+/// A `userVisitStats` field's arguments (the query's or the
+/// subscription's), checked before any platform request.
+pub(super) struct Asked {
+    pub activity: paging::ActivityId,
+    /// Resolved and pinned as `userVisits` does.
+    pub range: paging::ResolvedRange,
+    pub zone: Tz,
+}
+
+impl Asked {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn check(
+        ctx: &Context<'_>,
+        principal: Option<&Principal>,
+        policy: &paging::RangePolicy,
+        activity_id: &str,
+        range: Option<&TimeRange>,
+        time_zone: Option<&str>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Self, GatewayError> {
+        let activity = readable_activity(principal, activity_id)?;
+        let zone = calendar::zone(time_zone.unwrap_or("UTC"))?;
+        let range = paging::resolve_range(
+            range.map(|r| r.from.0),
+            range.and_then(|r| r.to.map(|t| t.0)),
+            now,
+            policy,
+        )?;
+        check_selection(ctx, range, zone)?;
+        Ok(Self {
+            activity,
+            range,
+            zone,
+        })
+    }
+}
+
 /// The arguments of the selected figures, checked before any platform
 /// request: a bad `top` or a timeline with too many buckets costs nothing.
 /// Fields whose arguments cannot be read here fail in their own resolver.
-pub(super) fn check_selection(
+fn check_selection(
     ctx: &Context<'_>,
     range: paging::ResolvedRange,
     zone: Tz,

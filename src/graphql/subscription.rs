@@ -16,14 +16,12 @@ use futures::Stream;
 
 use chrono::Utc;
 
-use super::stats::{self, UserVisitStats};
+use super::stats::{Asked, UserVisitStats};
 use super::stats_follow::{self, Follow};
 use super::types::UserVisit;
 use super::{Resolver, TimeRange};
 use crate::error::GatewayError;
 use crate::live::{Live, LiveConnection, LiveVisit};
-use crate::paging;
-use crate::stats::calendar;
 
 pub struct Subscription;
 
@@ -67,23 +65,23 @@ impl Subscription {
             let resolver = ctx
                 .data::<Arc<Resolver>>()
                 .map_err(|_| GatewayError::internal("the resolver is not configured"))?;
-            let activity = super::readable_activity(Some(&connection.principal), &activity_id)?;
-            let zone = calendar::zone(time_zone.as_deref().unwrap_or("UTC"))?;
             let now = Utc::now();
-            let asked_to = range.as_ref().and_then(|r| r.to.map(|t| t.0));
-            let pinned = paging::resolve_range(
-                range.as_ref().map(|r| r.from.0),
-                asked_to,
-                now,
+            let asked = Asked::check(
+                ctx,
+                Some(&connection.principal),
                 &resolver.range_policy,
+                &activity_id,
+                range.as_ref(),
+                time_zone.as_deref(),
+                now,
             )?;
-            stats::check_selection(ctx, pinned, zone)?;
+            let asked_to = range.as_ref().and_then(|r| r.to.map(|t| t.0));
             let until = asked_to.filter(|to| *to > now);
             stats_follow::follow(Follow {
                 resolver: resolver.clone(),
-                activity,
-                range: pinned,
-                zone,
+                activity: asked.activity,
+                range: asked.range,
+                zone: asked.zone,
                 until,
                 open: asked_to.is_none() || until.is_some(),
                 live: live.clone(),
