@@ -69,9 +69,14 @@ pub(super) struct Follow {
 enum Phase {
     Start,
     Loading,
-    /// The range's figures, with every poller visit so far added: each
-    /// poll's visits are added to what is held, not merged with it again.
-    Moving(Box<Base>),
+    /// The range's figures as loaded (shared with the statistics caches,
+    /// so an open subscription holds no copy of a long range), the poller's
+    /// visits since, and the latest figures of both.
+    Moving {
+        loaded: Arc<WindowStats>,
+        polled: Box<Base>,
+        latest: Arc<WindowStats>,
+    },
     Done,
 }
 
@@ -167,8 +172,8 @@ impl State {
                         }
                     }
                 }
-                Phase::Moving(base) => {
-                    let stats = base.stats().clone();
+                Phase::Moving { latest, .. } => {
+                    let stats = latest.clone();
                     let until = self.follow.until;
                     tokio::select! {
                         biased;
@@ -192,9 +197,14 @@ impl State {
                             drop(stats);
                             let new = WindowStats::from_visits(self.added.iter().map(|v| &**v));
                             self.added.clear();
-                            let Phase::Moving(base) = &mut self.phase else { continue };
-                            base.add(&[&new]);
-                            let stats = base.stats().clone();
+                            let Phase::Moving { loaded, polled, latest } = &mut self.phase else {
+                                continue;
+                            };
+                            // Built per poll that brought visits, once for
+                            // every subscriber of this subscription.
+                            polled.add(&[&new]);
+                            *latest = Arc::new(WindowStats::merge(&[loaded, polled.stats()]));
+                            let stats = latest.clone();
                             return Some(Ok(self.moved(stats, None)));
                         }
                     }
@@ -227,9 +237,20 @@ impl State {
         match loaded {
             Ok(loaded) => {
                 self.read = self.read.max(loaded.pages);
-                let stats = with_visits(&loaded.stats, &mut self.added);
+                let polled =
+                    Base::new(&[&WindowStats::from_visits(self.added.iter().map(|v| &**v))]);
+                self.added.clear();
+                let stats = if polled.stats().visits() == 0 {
+                    loaded.stats.clone()
+                } else {
+                    Arc::new(WindowStats::merge(&[&loaded.stats, polled.stats()]))
+                };
                 self.phase = if f.open {
-                    Phase::Moving(Box::new(Base::new(&[&stats])))
+                    Phase::Moving {
+                        loaded: loaded.stats,
+                        polled: Box::new(polled),
+                        latest: stats.clone(),
+                    }
                 } else {
                     Phase::Done
                 };
@@ -325,16 +346,6 @@ impl State {
         }
         Ok(())
     }
-}
-
-/// `stats` with `added` merged in (taken out of it).
-fn with_visits(stats: &Arc<WindowStats>, added: &mut Vec<Arc<Visit>>) -> Arc<WindowStats> {
-    if added.is_empty() {
-        return stats.clone();
-    }
-    let new = WindowStats::from_visits(added.iter().map(|v| &**v));
-    added.clear();
-    Arc::new(WindowStats::merge(&[stats, &new]))
 }
 
 /// The next poll's visits; pending for ever without a feed.
