@@ -115,20 +115,24 @@
     (window.location.protocol === 'https:' ? 'wss://' : 'ws://') + window.location.host + endpoint;
   var wsFetcher = GraphiQL.createFetcher({ url: endpoint, subscriptionUrl: subscriptionUrl });
 
-  function isSubscription(params) {
+  // The subscription `params` runs, with the document parsed: null when it
+  // runs a query (or does not parse: the server reports that).
+  function subscriptionOf(params) {
     var graphql = GraphiQL.GraphQL;
-    if (!graphql || typeof params.query !== 'string') return false;
+    if (!graphql || typeof params.query !== 'string') return null;
+    var ast;
     try {
-      return graphql.parse(params.query).definitions.some(function (definition) {
-        return (
-          definition.kind === graphql.Kind.OPERATION_DEFINITION &&
-          definition.operation === 'subscription' &&
-          (!params.operationName || (definition.name && definition.name.value === params.operationName))
-        );
-      });
+      ast = graphql.parse(params.query);
     } catch (e) {
-      return false;
+      return null;
     }
+    var operation = ast.definitions.filter(function (definition) {
+      return (
+        definition.kind === graphql.Kind.OPERATION_DEFINITION &&
+        (!params.operationName || (definition.name && definition.name.value === params.operationName))
+      );
+    })[0];
+    return operation && operation.operation === 'subscription' ? { ast: ast, operation: operation } : null;
   }
 
   // The statistics panel: for any result holding `userVisitStats` (a query's,
@@ -307,7 +311,18 @@
   }
 
   function send(params, options) {
-    if (isSubscription(params)) return wsFetcher(withDefinedOperationName(params), options);
+    // The operation name first: a stale one (the tab switched a moment ago)
+    // would hide the subscription the document defines.
+    params = withDefinedOperationName(params);
+    var subscription = subscriptionOf(params);
+    if (subscription) {
+      // GraphiQL's own fetcher picks WebSocket from the document it parsed
+      // last, which lags the editor: hand it this one, and its operation's
+      // name.
+      var name = subscription.operation.name && subscription.operation.name.value;
+      if (name && !params.operationName) params = Object.assign({}, params, { operationName: name });
+      return wsFetcher(params, Object.assign({}, options, { documentAST: subscription.ast }));
+    }
     var headers = { 'Content-Type': 'application/json', Accept: 'application/json' };
     var extra = (options && options.headers) || {};
     Object.keys(extra).forEach(function (name) {
@@ -316,7 +331,7 @@
     return fetch(endpoint, {
       method: 'POST',
       headers: headers,
-      body: JSON.stringify(withDefinedOperationName(params)),
+      body: JSON.stringify(params),
       credentials: 'same-origin',
     }).then(function (response) {
       return response.text().then(function (text) {
