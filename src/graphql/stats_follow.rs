@@ -180,7 +180,7 @@ impl State {
                         () = &mut self.shutdown => return None,
                         () = sleep_until(until) => {
                             self.phase = Phase::Done;
-                            return Some(Ok(self.moved(stats, until)));
+                            return Some(Ok(self.moved(stats)));
                         }
                         visits = next_poll(&mut self.feed) => {
                             let Some(visits) = visits else {
@@ -205,7 +205,7 @@ impl State {
                             polled.add(&[&new]);
                             *latest = Arc::new(WindowStats::merge(&[loaded, polled.stats()]));
                             let stats = latest.clone();
-                            return Some(Ok(self.moved(stats, None)));
+                            return Some(Ok(self.moved(stats)));
                         }
                     }
                 }
@@ -254,11 +254,7 @@ impl State {
                 } else {
                     Phase::Done
                 };
-                let range = if f.open {
-                    f.range.ending_at(Utc::now(), Utc::now())
-                } else {
-                    f.range
-                };
+                let range = if f.open { self.moving_range() } else { f.range };
                 Some(Ok(UserVisitStats {
                     range,
                     zone: f.zone,
@@ -318,17 +314,20 @@ impl State {
     }
 
     /// The figures with the range's end moved to now (or to `until`).
-    fn moved(&self, stats: Arc<WindowStats>, until: Option<DateTime<Utc>>) -> UserVisitStats {
-        let now = Utc::now();
-        let f = &self.follow;
-        let end = until.unwrap_or(now).min(f.until.unwrap_or(now));
-        let pages = self.read;
+    fn moved(&self, stats: Arc<WindowStats>) -> UserVisitStats {
         UserVisitStats {
-            range: f.range.ending_at(end, now),
-            zone: f.zone,
+            range: self.moving_range(),
+            zone: self.follow.zone,
             stats,
-            progress: StatsProgress::all(pages),
+            progress: StatsProgress::all(self.read),
         }
+    }
+
+    /// The open range, its end moved to now (never past the `to` asked).
+    fn moving_range(&self) -> ResolvedRange {
+        let now = Utc::now();
+        let end = self.follow.until.map_or(now, |until| until.min(now));
+        self.follow.range.ending_at(end, now)
     }
 
     /// Keeps a poll's visits that fall after the range's pinned end (and
