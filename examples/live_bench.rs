@@ -183,8 +183,12 @@ async fn run(cli: &Cli, sim: &SimPlatform, addr: SocketAddr, pid: u32) -> Result
     tokio::time::sleep(poll * 3).await;
     let rss_idle = rss_kib(pid)?;
     let before = sim.request_count();
+    let idle_cpu_before = cpu_ms(pid)?;
     tokio::time::sleep(poll * cli.idle_polls as u32).await;
     let idle_requests = sim.request_count() - before;
+    // What idle subscribers cost the gateway: pings, pongs and the polls.
+    let idle_cpu_per_second =
+        (cpu_ms(pid)? - idle_cpu_before) as f64 / (poll * cli.idle_polls as u32).as_secs_f64();
     while received.try_recv().is_ok() {}
 
     // Delivery: one visit at a time.
@@ -242,6 +246,7 @@ async fn run(cli: &Cli, sim: &SimPlatform, addr: SocketAddr, pid: u32) -> Result
          idle_platform_requests={idle_requests} idle_polls={} \
          idle_platform_requests_per_poll={:.2} rss_before_kib={rss_before} \
          rss_idle_kib={rss_idle} rss_per_subscriber_kib={rss_per_subscriber:.2} \
+         gateway_idle_cpu_ms_per_s={idle_cpu_per_second:.1} \
          rounds={} delay_p50_ms={:.1} delay_p99_ms={:.1} last_subscriber_median_ms={:.1} \
          last_subscriber_max_ms={:.1} gateway_cpu_ms_per_visit={cpu_per_round:.0} \
          client_cpu_ms_per_visit={client_cpu_per_round:.0}",
