@@ -47,6 +47,7 @@ pub enum Door {
 }
 
 /// An authenticated client, and what its rate is counted by.
+#[derive(Clone)]
 pub struct Client {
     pub principal: Principal,
     /// Its key's name or JWT subject; an anonymous client's address (an

@@ -35,14 +35,12 @@ use tokio::sync::mpsc;
 
 use super::AppState;
 use super::admission::{self, Door};
+use super::admit_post;
 use super::refusal::Refusal;
 use super::subscriptions::{self, Joined};
-use super::{admit_post, annotate, within_deadline};
-use crate::graphql::RequestScope;
 use crate::graphql_http::{MediaType, Params, StreamProtocol};
 use crate::live::fanout::Delivery;
 use crate::live::{ConnectionGuard, LiveConnection};
-use crate::upstream::fair::{Caller, Priority};
 
 /// Frames made but not yet taken by the connection.
 const QUEUE: usize = 16;
@@ -105,27 +103,15 @@ pub async fn serve(
         return respond(protocol, body_of(taken));
     }
     // A query (or anything else that is not a subscription): one result.
-    let scope = RequestScope::new(now, state.limits.window_concurrency);
-    // Its platform requests take turns with other clients' (docs/operations.md).
-    let caller = Caller::new(client.bucket.clone(), Priority::Interactive);
-    let request = admitted
-        .request
-        .data(client.principal.clone())
-        .data(scope.clone())
-        .data(Arc::new(live_connection))
-        .data(state.live.clone());
-    let execution = caller.scope(state.schema.execute(request));
-    let mut response = match within_deadline(&state, execution).await {
-        Ok(response) => response,
+    let payload =
+        subscriptions::execute_once(&state, admitted, &client, Arc::new(live_connection), now)
+            .await;
+    let payload = match payload {
+        Ok(payload) => payload,
         Err(refusal) => return refused(refusal),
     };
-    annotate(&state, &mut response, &scope.facts());
-    let payload = serde_json::to_vec(&response).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot serialise a GraphQL response");
-        br#"{"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_vec()
-    });
     drop(connection);
-    single(protocol, &payload)
+    single(protocol, payload.as_bytes())
 }
 
 /// A whole stream of one result, then the end: a query's answer, or a

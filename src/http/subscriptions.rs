@@ -11,14 +11,18 @@ use axum::http::StatusCode;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use super::admission::Admitted;
+use chrono::{DateTime, Utc};
+
+use super::admission::{Admitted, Client};
 use super::refusal::Refusal;
-use super::{AppState, annotate};
+use super::{AppState, annotate, within_deadline};
 use crate::auth::Scope;
+use crate::graphql::RequestScope;
 use crate::graphql_http::{self, Params};
 use crate::live::fanout::{Delivery, Key, Payload};
 use crate::live::{LiveConnection, SubscriptionGuard};
 use crate::response_cache::Facts;
+use crate::upstream::fair::{Caller, Priority};
 
 /// A subscription joined: its deliveries, and its place in the limits
 /// (held as long as the subscription lives).
@@ -97,6 +101,36 @@ pub fn join(
         deliveries: member.into_stream().boxed(),
         guard,
     })
+}
+
+/// An operation that is not a subscription, sent through a subscription
+/// door (a WebSocket `subscribe`, an SSE or multipart POST): run as the
+/// POST door runs it, with its own request scope, as its client at the
+/// platform budget, within `REQUEST_TIMEOUT_MS`; its result serialised
+/// with every error coded.
+pub async fn execute_once(
+    state: &AppState,
+    admitted: Admitted,
+    client: &Client,
+    connection: Arc<LiveConnection>,
+    now: DateTime<Utc>,
+) -> Result<String, Refusal> {
+    let scope = RequestScope::new(now, state.limits.window_concurrency);
+    // Its platform requests take turns with other clients' (docs/operations.md).
+    let caller = Caller::new(client.bucket.clone(), Priority::Interactive);
+    let request = admitted
+        .request
+        .data(client.principal.clone())
+        .data(scope.clone())
+        .data(connection)
+        .data(state.live.clone());
+    let execution = caller.scope(state.schema.execute(request));
+    let mut response = within_deadline(state, execution).await?;
+    annotate(state, &mut response, &scope.facts());
+    Ok(serde_json::to_string(&response).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot serialise a GraphQL response");
+        r#"{"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_owned()
+    }))
 }
 
 /// The payload that tells a subscriber it fell behind (it then ends).

@@ -1,11 +1,16 @@
 //! The WebSocket door: `graphql-transport-ws` (what the npm `graphql-ws`
 //! client speaks) on `GET /graphql` upgrades.
 //!
-//! async-graphql runs the protocol; this loop around it adds what the
-//! gateway asks beyond it (docs/subscriptions.md, docs/security.md):
-//! - every client message is charged to the client's rate like a request,
-//!   and every `subscribe` passes the [`admission`] pipeline before
-//!   async-graphql sees it (a refusal is that subscription's `error`);
+//! async-graphql answers `connection_init` and `ping`; this loop runs every
+//! operation itself and adds what the gateway asks beyond the protocol
+//! (docs/subscriptions.md, docs/security.md):
+//! - every client message is charged to the client's rate like a request;
+//!   only graphql-transport-ws's messages are read (4400 otherwise);
+//! - every `subscribe` passes the [`admission`] pipeline (a refusal is that
+//!   operation's `error`), then joins its shared subscription or, for a
+//!   query, runs as a POST would;
+//! - the credential is checked again for every operation and at every ping
+//!   (4401 once it no longer holds);
 //! - a socket that has not sent `connection_init` within
 //!   [`INIT_TIMEOUT`] is closed with 4408, whatever else it sent;
 //! - open sockets are bounded per client (`LIVE_MAX_CONNECTIONS_PER_CLIENT`);
@@ -42,6 +47,7 @@ use crate::graphql_http::Params;
 use crate::live::SubscriptionGuard;
 use crate::live::fanout::Delivery;
 use crate::live::{ConnectionGuard, LiveConnection};
+use crate::secret::Secret;
 use crate::telemetry::Metrics;
 use crate::upstream::fair::{Caller, Priority};
 
@@ -187,6 +193,7 @@ async fn serve(
                     let _ = client.set(Session {
                         client: authenticated,
                         connection,
+                        credential: credential.map(Secret::new),
                     });
                     Ok(data)
                 }
@@ -223,8 +230,9 @@ async fn serve(
     });
     let mut closing = false;
     let stuck = live.policy.stuck_write();
-    // Subscriptions served from shared executions, by id; their deliveries.
-    let mut joined: HashMap<Arc<str>, (AbortHandle, SubscriptionGuard)> = HashMap::new();
+    // Operations running, by id (a subscription holds its place in the
+    // limits); their deliveries.
+    let mut joined: HashMap<Arc<str>, (AbortHandle, Option<SubscriptionGuard>)> = HashMap::new();
     let mut deliveries: SelectAll<BoxStream<'static, (Arc<Tag>, Option<Delivery>)>> =
         SelectAll::new();
     loop {
@@ -315,28 +323,56 @@ async fn serve(
                                         })
                                         .chain(futures::stream::iter([(tag.clone(), None)]));
                                     let (tagged, abort) = futures::stream::abortable(tagged);
-                                    joined.insert(tag.id.clone(), (abort, guard));
+                                    joined.insert(tag.id.clone(), (abort, Some(guard)));
                                     deliveries.push(tagged.boxed());
                                     continue;
                                 }
                             }
                         }
                     }
-                    Admit::Complete { id, text } => {
-                        match joined.remove(&*id) {
-                            // Its place is free at once; the confirmation below.
-                            Some((abort, _guard)) => {
-                                abort.abort();
-                                Message::Text(completed(&id).into())
-                            }
-                            None => {
-                                if to_protocol.try_send(text).is_err() {
-                                    break;
+                    Admit::Execute { id, admitted, now } => {
+                        let session = client.get().expect("subscribe is admitted after init");
+                        if joined.contains_key(&*id) {
+                            Message::Close(Some(CloseFrame {
+                                code: 4409,
+                                reason: format!("Subscriber for {id} already exists").into(),
+                            }))
+                        } else {
+                            let tag = Arc::new(Tag::new(id.into()));
+                            let run = {
+                                let (state, client) = (state.clone(), session.client.clone());
+                                let connection = session.connection.clone();
+                                async move {
+                                    subscriptions::execute_once(&state, *admitted, &client, connection, now)
+                                        .await
+                                        .unwrap_or_else(|refusal| refusal.into_result(&state.metrics))
                                 }
-                                continue;
-                            }
+                            };
+                            let result = futures::stream::once(run)
+                                .map({
+                                    let tag = tag.clone();
+                                    move |payload| (tag.clone(), Some(Delivery::Next(payload.into())))
+                                })
+                                .chain(futures::stream::iter([(tag.clone(), None)]));
+                            let (result, abort) = futures::stream::abortable(result);
+                            joined.insert(tag.id.clone(), (abort, None));
+                            deliveries.push(result.boxed());
+                            continue;
                         }
                     }
+                    Admit::Complete { id } => match joined.remove(&*id) {
+                        // Its place is free at once; the confirmation below.
+                        Some((abort, _guard)) => {
+                            abort.abort();
+                            Message::Text(completed(&id).into())
+                        }
+                        // Not running (any more): nothing to end.
+                        None => continue,
+                    },
+                    Admit::Close(code, reason) => Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })),
                 },
                 Some(Ok(Message::Binary(_))) => Message::Close(Some(CloseFrame {
                     code: 4400,
@@ -349,7 +385,18 @@ async fn serve(
                 Some(m) => message(m, refused.load(Ordering::SeqCst), &state.metrics),
                 None => break,
             },
-            _ = ping.tick() => Message::Text(r#"{"type":"ping"}"#.into()),
+            _ = ping.tick() => match client.get().map(|s| s.recheck(&state, &address)) {
+                // Its credential expired or was revoked since: what is open
+                // ends with the socket.
+                Some(Err(refusal)) => {
+                    state.metrics.graphql_error(refusal.code().as_str());
+                    Message::Close(Some(CloseFrame {
+                        code: 4401,
+                        reason: "Unauthorized: the credential expired or was revoked".into(),
+                    }))
+                }
+                _ => Message::Text(r#"{"type":"ping"}"#.into()),
+            },
         };
         let is_close = matches!(message, Message::Close(_));
         let sent = {
@@ -384,9 +431,10 @@ fn tokio_stream_of(mut rx: mpsc::Receiver<Vec<u8>>) -> impl futures::Stream<Item
 
 /// What becomes of one client message.
 enum Admit {
-    /// On to async-graphql, as it came or with its document resolved.
+    /// On to async-graphql: `connection_init`, `ping` and `pong`, the
+    /// protocol's own; it sees no operation.
     Pass(Vec<u8>),
-    /// Answered here: a subscription's `error`.
+    /// Answered here: an operation's `error`.
     Reply(String),
     /// Ignored: a `ping` over the client's rate.
     Drop,
@@ -396,15 +444,35 @@ enum Admit {
         admitted: Box<Admitted>,
         params: Params,
     },
-    /// The client ends subscription `id` (`text`, the message, for
-    /// async-graphql when the id is one of its own).
-    Complete { id: String, text: Vec<u8> },
+    /// An admitted query (or mutation): run once, its result sent as `next`,
+    /// then `complete`.
+    Execute {
+        id: String,
+        admitted: Box<Admitted>,
+        /// The request's one clock, as admission planned it.
+        now: chrono::DateTime<chrono::Utc>,
+    },
+    /// The client ends operation `id`.
+    Complete { id: String },
+    /// Not the protocol: the socket closes with this code and reason.
+    Close(u16, String),
 }
 
 /// The client's state once `connection_init` authenticated it.
 struct Session {
     client: Client,
     connection: Arc<LiveConnection>,
+    /// What it authenticated with: checked again for every operation and
+    /// at every ping, so an expired JWT or a revoked key does not outlive
+    /// its validity on a socket.
+    credential: Option<Secret>,
+}
+
+impl Session {
+    fn recheck(&self, state: &AppState, address: &Arc<str>) -> Result<(), Refusal> {
+        let credential = self.credential.as_ref().map(Secret::expose);
+        admission::client(state, credential, address).map(drop)
+    }
 }
 
 /// A subscription served from a shared execution: its id, and the start
@@ -506,9 +574,10 @@ fn completed(id: &str) -> String {
 }
 
 /// The door's part of [`admission`] for one message: charged to the
-/// client's rate (the address's until `connection_init` names a client);
-/// a `subscribe` after `connection_init` goes through the pipeline. Before
-/// it, async-graphql closes the socket with 4401, as the protocol says.
+/// client's rate (the address's until `connection_init` names a client).
+/// Only graphql-transport-ws's messages are read; every operation
+/// (`subscribe`) passes the pipeline here, whatever it runs, and nothing
+/// else reaches async-graphql that could run one.
 fn admit(state: &AppState, text: &[u8], client: &OnceLock<Session>, address: &Arc<str>) -> Admit {
     let anonymous;
     let charged = match client.get() {
@@ -523,38 +592,46 @@ fn admit(state: &AppState, text: &[u8], client: &OnceLock<Session>, address: &Ar
         }
     };
     let over_rate = admission::charge(state, charged).err();
-    // Not the protocol's JSON: async-graphql closes with 4400.
-    let Ok(mut message) = serde_json::from_slice::<Value>(text) else {
-        return Admit::Pass(text.to_vec());
+    let invalid = |why: &str| Admit::Close(4400, format!("Invalid message received: {why}"));
+    let Ok(message) = serde_json::from_slice::<Value>(text) else {
+        return invalid("not JSON");
     };
     let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
-    if kind == "complete"
-        && let Some(id) = message.get("id").and_then(Value::as_str)
-    {
-        return Admit::Complete {
-            id: id.to_owned(),
-            text: text.to_vec(),
-        };
+    let id = message.get("id").and_then(Value::as_str).map(str::to_owned);
+    match kind {
+        // `pong` and `complete` free or confirm what is held: always read.
+        "connection_init" | "pong" => return Admit::Pass(text.to_vec()),
+        "ping" if over_rate.is_some() => return Admit::Drop,
+        "ping" => return Admit::Pass(text.to_vec()),
+        "complete" => {
+            return match id {
+                Some(id) => Admit::Complete { id },
+                None => invalid("`complete` needs an id"),
+            };
+        }
+        "subscribe" => {}
+        // The older subscriptions-transport-ws's `start`, `stop`, … too:
+        // async-graphql would run a `start` without this pipeline.
+        _ => return invalid("not a graphql-transport-ws message type"),
     }
-    if kind != "subscribe" || client.get().is_none() {
-        // `complete` and `pong` free or confirm what is held: always read.
-        return match (over_rate, kind) {
-            (Some(_), "ping") => Admit::Drop,
-            _ => Admit::Pass(text.to_vec()),
-        };
-    }
-    let Some(id) = message.get("id").and_then(Value::as_str).map(str::to_owned) else {
-        return Admit::Pass(text.to_vec());
+    let Some(session) = client.get() else {
+        return Admit::Close(4401, "Unauthorized".into());
+    };
+    let Some(id) = id else {
+        return invalid("`subscribe` needs an id");
     };
     if let Some(refusal) = over_rate {
         return Admit::Reply(refusal.into_ws_error(&state.metrics, &id));
     }
+    if let Err(refusal) = session.recheck(state, address) {
+        return Admit::Reply(refusal.into_ws_error(&state.metrics, &id));
+    }
     let payload = message.get("payload").cloned().unwrap_or(Value::Null);
+    let now = chrono::Utc::now();
     let admitted = Params::from_value(payload)
         .map_err(Refusal::malformed)
         .and_then(|params| {
-            let admitted =
-                admission::document(state, &params, Door::WebSocket, chrono::Utc::now())?;
+            let admitted = admission::document(state, &params, Door::WebSocket, now)?;
             Ok((params, admitted))
         });
     match admitted {
@@ -566,14 +643,11 @@ fn admit(state: &AppState, text: &[u8], client: &OnceLock<Session>, address: &Ar
                 params,
             }
         }
-        Ok((params, admitted)) => {
-            if params.query.as_deref() == Some(&*admitted.query) {
-                return Admit::Pass(text.to_vec());
-            }
-            // A persisted document: async-graphql runs the text it names.
-            message["payload"]["query"] = Value::String(admitted.query.to_string());
-            Admit::Pass(message.to_string().into_bytes())
-        }
+        Ok((_, admitted)) => Admit::Execute {
+            id,
+            admitted: Box::new(admitted),
+            now,
+        },
     }
 }
 

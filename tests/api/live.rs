@@ -1139,3 +1139,152 @@ async fn live_a_fragment_bomb_or_an_expensive_query_over_the_socket_is_refused_a
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test]
+async fn live_only_graphql_transport_ws_messages_are_read_and_an_older_start_closes_the_socket_at_no_cost()
+ {
+    let app = live_app(|_| {}).await;
+    let (_, expensive, range) = bomb_and_expensive(&app);
+    // subscriptions-transport-ws's names (async-graphql would run a `start`
+    // as a `subscribe`), and types no protocol has.
+    for kind in ["start", "stop", "connection_terminate", "data", "query"] {
+        let mut ws = connect(&app, None).await;
+        init(&mut ws, json!({})).await;
+        send(
+            &mut ws,
+            json!({"id": "old", "type": kind, "payload": {"query": expensive, "variables": {"range": range}}}),
+        )
+        .await;
+        assert_eq!(
+            close_code(&mut ws, Duration::from_secs(5)).await,
+            Some(4400),
+            "{kind}"
+        );
+    }
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    ws.send(Message::Text("not json".into())).await.unwrap();
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(4400)
+    );
+    // An operation before `connection_ack`: 4401, as the protocol says.
+    let mut ws = connect(&app, None).await;
+    subscribe(&mut ws, "early", EXAMPLE_ACTIVITY).await;
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(4401)
+    );
+    assert_eq!(app.sim.request_count(), 0, "a refused message ran");
+}
+
+#[tokio::test]
+async fn live_a_query_over_the_socket_is_answered_with_next_then_complete_and_its_errors_coded() {
+    let app = live_app(|_| {}).await;
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    let range = json!({ "from": ts(app.now - chrono::Duration::days(2)), "to": ts(app.now) });
+    send(
+        &mut ws,
+        json!({"id": "q", "type": "subscribe", "payload": {
+            "query": "query($id: ID!, $range: TimeRange) { userVisits(activityId: $id, range: $range, first: 3) { totalCount edges { node { visitAt } } } }",
+            "variables": {"id": EXAMPLE_ACTIVITY.to_string(), "range": range}}}),
+    )
+    .await;
+    let result = next(&mut ws, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(result["id"], "q", "{result}");
+    assert_eq!(result["type"], "next", "{result}");
+    let page = &result["payload"]["data"]["userVisits"];
+    assert_eq!(page["edges"].as_array().unwrap().len(), 3, "{result}");
+    assert!(page["totalCount"].as_u64().unwrap() >= 3, "{result}");
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await,
+        Some(json!({"id": "q", "type": "complete"}))
+    );
+    // An error the resolver raises is coded, as over HTTP.
+    send(
+        &mut ws,
+        json!({"id": "bad", "type": "subscribe", "payload": {
+            "query": "{ userVisits(activityId: \"not-a-number\") { totalCount } }"}}),
+    )
+    .await;
+    let result = next(&mut ws, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(result["type"], "next", "{result}");
+    assert_eq!(
+        errors_of(&result)[0]["extensions"]["code"],
+        "BAD_USER_INPUT",
+        "{result}"
+    );
+    assert_eq!(
+        next(&mut ws, Duration::from_secs(5)).await,
+        Some(json!({"id": "bad", "type": "complete"}))
+    );
+}
+
+/// A JWT the gateway (with its 30 s of leeway) holds valid for `secs` more.
+fn jwt_valid_for(secs: u64) -> String {
+    use crate::security::{HS_SECRET, claims, hs256, now_secs};
+    hs256(
+        &claims(now_secs() - 30 + secs, json!("*")),
+        HS_SECRET.as_bytes(),
+    )
+}
+
+async fn jwt_live_app(ping: Duration) -> TestApp {
+    let secret = temp_dir().join("jwt-secret");
+    std::fs::write(&secret, crate::security::HS_SECRET).unwrap();
+    live_app(move |s| {
+        s.client.allow_unauthenticated = false;
+        s.client.jwt_hs256_secret_file = Some(secret);
+        s.client.jwt_issuer = Some("https://auth.example.com".into());
+        s.client.jwt_audience = Some("visits-gateway".into());
+        s.server.live_ping = ping;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn live_a_credential_that_expires_on_an_open_socket_opens_nothing_more_and_closes_it_with_4401()
+ {
+    // A new operation after the expiry is refused with UNAUTHENTICATED.
+    let app = jwt_live_app(Duration::from_secs(60)).await;
+    let mut ws = connect(&app, None).await;
+    let token = jwt_valid_for(2);
+    init(&mut ws, json!({"Authorization": format!("Bearer {token}")})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    subscribe(&mut ws, "late", EXAMPLE_ACTIVITY).await;
+    let refused = next(&mut ws, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(refused["id"], "late", "{refused}");
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{refused}"
+    );
+    assert_eq!(app.sim.request_count(), 0);
+
+    // What is open ends with the socket at the next ping after the expiry.
+    let app = jwt_live_app(Duration::from_secs(1)).await;
+    let mut ws = connect(&app, None).await;
+    let token = jwt_valid_for(3);
+    let opened = std::time::Instant::now();
+    init(&mut ws, json!({"Authorization": format!("Bearer {token}")})).await;
+    subscribe(&mut ws, "open", EXAMPLE_ACTIVITY).await;
+    // A lively client: it answers every ping.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let code = loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains(r#""ping""#) => {
+                let _ = send_raw(&mut ws, json!({"type": "pong"})).await;
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            _ => break None,
+        }
+    };
+    assert_eq!(code, Some(4401));
+    let lived = opened.elapsed();
+    assert!(
+        lived >= Duration::from_secs(2),
+        "closed after {lived:?}, while the credential was valid"
+    );
+}
