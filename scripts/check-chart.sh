@@ -186,6 +186,9 @@ expect_failure "a Redis password in the URL (ConfigMap)" "redis.url" --set redis
 expect_failure "a Redis password in config.REDIS_URL" "redis.urlSecret" --set config.REDIS_URL=redis://:pw@redis:6379
 expect_failure "a Redis URL in two places" "exclusive" --set redis.url=redis://redis:6379 --set redis.urlSecret.name=redis-url
 expect_failure "a Redis password file without its password" "secrets.redisPassword" --set redis.url=redis://redis:6379 --set redis.passwordFile=true
+expect_failure "a deadline within the request timeout" "upstreamDeadlineMs" --set gateway.upstreamDeadlineMs=15000
+expect_failure "a setting out of the gateway's range" "headerReadTimeoutSeconds" --set gateway.headerReadTimeoutSeconds=0
+expect_failure "the collector's headers in the ConfigMap" "opentelemetry.headersSecret" --set config.OTEL_EXPORTER_OTLP_HEADERS=x
 if "$HELM" template vg "$CHART" --kube-version 1.26.0 >"$WORK/neg.out" 2>&1; then
     die "rendered for Kubernetes 1.26, below kubeVersion"
 fi
@@ -200,6 +203,11 @@ printf '{"q1": "{ __typename }"}\n' >"$WORK/manifest.json"
 d=$(config_checksum --set-file "persistedQueries.manifest=$WORK/manifest.json")
 [[ -n "$a" && "$a" != "$b" && "$a" != "$c" && "$a" != "$d" ]] || die "checksum/config does not follow the ConfigMap, the Secret and the manifest"
 log "checksum/config follows the ConfigMap, the Secret and the trusted documents manifest"
+
+# A null setting is left out, for the gateway's own default.
+render default "${KUBE_VERSIONS[0]}" --set gateway.statsCacheMaxBytes=null >"$WORK/null.yaml"
+if grep -q 'STATS_CACHE_MAX_BYTES' "$WORK/null.yaml"; then die "gateway.statsCacheMaxBytes=null still set STATS_CACHE_MAX_BYTES"; fi
+log "a null gateway.* value leaves its setting to the gateway"
 
 "$HELM" package "$CHART" --destination "$WORK" >/dev/null
 log "helm package: $(cd "$WORK" && ls ./*.tgz)"

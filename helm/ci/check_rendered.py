@@ -14,7 +14,11 @@ Usage: check_rendered.py PROFILE RENDERED.yaml CORE_OUT.yaml
 3. The chart's contract is asserted for PROFILE (default, all-on or
    existing-secret): hardening, probes, env names, mounts, which optional
    objects exist.
-4. The Grafana dashboard is JSON, and it and the alert rules query only
+4. Every setting of src/config.rs reaches the chart: the default rendering
+   sets each one that has a default to that default (so values.yaml keeps the
+   gateway's defaults), and the all-on rendering sets every one (so a new
+   setting without a value in the chart fails here).
+5. The Grafana dashboard is JSON, and it and the alert rules query only
    metrics the gateway exports (the `metrics!` table in src/telemetry.rs, with
    the suffixes Prometheus gives counters and histograms) or a few well-known
    ones of Prometheus and kube-state-metrics.
@@ -23,6 +27,7 @@ Needs PyYAML and jsonschema (both come with kubernetes-validate).
 """
 
 import json
+import math
 import os
 import re
 import sys
@@ -37,6 +42,17 @@ CRD_SCHEMAS = {
 }
 SECRET_DIR = "/var/run/secrets/visits-gateway"
 TELEMETRY_RS = os.path.join(HERE, "..", "..", "src", "telemetry.rs")
+CONFIG_RS = os.path.join(HERE, "..", "..", "src", "config.rs")
+# Settings the default rendering leaves to the gateway on purpose.
+UNSET_BY_DEFAULT = {
+    # Without Redis, UPSTREAM_RATE_PER_SECOND is each pod's own (1 replica).
+    "EXPECTED_REPLICAS",
+}
+# Settings the all-on rendering cannot set.
+NOT_ALL_ON = {
+    "UPSTREAM_TOKEN",  # a secret: the chart sets UPSTREAM_TOKEN_FILE
+    "JWT_PUBLIC_KEY_FILE",  # exclusive with HS256 (all-on); existing-secret sets it
+}
 # Series other exporters provide, which the alerts may use.
 EXTERNAL_METRICS = {
     "up",  # Prometheus, per target
@@ -103,6 +119,57 @@ def exported_metrics():
             failures.append(f"src/telemetry.rs: metric {name} has an unknown type {ty}")
     check(len(names) > 20, f"src/telemetry.rs: only {len(names)} series found in the metrics! table")
     return names
+
+
+def gateway_settings():
+    """Each setting of src/config.rs (an argument's `id`) and its default as
+    text, or None when it has none: `default_value = "..."`, or a
+    `default_value_t` of a number, a product of numbers, a boolean or an
+    enum variant (clap prints those lower case)."""
+    with open(CONFIG_RS) as f:
+        src = f.read()
+    settings = {}
+    for arg in re.findall(r"#\[arg\((.*?)\)\]\s*pub ", src, re.S):
+        name = re.search(r'\bid = "([A-Z][A-Z0-9_]*)"', arg).group(1)
+        quoted = re.search(r'\bdefault_value = "([^"]*)"', arg)
+        typed = re.search(r"\bdefault_value_t = ([^,]+)", arg)
+        default = None
+        if quoted:
+            default = quoted.group(1)
+        elif typed:
+            expr = typed.group(1).strip().replace("_", "")
+            if re.fullmatch(r"[0-9]+( \* [0-9]+)*", expr):
+                default = str(math.prod(int(n) for n in expr.split(" * ")))
+            elif re.fullmatch(r"[0-9]+\.[0-9]+|true|false", expr):
+                default = expr
+            elif m := re.fullmatch(r"\w+::(\w+)", expr):
+                default = m.group(1).lower()
+            else:
+                failures.append(f"src/config.rs: cannot read the default of {name}: {expr!r}")
+        settings[name] = default
+    check(len(settings) > 50, f"src/config.rs: only {len(settings)} settings found")
+    return settings
+
+
+def same_value(rendered, default):
+    try:
+        return float(rendered) == float(default)
+    except ValueError:
+        return rendered == default
+
+
+def assert_settings(profile, env, ctr):
+    """The chart's side of every setting in src/config.rs (docstring, 4)."""
+    names = set(env) | {e["name"] for e in ctr.get("env") or []}
+    for name, default in sorted(gateway_settings().items()):
+        if profile == "default" and default is not None and name not in UNSET_BY_DEFAULT:
+            if name not in names:
+                failures.append(f"default: {name} (src/config.rs) is not set: give it a value in values.yaml, "
+                                "the gateway's default, and wire it in templates/_helpers.tpl")
+            elif not same_value(env.get(name), default):
+                failures.append(f"default: {name}={env.get(name)!r}, but the gateway's default is {default!r}")
+        elif profile == "all-on" and name not in NOT_ALL_ON:
+            check(name in names, f"all-on: {name} (src/config.rs) is not set: expose it in the chart and set it in helm/ci/all-on-values.yaml")
 
 
 def queried_metrics(expr):
@@ -247,6 +314,8 @@ def assert_contract(profile, docs):
         check('{"query":"{ __typename }"}' in script and "/graphql" in json.dumps(tc["env"]),
               "test pod POSTs { __typename } to /graphql")
 
+    assert_settings(profile, env, ctr)
+
     hpa = by_kind(docs, "HorizontalPodAutoscaler")
     pdb = by_kind(docs, "PodDisruptionBudget")
     kinds = {d["kind"] for d in docs}
@@ -261,7 +330,8 @@ def assert_contract(profile, docs):
         check("METRICS_LISTEN_ADDR" not in env, "default: metrics on the main port")
         check(not kinds & {"Ingress", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"}, "default: no optional objects")
         check(len(by_kind(docs, "ConfigMap")) == 1, "default: one ConfigMap (no dashboard, no manifest)")
-        check("PERSISTED_QUERIES_FILE" not in env and "PERSISTED_QUERIES_ONLY" not in env, "default: no trusted documents")
+        check("PERSISTED_QUERIES_FILE" not in env and env["PERSISTED_QUERIES_ONLY"] == "false", "default: no trusted documents")
+        check(not any(name.startswith("OTEL_") for name in env), "default: no tracing")
         check(not {"REDIS_URL", "REDIS_PASSWORD_FILE", "EXPECTED_REPLICAS"} & set(env) and "env" not in ctr,
               "default: no Redis settings")
     elif profile == "all-on":
@@ -310,6 +380,19 @@ def assert_contract(profile, docs):
               "all-on: REDIS_URL from values, without credentials")
         check(env.get("REDIS_PASSWORD_FILE") == f"{SECRET_DIR}/redis-password", "all-on: REDIS_PASSWORD_FILE")
         check(env.get("EXPECTED_REPLICAS") == "8", "all-on: EXPECTED_REPLICAS defaults to autoscaling.maxReplicas")
+        check(env.get("MAX_RANGE_DAYS") == "31", "all-on: `config` overrides gateway.*")
+        check(env.get("TRUSTED_PROXIES") == "10.0.0.0/8,fd00::/8", "all-on: TRUSTED_PROXIES joined with commas")
+        check(env.get("LIVE_MAX_CONNECTIONS_PER_CLIENT") == "20" and env.get("HEADER_READ_TIMEOUT_SECONDS") == "60",
+              "all-on: gateway.* settings rendered")
+        check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == "http://otel-collector.observability.svc:4318"
+              and env.get("OTEL_EXPORTER_OTLP_PROTOCOL") == "http/json"
+              and env.get("OTEL_SERVICE_NAME") == "visits-gateway-eu"
+              and env.get("OTEL_RESOURCE_ATTRIBUTES") == "deployment.environment.name=production,service.namespace=streaming"
+              and env.get("OTEL_TRACES_SAMPLER") == "parentbased_traceidratio"
+              and env.get("OTEL_TRACES_SAMPLER_ARG") == "0.25", "all-on: opentelemetry.* rendered")
+        check("OTEL_EXPORTER_OTLP_HEADERS" not in env and ctr.get("env") == [{"name": "OTEL_EXPORTER_OTLP_HEADERS",
+              "valueFrom": {"secretKeyRef": {"name": "otlp-credentials", "key": "headers"}}}],
+              "all-on: the collector's headers from their Secret, not the ConfigMap")
         redis_rules = [r for r in np["egress"] if any(p.get("port") == 6380 for p in r.get("ports", []))]
         check(len(redis_rules) == 1 and redis_rules[0].get("to"), "all-on: egress to Redis on its port, to its peers")
     elif profile == "existing-secret":

@@ -235,7 +235,7 @@ async fn answer(
     };
     let scope = RequestScope::new(now, state.limits.window_concurrency);
     let operation = if crate::otel::enabled() {
-        operation_span(parsed.as_deref(), params.operation_name.as_deref())
+        operation_span(parsed.as_deref(), params.operation_name.as_deref(), "http")
     } else {
         tracing::Span::none()
     };
@@ -321,9 +321,15 @@ pub(crate) async fn within_deadline(
 const MAX_OPERATION_NAME: usize = 100;
 
 /// The GraphQL operation's span, with the semantic conventions' type and
-/// name when the document settles them. The document itself is left out: its
-/// literals may hold what a client would not want in a trace backend.
-fn operation_span(doc: Option<&ExecutableDocument>, name: Option<&str>) -> tracing::Span {
+/// name when the document settles them, and how its results travel
+/// (`transport`: `http` for one response, `sse` or `multipart` for a
+/// stream). The document itself is left out: its literals may hold what a
+/// client would not want in a trace backend.
+fn operation_span(
+    doc: Option<&ExecutableDocument>,
+    name: Option<&str>,
+    transport: &'static str,
+) -> tracing::Span {
     let ty = doc.and_then(|doc| graphql_http::operation_type(doc, name));
     let ty = ty.map(|ty| match ty {
         OperationType::Query => "query",
@@ -355,6 +361,7 @@ fn operation_span(doc: Option<&ExecutableDocument>, name: Option<&str>) -> traci
     if let Some(name) = name {
         span.set_attribute("graphql.operation.name", name.to_owned());
     }
+    span.set_attribute("visits.transport", transport);
     span
 }
 

@@ -21,6 +21,11 @@
 //! may block is dropped; on shutdown every stream ends with its protocol's
 //! end, and the process waits for it. A query (not a subscription) is
 //! answered as one result, then the end.
+//!
+//! Traced like a POST: the server span of the request, and under it the
+//! operation's span. A subscription's covers its setup, up to joining its
+//! shared execution, as a WebSocket's upgrade span does: both end as the
+//! stream starts, and its results are not spans.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -32,6 +37,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::AppState;
 use super::admission::{self, Door};
@@ -71,6 +77,15 @@ pub async fn serve(
         Ok(admitted) => admitted,
         Err(refusal) => return refused(refusal),
     };
+    let operation = if crate::otel::enabled() {
+        super::operation_span(
+            admitted.parsed.as_deref(),
+            params.operation_name.as_deref(),
+            transport(protocol),
+        )
+    } else {
+        tracing::Span::none()
+    };
     let connection = match state.live.connection_opened(&client.bucket) {
         Ok(guard) => guard,
         Err(e) => {
@@ -90,7 +105,9 @@ pub async fn serve(
     };
     if subscriptions::is_subscription(&admitted, &params) {
         // Served from the shared execution of its distinct subscription.
-        let joined = match subscriptions::join(&state, admitted, &params, &live_connection) {
+        let joined =
+            operation.in_scope(|| subscriptions::join(&state, admitted, &params, &live_connection));
+        let joined = match joined {
             Ok(joined) => joined,
             Err(refusal) => {
                 // Like a resolver's refusal: one result, then the end.
@@ -105,6 +122,7 @@ pub async fn serve(
     // A query (or anything else that is not a subscription): one result.
     let payload =
         subscriptions::execute_once(&state, admitted, &client, Arc::new(live_connection), now)
+            .instrument(operation)
             .await;
     let payload = match payload {
         Ok(payload) => payload,
@@ -112,6 +130,14 @@ pub async fn serve(
     };
     drop(connection);
     single(protocol, payload.as_bytes())
+}
+
+/// The operation span's `visits.transport`.
+fn transport(protocol: StreamProtocol) -> &'static str {
+    match protocol {
+        StreamProtocol::Sse => "sse",
+        StreamProtocol::Multipart => "multipart",
+    }
 }
 
 /// A whole stream of one result, then the end: a query's answer, or a

@@ -25,6 +25,7 @@ use visits_gateway::demo::{Fault, SMALL_ACTIVITY, SimPlatform};
 use visits_gateway::secret::Secret;
 
 use crate::helpers::{USER_VISITS, keys_line, temp_dir, ts};
+use crate::streams::{MULTIPART, SSE};
 
 /// What the receiver got: each export's content type and body.
 type Exports = Arc<Mutex<Vec<(String, Bytes)>>>;
@@ -188,6 +189,16 @@ impl Drop for Gateway {
     }
 }
 
+/// Every span of the exports.
+fn spans_of(exports: &[ExportTraceServiceRequest]) -> Vec<Span> {
+    exports
+        .iter()
+        .flat_map(|e| &e.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| ss.spans.clone())
+        .collect()
+}
+
 fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
     attributes
         .iter()
@@ -306,12 +317,7 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
             "visits-gateway-under-test".into()
         ))
     );
-    let spans: Vec<Span> = exports
-        .iter()
-        .flat_map(|e| &e.resource_spans)
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| ss.spans.clone())
-        .collect();
+    let spans = spans_of(&exports);
     let hex = |bytes: &[u8]| hex::encode(bytes);
     let by_id: HashMap<String, &Span> = spans.iter().map(|s| (hex(&s.span_id), s)).collect();
 
@@ -353,6 +359,7 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
     assert_eq!(operation.name, "query Recent");
     assert_eq!(string(operation, "graphql.operation.type"), "query");
     assert_eq!(string(operation, "graphql.operation.name"), "Recent");
+    assert_eq!(string(operation, "visits.transport"), "http");
     assert!(
         attribute(&operation.attributes, "graphql.document").is_none(),
         "the document is not exported"
@@ -440,6 +447,120 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
     assert_eq!(access.len(), 2);
     for line in access {
         assert_eq!(line["trace_id"], trace_id.as_str(), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_and_multipart_requests_get_an_operation_span_under_their_server_span() {
+    let (sim, token) = platform().await;
+    let (otlp, exports) = receiver().await;
+    let base = sim.base_url();
+    let gateway = Gateway::start(&[
+        ("UPSTREAM_BASE_URL", base.as_str()),
+        ("UPSTREAM_TOKEN", token.as_str()),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        // Exported as they end, so the streams' spans arrive while they are open.
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    // Each request in a trace of its own, to tell their spans apart.
+    let post = |accept: &'static str, body: Value| {
+        let trace_id = format!("{:032x}", fastrand::u128(1..));
+        let request = http
+            .post(&gateway.url)
+            .header("accept", accept)
+            .header(
+                "traceparent",
+                format!("00-{trace_id}-{:016x}-01", fastrand::u64(1..)),
+            )
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            (trace_id, response)
+        }
+    };
+    // A query asked for as a stream: one result, then the end. First, so
+    // that its pages come from the platform, not from the live poller's.
+    let from = ts(Utc::now() - chrono::Duration::days(3));
+    let query = json!({
+        "query": USER_VISITS.replacen("query(", "query Recent(", 1),
+        "variables": { "id": SMALL_ACTIVITY.to_string(), "range": { "from": from }, "first": 3 },
+    });
+    let (query_trace, answer) = post(SSE, query).await;
+    let answer = answer.text().await.unwrap();
+    assert!(answer.contains("event: complete"), "{answer}");
+    let subscription = json!({
+        "query": "subscription OnVisit($id: ID!) { userVisitAdded(activityId: $id) { visitAt } }",
+        "variables": { "id": SMALL_ACTIVITY.to_string() },
+    });
+    let (sse, sse_stream) = post(SSE, subscription.clone()).await;
+    let (multipart, multipart_stream) = post(MULTIPART, subscription).await;
+
+    // A subscription's spans end as its stream starts, as a WebSocket's upgrade
+    // span does: they are exported while both streams are still open.
+    let hex = |bytes: &[u8]| hex::encode(bytes);
+    let in_trace = |spans: &[Span], trace_id: &str| -> Vec<Span> {
+        spans
+            .iter()
+            .filter(|s| hex(&s.trace_id) == trace_id)
+            .cloned()
+            .collect()
+    };
+    let mut spans = Vec::new();
+    for _ in 0..200 {
+        spans = spans_of(&decoded(&exports));
+        if in_trace(&spans, &sse).len() >= 2 && in_trace(&spans, &multipart).len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (trace_id, transport) in [(&sse, "sse"), (&multipart, "multipart")] {
+        let trace = in_trace(&spans, trace_id);
+        assert_eq!(trace.len(), 2, "{transport}: {spans:#?}");
+        let server = trace.iter().find(|s| s.kind == SpanKind::Server as i32);
+        let server = server.unwrap_or_else(|| panic!("{transport}: no server span"));
+        assert_eq!(server.name, "POST /graphql");
+        assert_eq!(int(server, "http.response.status_code"), 200);
+        let operation = trace.iter().find(|s| s.span_id != server.span_id).unwrap();
+        assert_eq!(operation.parent_span_id, server.span_id, "{transport}");
+        assert_eq!(operation.name, "subscription OnVisit");
+        assert_eq!(string(operation, "graphql.operation.type"), "subscription");
+        assert_eq!(string(operation, "graphql.operation.name"), "OnVisit");
+        assert_eq!(string(operation, "visits.transport"), transport);
+    }
+    drop((sse_stream, multipart_stream));
+    gateway.stop().await;
+
+    // The query's operation span covers its execution: its platform
+    // requests are under it, as under a POST's.
+    let spans = spans_of(&decoded(&exports));
+    let trace = in_trace(&spans, &query_trace);
+    let operation = trace
+        .iter()
+        .find(|s| attribute(&s.attributes, "graphql.operation.type").is_some())
+        .unwrap_or_else(|| panic!("no operation span: {trace:#?}"));
+    assert_eq!(operation.name, "query Recent");
+    assert_eq!(string(operation, "visits.transport"), "sse");
+    let server = trace
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(operation.parent_span_id, server.span_id);
+    let clients: Vec<&Span> = trace
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    assert!(!clients.is_empty(), "{trace:#?}");
+    let by_id: HashMap<String, &Span> = trace.iter().map(|s| (hex(&s.span_id), s)).collect();
+    for client in clients {
+        let mut parent = by_id.get(&hex(&client.parent_span_id));
+        while let Some(p) = parent.filter(|p| p.span_id != operation.span_id) {
+            parent = by_id.get(&hex(&p.parent_span_id));
+        }
+        assert!(parent.is_some(), "not under the operation: {client:#?}");
     }
 }
 

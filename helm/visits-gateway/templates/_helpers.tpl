@@ -167,14 +167,14 @@ then `config` merged over them. Secrets never go through here.
 {{- if $g.corsAllowedOrigins }}
 {{- $_ := set $env "CORS_ALLOWED_ORIGINS" (join "," $g.corsAllowedOrigins) }}
 {{- end }}
-{{- if not (kindIs "invalid" $g.cacheMaxBytes) }}
-{{- $_ := set $env "CACHE_MAX_BYTES" (include "visits-gateway.number" $g.cacheMaxBytes) }}
+{{- with $g.trustedProxies }}
+{{- $_ := set $env "TRUSTED_PROXIES" (join "," .) }}
 {{- end }}
-{{- if not (kindIs "invalid" $g.upstreamRatePerSecond) }}
-{{- $_ := set $env "UPSTREAM_RATE_PER_SECOND" (include "visits-gateway.number" $g.upstreamRatePerSecond) }}
+{{- range $key, $name := include "visits-gateway.numberSettings" . | fromYaml }}
+{{- $v := index $g $key }}
+{{- if not (kindIs "invalid" $v) }}
+{{- $_ := set $env $name (include "visits-gateway.number" $v) }}
 {{- end }}
-{{- if not (kindIs "invalid" $g.upstreamBurst) }}
-{{- $_ := set $env "UPSTREAM_BURST" (include "visits-gateway.number" $g.upstreamBurst) }}
 {{- end }}
 {{- if .Values.auth.apiKeys.enabled }}
 {{- $_ := set $env "API_KEYS_FILE" (printf "%s/api-keys" $dir) }}
@@ -194,9 +194,7 @@ then `config` merged over them. Secrets never go through here.
 {{- if include "visits-gateway.persistedQueriesConfigMap" . }}
 {{- $_ := set $env "PERSISTED_QUERIES_FILE" (printf "%s/manifest.json" (include "visits-gateway.persistedQueriesDir" .)) }}
 {{- end }}
-{{- if .Values.persistedQueries.only }}
-{{- $_ := set $env "PERSISTED_QUERIES_ONLY" "true" }}
-{{- end }}
+{{- $_ := set $env "PERSISTED_QUERIES_ONLY" (toString .Values.persistedQueries.only) }}
 {{- $r := .Values.redis }}
 {{- with $r.url }}
 {{- $_ := set $env "REDIS_URL" . }}
@@ -207,9 +205,29 @@ then `config` merged over them. Secrets never go through here.
 {{- if include "visits-gateway.redis" . }}
 {{- $_ := set $env "EXPECTED_REPLICAS" (include "visits-gateway.expectedReplicas" .) }}
 {{- end }}
+{{- $o := .Values.opentelemetry }}
+{{- if $o.endpoint }}
+{{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" $o.endpoint }}
+{{- $_ := set $env "OTEL_EXPORTER_OTLP_PROTOCOL" $o.protocol }}
+{{- $_ := set $env "OTEL_SERVICE_NAME" $o.serviceName }}
+{{- $_ := set $env "OTEL_TRACES_SAMPLER" $o.sampler }}
+{{- with $o.samplerArg }}
+{{- $_ := set $env "OTEL_TRACES_SAMPLER_ARG" . }}
+{{- end }}
+{{- with $o.resourceAttributes }}
+{{- $attributes := list }}
+{{- range $k, $v := . }}
+{{- $attributes = append $attributes (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- $_ := set $env "OTEL_RESOURCE_ATTRIBUTES" (join "," $attributes) }}
+{{- end }}
+{{- end }}
 {{- range $k, $v := .Values.config }}
 {{- if and (eq $k "REDIS_URL") (contains "@" (toString $v)) }}
 {{- fail "config.REDIS_URL holds credentials and would put them into a ConfigMap: use redis.urlSecret or redis.passwordFile" }}
+{{- end }}
+{{- if has $k (list "OTEL_EXPORTER_OTLP_HEADERS" "OTEL_EXPORTER_OTLP_TRACES_HEADERS") }}
+{{- fail (printf "config.%s would put the collector's credential into a ConfigMap: use opentelemetry.headersSecret" $k) }}
 {{- end }}
 {{- if has $k (list "UPSTREAM_TOKEN" "JWT_HS256_SECRET") }}
 {{- fail (printf "config.%s would put a secret into a ConfigMap: use the secrets.* values (mounted files) instead" $k) }}
@@ -217,6 +235,56 @@ then `config` merged over them. Secrets never go through here.
 {{- $_ := set $env $k (toString $v) }}
 {{- end }}
 {{- toYaml $env }}
+{{- end }}
+
+{{/*
+The numeric settings under `gateway` and their variables, as YAML. A null
+value is left out: the gateway's own default applies.
+*/}}
+{{- define "visits-gateway.numberSettings" -}}
+cacheMaxBytes: CACHE_MAX_BYTES
+upstreamRatePerSecond: UPSTREAM_RATE_PER_SECOND
+upstreamBurst: UPSTREAM_BURST
+maxBodyBytes: MAX_BODY_BYTES
+requestTimeoutMs: REQUEST_TIMEOUT_MS
+headerReadTimeoutSeconds: HEADER_READ_TIMEOUT_SECONDS
+maxQueryDepth: MAX_QUERY_DEPTH
+maxQueryComplexity: MAX_QUERY_COMPLEXITY
+playgroundActivityId: PLAYGROUND_ACTIVITY_ID
+upstreamConnectTimeoutMs: UPSTREAM_CONNECT_TIMEOUT_MS
+upstreamTimeoutMs: UPSTREAM_TIMEOUT_MS
+upstreamDeadlineMs: UPSTREAM_DEADLINE_MS
+upstreamMaxBudgetWaitMs: UPSTREAM_MAX_BUDGET_WAIT_MS
+upstreamMaxQueuedPerClient: UPSTREAM_MAX_QUEUED_PER_CLIENT
+upstreamMaxConcurrency: UPSTREAM_MAX_CONCURRENCY
+upstreamMaxRetries: UPSTREAM_MAX_RETRIES
+upstreamRetryBaseMs: UPSTREAM_RETRY_BASE_MS
+upstreamRetryAfterCapSeconds: UPSTREAM_RETRY_AFTER_CAP_SECONDS
+upstreamMaxBodyBytes: UPSTREAM_MAX_BODY_BYTES
+upstreamPageSize: UPSTREAM_PAGE_SIZE
+defaultPageSize: DEFAULT_PAGE_SIZE
+maxPageSize: MAX_PAGE_SIZE
+maxRangeDays: MAX_RANGE_DAYS
+pinGranularitySeconds: PIN_GRANULARITY_SECONDS
+windowConcurrency: WINDOW_CONCURRENCY
+maxPlatformRequestsPerQuery: MAX_PLATFORM_REQUESTS_PER_QUERY
+statsMaxPlatformRequests: STATS_MAX_PLATFORM_REQUESTS
+cacheTtlRecentSeconds: CACHE_TTL_RECENT_SECONDS
+cacheTtlSettledSeconds: CACHE_TTL_SETTLED_SECONDS
+staleGraceSeconds: STALE_GRACE_SECONDS
+negativeCacheSeconds: NEGATIVE_CACHE_SECONDS
+responseCacheMaxBytes: RESPONSE_CACHE_MAX_BYTES
+responseCacheMaxTtlSeconds: RESPONSE_CACHE_MAX_TTL_SECONDS
+statsCacheMaxBytes: STATS_CACHE_MAX_BYTES
+clientRatePerSecond: CLIENT_RATE_PER_SECOND
+clientBurst: CLIENT_BURST
+secretsReloadSeconds: SECRETS_RELOAD_SECONDS
+livePollSeconds: LIVE_POLL_SECONDS
+liveMaxSubscriptions: LIVE_MAX_SUBSCRIPTIONS
+liveMaxSubscriptionsPerClient: LIVE_MAX_SUBSCRIPTIONS_PER_CLIENT
+liveMaxConnectionsPerClient: LIVE_MAX_CONNECTIONS_PER_CLIENT
+liveSubscriberBuffer: LIVE_SUBSCRIBER_BUFFER
+livePingSeconds: LIVE_PING_SECONDS
 {{- end }}
 
 {{/*
@@ -272,6 +340,16 @@ Render-time checks of combinations the schema cannot express.
 {{- end }}
 {{- if and .Values.redis.passwordFile (not .Values.secrets.existingSecret) (not .Values.secrets.redisPassword) }}
 {{- fail "redis.passwordFile is true but secrets.redisPassword is empty (or use secrets.existingSecret)" }}
+{{- end }}
+{{- /* The gateway's checks of one setting against another, at render time rather than as a crash loop. */}}
+{{- range list (list "upstreamDeadlineMs" "below" "requestTimeoutMs") (list "upstreamConnectTimeoutMs" "at most" "upstreamTimeoutMs") (list "defaultPageSize" "at most" "maxPageSize") (list "cacheTtlRecentSeconds" "at most" "cacheTtlSettledSeconds") (list "windowConcurrency" "at most" "upstreamMaxQueuedPerClient") }}
+{{- $a := index $.Values.gateway (index . 0) }}
+{{- $b := index $.Values.gateway (index . 2) }}
+{{- if and (not (kindIs "invalid" $a)) (not (kindIs "invalid" $b)) }}
+{{- if or (gt (float64 $a) (float64 $b)) (and (eq (index . 1) "below") (eq (float64 $a) (float64 $b))) }}
+{{- fail (printf "gateway.%s (%v) must be %s gateway.%s (%v): the gateway refuses to start otherwise" (index . 0) $a (index . 1) (index . 2) $b) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if and .Values.metrics.dedicatedPort.enabled (eq (int64 .Values.metrics.dedicatedPort.port) (int64 .Values.gateway.port)) }}
 {{- fail "metrics.dedicatedPort.port must differ from gateway.port" }}
