@@ -35,6 +35,7 @@ use crate::graphql::cost;
 use crate::graphql::persisted::Refusal as PersistedRefusal;
 use crate::graphql_http::{self, Params};
 use crate::limits::Rate;
+use crate::secret::Secret;
 
 /// The door a document came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +90,29 @@ pub fn client(
         bucket,
         rate: client.rate,
     })
+}
+
+/// What a long-lived connection (a socket, a stream) authenticated with,
+/// kept to check again while it lives: an expired JWT or a revoked key
+/// does not outlive its validity there.
+pub struct Credential {
+    authorization: Option<Secret>,
+    address: Arc<str>,
+}
+
+impl Credential {
+    pub fn new(authorization: Option<&str>, address: Arc<str>) -> Self {
+        Self {
+            authorization: authorization.map(Secret::new),
+            address,
+        }
+    }
+
+    /// Stage 1 again, as it stands now (keys reloaded, the clock moved on).
+    pub fn recheck(&self, state: &AppState) -> Result<(), Refusal> {
+        let authorization = self.authorization.as_ref().map(Secret::expose);
+        client(state, authorization, &self.address).map(drop)
+    }
 }
 
 /// The `Authorization` header, if any; one that is not visible ASCII

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::AppState;
-use super::admission::{self, Door};
+use super::admission::{self, Credential, Door};
 use super::admit_post;
 use super::refusal::Refusal;
 use super::subscriptions::{self, Joined};
@@ -116,7 +116,18 @@ pub async fn serve(
             }
         };
         let (frames, taken) = mpsc::channel(QUEUE);
-        tokio::spawn(produce(state, protocol, joined, frames, open, connection));
+        let credential = Credential::new(
+            admission::authorization(&parts),
+            admission::address(&state, &parts),
+        );
+        let stream = Stream {
+            protocol,
+            joined,
+            credential,
+            open,
+            connection,
+        };
+        tokio::spawn(produce(state, stream, frames));
         return respond(protocol, body_of(taken));
     }
     // A query (or anything else that is not a subscription): one result.
@@ -200,20 +211,20 @@ fn body_of(taken: mpsc::Receiver<Frame>) -> Body {
 
 /// Feeds a subscription's results to its connection, with heartbeats, until
 /// the subscription ends, the client goes, the client stops taking what is
-/// sent, or the gateway shuts down; holds the connection's place until then.
-async fn produce(
-    state: Arc<AppState>,
-    protocol: StreamProtocol,
-    joined: Joined,
-    frames: mpsc::Sender<Frame>,
-    open: Arc<AtomicUsize>,
-    _connection: ConnectionGuard,
-) {
+/// sent, its credential no longer holds, or the gateway shuts down; holds
+/// the connection's place until then.
+async fn produce(state: Arc<AppState>, stream: Stream, frames: mpsc::Sender<Frame>) {
+    let Stream {
+        protocol,
+        joined: Joined {
+            mut deliveries,
+            guard,
+        },
+        credential,
+        open,
+        connection: _connection,
+    } = stream;
     let live = state.live.clone();
-    let Joined {
-        mut deliveries,
-        guard,
-    } = joined;
     let every = live.policy.ping;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut shutdown = live.shutdown_signal();
@@ -259,7 +270,16 @@ async fn produce(
                 }
                 None => break,
             },
-            _ = heartbeat.tick() => Bytes::from_static(heartbeat_of(protocol)),
+            _ = heartbeat.tick() => match credential.recheck(&state) {
+                Ok(()) => Bytes::from_static(heartbeat_of(protocol)),
+                // Its credential expired or was revoked since: one last
+                // result says so, then the stream ends.
+                Err(refusal) => {
+                    let last = result(protocol, refusal.into_result(&state.metrics).as_bytes());
+                    let _ = tokio::time::timeout(stuck, frames.send(Frame::More(last))).await;
+                    break;
+                }
+            },
         };
     }
     // The subscription ends before the end is written, so a client that
@@ -267,6 +287,17 @@ async fn produce(
     drop(deliveries);
     drop(guard);
     let _ = tokio::time::timeout(CLOSE_GRACE, frames.send(Frame::Last(end(protocol)))).await;
+}
+
+/// A subscription's stream, as [`produce`] feeds it.
+struct Stream {
+    protocol: StreamProtocol,
+    joined: Joined,
+    /// Checked again at every heartbeat.
+    credential: Credential,
+    open: Arc<AtomicUsize>,
+    /// The stream's place among the client's open connections.
+    connection: ConnectionGuard,
 }
 
 /// What opens the body: multipart's first delimiter (each part then ends

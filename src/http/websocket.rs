@@ -38,7 +38,7 @@ use std::collections::HashMap;
 
 use futures::stream::{AbortHandle, BoxStream, SelectAll};
 
-use super::admission::{self, Admitted, Client, Door};
+use super::admission::{self, Admitted, Client, Credential, Door};
 use super::refusal::Refusal;
 use super::subscriptions::{self, Joined};
 use crate::auth::Principal;
@@ -47,7 +47,6 @@ use crate::graphql_http::Params;
 use crate::live::SubscriptionGuard;
 use crate::live::fanout::Delivery;
 use crate::live::{ConnectionGuard, LiveConnection};
-use crate::secret::Secret;
 use crate::telemetry::Metrics;
 use crate::upstream::fair::{Caller, Priority};
 
@@ -193,7 +192,7 @@ async fn serve(
                     let _ = client.set(Session {
                         client: authenticated,
                         connection,
-                        credential: credential.map(Secret::new),
+                        credential: Credential::new(credential.as_deref(), address),
                     });
                     Ok(data)
                 }
@@ -385,7 +384,7 @@ async fn serve(
                 Some(m) => message(m, refused.load(Ordering::SeqCst), &state.metrics),
                 None => break,
             },
-            _ = ping.tick() => match client.get().map(|s| s.recheck(&state, &address)) {
+            _ = ping.tick() => match client.get().map(|s| s.credential.recheck(&state)) {
                 // Its credential expired or was revoked since: what is open
                 // ends with the socket.
                 Some(Err(refusal)) => {
@@ -462,17 +461,8 @@ enum Admit {
 struct Session {
     client: Client,
     connection: Arc<LiveConnection>,
-    /// What it authenticated with: checked again for every operation and
-    /// at every ping, so an expired JWT or a revoked key does not outlive
-    /// its validity on a socket.
-    credential: Option<Secret>,
-}
-
-impl Session {
-    fn recheck(&self, state: &AppState, address: &Arc<str>) -> Result<(), Refusal> {
-        let credential = self.credential.as_ref().map(Secret::expose);
-        admission::client(state, credential, address).map(drop)
-    }
+    /// Checked again for every operation and at every ping.
+    credential: Credential,
 }
 
 /// A subscription served from a shared execution: its id, and the start
@@ -623,7 +613,7 @@ fn admit(state: &AppState, text: &[u8], client: &OnceLock<Session>, address: &Ar
     if let Some(refusal) = over_rate {
         return Admit::Reply(refusal.into_ws_error(&state.metrics, &id));
     }
-    if let Err(refusal) = session.recheck(state, address) {
+    if let Err(refusal) = session.credential.recheck(state) {
         return Admit::Reply(refusal.into_ws_error(&state.metrics, &id));
     }
     let payload = message.get("payload").cloned().unwrap_or(Value::Null);

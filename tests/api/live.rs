@@ -1222,7 +1222,7 @@ async fn live_a_query_over_the_socket_is_answered_with_next_then_complete_and_it
 }
 
 /// A JWT the gateway (with its 30 s of leeway) holds valid for `secs` more.
-fn jwt_valid_for(secs: u64) -> String {
+pub(crate) fn jwt_valid_for(secs: u64) -> String {
     use crate::security::{HS_SECRET, claims, hs256, now_secs};
     hs256(
         &claims(now_secs() - 30 + secs, json!("*")),
@@ -1230,7 +1230,7 @@ fn jwt_valid_for(secs: u64) -> String {
     )
 }
 
-async fn jwt_live_app(ping: Duration) -> TestApp {
+pub(crate) async fn jwt_live_app(ping: Duration) -> TestApp {
     let secret = temp_dir().join("jwt-secret");
     std::fs::write(&secret, crate::security::HS_SECRET).unwrap();
     live_app(move |s| {

@@ -424,6 +424,33 @@ async fn stream_a_fragment_bomb_a_malformed_body_or_an_expensive_query_is_a_400_
 }
 
 #[tokio::test]
+async fn stream_a_credential_that_expires_ends_the_stream_with_unauthenticated() {
+    use crate::live::{jwt_live_app, jwt_valid_for};
+    let app = jwt_live_app(Duration::from_secs(1)).await;
+    for accept in [SSE, MULTIPART] {
+        let token = format!("Bearer {}", jwt_valid_for(3));
+        let opened = std::time::Instant::now();
+        let mut events = subscribe(&app, accept, Some(&token), SMALL_ACTIVITY).await;
+        let Some(Event::Next(last)) = events.next_result(Duration::from_secs(8)).await else {
+            panic!("the stream did not end with a result");
+        };
+        assert_eq!(
+            last["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+            "{last}"
+        );
+        assert_eq!(
+            events.next_result(Duration::from_secs(5)).await,
+            Some(Event::End)
+        );
+        let lived = opened.elapsed();
+        assert!(
+            lived >= Duration::from_secs(2),
+            "ended after {lived:?}, while the credential was valid"
+        );
+    }
+}
+
+#[tokio::test]
 async fn stream_heartbeats_come_every_live_ping_seconds() {
     let app = live_app(|s| s.server.live_ping = Duration::from_secs(1)).await;
     for accept in [SSE, MULTIPART] {
