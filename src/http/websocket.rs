@@ -28,7 +28,7 @@ use async_graphql::http::{WebSocketProtocols, WsMessage};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -109,7 +109,16 @@ pub async fn upgrade(state: Arc<AppState>, request: Request) -> Response {
     }
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(ws) => ws,
-        Err(rejection) => return rejection.into_response(),
+        // Not a sound upgrade (its version, key or method): said as every
+        // refusal is, with a code, not axum's plain text.
+        Err(rejection) => {
+            return Refusal::new(
+                rejection.status(),
+                ErrorCode::BadUserInput,
+                format!("not a WebSocket upgrade: {}", rejection.body_text()),
+            )
+            .into_response(&state.metrics, None);
+        }
     };
     let connection = match state.live.connection_opened(&upgrading.bucket) {
         Ok(guard) => guard,

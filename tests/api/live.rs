@@ -1288,3 +1288,38 @@ async fn live_a_credential_that_expires_on_an_open_socket_opens_nothing_more_and
         "closed after {lived:?}, while the credential was valid"
     );
 }
+
+#[tokio::test]
+async fn live_an_unsound_upgrade_is_refused_with_a_coded_json_body() {
+    let app = live_app(|_| {}).await;
+    // No Sec-WebSocket-Key, then a version no client speaks.
+    for (header, value) in [
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-version", "8"),
+    ] {
+        let mut request = app
+            .http
+            .get(app.url("/graphql"))
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-protocol", "graphql-transport-ws")
+            .header(header, value);
+        if value == "8" {
+            request = request.header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400, "{value}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .contains("json"),
+            "{value}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{body}"
+        );
+    }
+}
