@@ -530,8 +530,20 @@ async fn get_graphql(State(state): State<Arc<AppState>>, request: Request) -> Re
         Some(media) => match admit(&state, &parts) {
             Err(refusal) => refusal.into_response(&state.metrics, Some(media)),
             Ok(client) => {
-                let raw = Bytes::copy_from_slice(parts.uri.query().unwrap_or("").as_bytes());
-                answer(&state, client, media, Form::QueryString, raw).await
+                let query = parts.uri.query().unwrap_or("");
+                // A GET carries what a POST body may, no more.
+                let limit = state.limits.max_body_bytes;
+                if query.len() > limit {
+                    Refusal::new(
+                        StatusCode::URI_TOO_LONG,
+                        ErrorCode::BadUserInput,
+                        format!("the query string is larger than MAX_BODY_BYTES ({limit} bytes): send the request as a POST"),
+                    )
+                    .into_response(&state.metrics, Some(media))
+                } else {
+                    let raw = Bytes::copy_from_slice(query.as_bytes());
+                    answer(&state, client, media, Form::QueryString, raw).await
+                }
             }
         },
     };

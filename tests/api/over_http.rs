@@ -316,6 +316,23 @@ async fn credential_rate_and_size_refusals_keep_their_statuses_in_both_types() {
             (status.as_u16(), error_code(&r).as_str()),
             (413, "BAD_USER_INPUT")
         );
+        // A GET may carry no more than a POST body: coded, not hyper's bare 414.
+        let r = app
+            .http
+            .get(app.url(&format!(
+                "/graphql?query=%7B__typename%7D%23{}",
+                "x".repeat(40_000)
+            )))
+            .header(ACCEPT, accept)
+            .header("authorization", format!("Bearer {key}"))
+            .send()
+            .await
+            .unwrap();
+        let (status, _, r) = answer(r).await;
+        assert_eq!(
+            (status.as_u16(), error_code(&r).as_str()),
+            (414, "BAD_USER_INPUT")
+        );
     }
     let app = spawn_app_with(|s| {
         s.client.rate_per_second = 1;
