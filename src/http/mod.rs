@@ -145,7 +145,9 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
 }
 
 /// A POST's client (stage 1 of [`admission`], before the body is read),
-/// then its body: JSON (else 415), at most `MAX_BODY_BYTES` (else 413).
+/// then its body: JSON (else 415), at most `MAX_BODY_BYTES` (else 413), all
+/// of it within `BODY_READ_TIMEOUT_SECONDS` (else 408). Every door with a
+/// body (POST, SSE, multipart) reads it here.
 async fn admit_post(
     state: &AppState,
     parts: &axum::http::request::Parts,
@@ -160,13 +162,32 @@ async fn admit_post(
         ));
     }
     let limit = state.limits.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::BadUserInput,
-            format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)"),
-        )
-    })?;
+    let deadline = state.limits.body_read_timeout;
+    // A client that announces a body and trickles it (or stops) must not
+    // hold the connection and its buffer: the header timeout is over.
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit));
+    let body = read
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadUserInput,
+                format!(
+                    "the request body did not all arrive within BODY_READ_TIMEOUT_SECONDS ({} s)",
+                    deadline.as_secs()
+                ),
+            )
+            // The rest of the body may still come: nothing else can follow
+            // it on this connection.
+            .header(header::CONNECTION, HeaderValue::from_static("close"))
+        })?
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::BadUserInput,
+                format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)"),
+            )
+        })?;
     Ok((client, body))
 }
 
