@@ -54,14 +54,7 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
     if with_metrics {
         router = router.route("/metrics", get(metrics));
     }
-    router
-        .fallback(|| async {
-            error_response(
-                StatusCode::NOT_FOUND,
-                ErrorCode::BadUserInput,
-                "no such path",
-            )
-        })
+    fallbacks(router)
         .with_state(state.clone())
         // Inside the access log, so a panic's log line carries the request id
         // and its 500 is counted like any answer.
@@ -73,6 +66,29 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
             state.metrics.clone(),
             telemetry::observe,
         ))
+}
+
+/// Every answer has a GraphQL error body, an unknown path or a method its
+/// path does not take (405, the router keeping its `Allow` header) too.
+/// After every route: a method fallback applies to the routes before it.
+fn fallbacks(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    router
+        .fallback(|| async {
+            error_response(
+                StatusCode::NOT_FOUND,
+                ErrorCode::BadUserInput,
+                "no such path",
+            )
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::BadUserInput,
+                &format!(
+                    "this path does not take {method}: its `Allow` header lists what it takes"
+                ),
+            )
+        })
 }
 
 /// A panic in a request is our bug: the client gets a GraphQL `INTERNAL`
@@ -100,9 +116,7 @@ fn panic_response(
 
 /// `/metrics` alone, for `METRICS_LISTEN_ADDR`.
 pub fn metrics_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    fallbacks(Router::new().route("/metrics", get(metrics))).with_state(state)
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
