@@ -173,6 +173,7 @@ impl App {
                 max_body_bytes: server.max_body_bytes as usize,
                 request_timeout: server.request_timeout,
                 header_read_timeout: server.header_read_timeout,
+                body_read_timeout: server.body_read_timeout,
                 secrets_reload: client.secrets_reload,
                 pin_granularity: range_policy.pin_granularity,
                 max_platform_requests: u64::from(paging.max_platform_requests_per_query()),

@@ -197,6 +197,11 @@ pub struct ServerSettings {
     #[arg(id = "HEADER_READ_TIMEOUT_SECONDS", long = "header-read-timeout-seconds", env, default_value = "30", value_parser = seconds(1..=300))]
     pub header_read_timeout: Duration,
 
+    /// Seconds a request gets to send its whole body once its headers are
+    /// in; then it is answered 408 and the connection closed.
+    #[arg(id = "BODY_READ_TIMEOUT_SECONDS", long = "body-read-timeout-seconds", env, default_value = "30", value_parser = seconds(1..=300))]
+    pub body_read_timeout: Duration,
+
     /// Browser origins allowed by CORS, comma separated (none by default).
     #[arg(id = "CORS_ALLOWED_ORIGINS", long = "cors-allowed-origins", env, value_delimiter = ',', value_parser = origin)]
     pub cors_allowed_origins: Vec<String>,

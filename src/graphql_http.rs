@@ -3,7 +3,10 @@
 //! query string (GET), and which operation a GET may run. Pure functions; the
 //! handlers in [`crate::http`] apply them.
 
-use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType};
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
+    SelectionSet,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -347,17 +350,60 @@ fn object(name: &str, value: Option<Value>) -> Result<Option<Map<String, Value>>
     }
 }
 
-/// The type of the operation a request would run, when the document names
-/// it unambiguously (otherwise execution reports the problem).
-pub fn operation_type(doc: &ExecutableDocument, name: Option<&str>) -> Option<OperationType> {
+/// The operation a request would run, when the document names it
+/// unambiguously (otherwise execution reports the problem).
+fn operation<'d>(
+    doc: &'d ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'d OperationDefinition> {
     match &doc.operations {
-        DocumentOperations::Single(op) => Some(op.node.ty),
+        DocumentOperations::Single(op) => Some(&op.node),
         DocumentOperations::Multiple(ops) => match name {
-            Some(name) => ops.get(name).map(|op| op.node.ty),
-            None if ops.len() == 1 => ops.values().next().map(|op| op.node.ty),
+            Some(name) => ops.get(name).map(|op| &op.node),
+            None if ops.len() == 1 => ops.values().next().map(|op| &op.node),
             None => None,
         },
     }
+}
+
+/// The type of the operation a request would run (see [`operation`]).
+pub fn operation_type(doc: &ExecutableDocument, name: Option<&str>) -> Option<OperationType> {
+    operation(doc, name).map(|op| op.ty)
+}
+
+/// The names of the fields the operation selects at its root, through
+/// fragments (each expanded once); empty when there is no such operation.
+pub fn root_fields<'d>(doc: &'d ExecutableDocument, name: Option<&str>) -> Vec<&'d str> {
+    fn walk<'d>(
+        doc: &'d ExecutableDocument,
+        set: &'d SelectionSet,
+        expanded: &mut Vec<&'d str>,
+        fields: &mut Vec<&'d str>,
+    ) {
+        for selection in &set.items {
+            match &selection.node {
+                Selection::Field(field) => fields.push(field.node.name.node.as_str()),
+                Selection::InlineFragment(inline) => {
+                    walk(doc, &inline.node.selection_set.node, expanded, fields);
+                }
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.as_str();
+                    if expanded.contains(&name) {
+                        continue;
+                    }
+                    expanded.push(name);
+                    if let Some(fragment) = doc.fragments.get(&spread.node.fragment_name.node) {
+                        walk(doc, &fragment.node.selection_set.node, expanded, fields);
+                    }
+                }
+            }
+        }
+    }
+    let mut fields = Vec::new();
+    if let Some(op) = operation(doc, name) {
+        walk(doc, &op.selection_set.node, &mut Vec::new(), &mut fields);
+    }
+    fields
 }
 
 #[cfg(test)]
@@ -524,5 +570,17 @@ mod tests {
             Some(OperationType::Mutation)
         );
         assert_eq!(operation_type(&two, Some("C")), None);
+    }
+
+    #[test]
+    fn the_root_fields_are_read_through_fragments() {
+        let doc = |q| async_graphql::parser::parse_query(q).unwrap();
+        let d = doc(
+            "subscription S { ...F ... on Subscription { b: userVisitAdded } } fragment F on Subscription { userVisitStats ...F }",
+        );
+        assert_eq!(root_fields(&d, None), ["userVisitStats", "userVisitAdded"]);
+        let two = doc("query A { a } subscription B { userVisitStats { visits } }");
+        assert_eq!(root_fields(&two, Some("B")), ["userVisitStats"]);
+        assert!(root_fields(&two, None).is_empty());
     }
 }

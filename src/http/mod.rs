@@ -54,14 +54,7 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
     if with_metrics {
         router = router.route("/metrics", get(metrics));
     }
-    router
-        .fallback(|| async {
-            error_response(
-                StatusCode::NOT_FOUND,
-                ErrorCode::BadUserInput,
-                "no such path",
-            )
-        })
+    fallbacks(router)
         .with_state(state.clone())
         // Inside the access log, so a panic's log line carries the request id
         // and its 500 is counted like any answer.
@@ -73,6 +66,29 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
             state.metrics.clone(),
             telemetry::observe,
         ))
+}
+
+/// Every answer has a GraphQL error body, an unknown path or a method its
+/// path does not take (405, the router keeping its `Allow` header) too.
+/// After every route: a method fallback applies to the routes before it.
+fn fallbacks(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    router
+        .fallback(|| async {
+            error_response(
+                StatusCode::NOT_FOUND,
+                ErrorCode::BadUserInput,
+                "no such path",
+            )
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::BadUserInput,
+                &format!(
+                    "this path does not take {method}: its `Allow` header lists what it takes"
+                ),
+            )
+        })
 }
 
 /// A panic in a request is our bug: the client gets a GraphQL `INTERNAL`
@@ -100,9 +116,7 @@ fn panic_response(
 
 /// `/metrics` alone, for `METRICS_LISTEN_ADDR`.
 pub fn metrics_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    fallbacks(Router::new().route("/metrics", get(metrics))).with_state(state)
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
@@ -145,7 +159,9 @@ async fn graphql(State(state): State<Arc<AppState>>, request: Request) -> Respon
 }
 
 /// A POST's client (stage 1 of [`admission`], before the body is read),
-/// then its body: JSON (else 415), at most `MAX_BODY_BYTES` (else 413).
+/// then its body: JSON (else 415), at most `MAX_BODY_BYTES` (else 413), all
+/// of it within `BODY_READ_TIMEOUT_SECONDS` (else 408). Every door with a
+/// body (POST, SSE, multipart) reads it here.
 async fn admit_post(
     state: &AppState,
     parts: &axum::http::request::Parts,
@@ -160,13 +176,32 @@ async fn admit_post(
         ));
     }
     let limit = state.limits.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::BadUserInput,
-            format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)"),
-        )
-    })?;
+    let deadline = state.limits.body_read_timeout;
+    // A client that announces a body and trickles it (or stops) must not
+    // hold the connection and its buffer: the header timeout is over.
+    let read = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit));
+    let body = read
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadUserInput,
+                format!(
+                    "the request body did not all arrive within BODY_READ_TIMEOUT_SECONDS ({} s)",
+                    deadline.as_secs()
+                ),
+            )
+            // The rest of the body may still come: nothing else can follow
+            // it on this connection.
+            .header(header::CONNECTION, HeaderValue::from_static("close"))
+        })?
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::BadUserInput,
+                format!("the request body is larger than MAX_BODY_BYTES ({limit} bytes)"),
+            )
+        })?;
     Ok((client, body))
 }
 

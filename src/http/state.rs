@@ -45,6 +45,7 @@ pub struct RequestLimits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub secrets_reload: Duration,
     /// The range policy's, for the response cache's pin buckets.
     pub pin_granularity: ChronoDuration,

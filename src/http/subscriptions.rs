@@ -19,7 +19,7 @@ use super::{AppState, annotate, within_deadline};
 use crate::auth::Scope;
 use crate::graphql::RequestScope;
 use crate::graphql_http::{self, Params};
-use crate::live::fanout::{Delivery, Key, Payload};
+use crate::live::fanout::{Delivery, Key, Payload, Results};
 use crate::live::{LiveConnection, SubscriptionGuard};
 use crate::response_cache::Facts;
 use crate::upstream::fair::{Caller, Priority};
@@ -38,6 +38,21 @@ pub fn is_subscription(admitted: &Admitted, params: &Params) -> bool {
         graphql_http::operation_type(doc, params.operation_name.as_deref())
             == Some(OperationType::Subscription)
     })
+}
+
+/// What a subscription's results are: whole snapshots when it follows
+/// statistics only (each result is all the figures, so a subscriber joining
+/// a running execution is given the latest), else events (visits, of which
+/// a subscriber gets only those after it subscribed).
+fn results(admitted: &Admitted, params: &Params) -> Results {
+    let fields = admitted.parsed.as_deref().map_or_else(Vec::new, |doc| {
+        graphql_http::root_fields(doc, params.operation_name.as_deref())
+    });
+    if !fields.is_empty() && fields.iter().all(|f| *f == "userVisitStats") {
+        Results::Snapshots
+    } else {
+        Results::Events
+    }
 }
 
 /// Counts the subscription against `connection`'s limits and joins its
@@ -69,10 +84,11 @@ pub fn join(
         admitted.query
     )
     .into());
+    let results = results(&admitted, params);
     let member = state
         .live
         .fanout
-        .join(key, state.live.policy.buffer, || {
+        .join(key, state.live.policy.buffer, results, || {
             let shared = Arc::new(LiveConnection {
                 principal: connection.principal.clone(),
                 client: connection.client.clone(),

@@ -10,6 +10,13 @@
 //! member's buffer (`LIVE_SUBSCRIBER_BUFFER`) counts polls, as it did when
 //! each subscriber had its own execution.
 //!
+//! A member joining a running group gets what comes after it joined: for
+//! `userVisitAdded`, the visits after its subscription started, none before.
+//! Statistics are different: each result is the whole of the figures, and
+//! the first comes at once, so a group of [`Results::Snapshots`] keeps its
+//! latest payload and gives it to a member joining late (who would otherwise
+//! wait for the next visit, on a quiet activity for ever).
+//!
 //! A group starts with its first member and stops when its last member
 //! leaves (at once, not at the next event) or when its execution ends (a
 //! refusal, a definitive platform failure, shutdown): its members then see
@@ -42,13 +49,31 @@ pub enum Delivery {
     TooSlow(u64),
 }
 
+/// What a subscription's results are, which decides what a member joining
+/// a running group is given first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Results {
+    /// Each is news (a visit): a member gets those after it joined only.
+    Events,
+    /// Each is the whole state (statistics): a member joining is given the
+    /// latest at once, then those after it.
+    Snapshots,
+}
+
 /// The payloads one poll brought.
 type Batch = Arc<Vec<Payload>>;
+
+/// A snapshot group's latest payload. Sending and joining both hold its
+/// lock, so a member either gets a payload from the channel or as the
+/// latest, never both, never neither.
+type Latest = Arc<Mutex<Option<Payload>>>;
 
 struct Group {
     tx: broadcast::Sender<Batch>,
     /// Woken when a member leaves, so an empty group stops at once.
     left: Arc<Notify>,
+    /// `Some` for [`Results::Snapshots`].
+    latest: Option<Latest>,
 }
 
 #[derive(Default)]
@@ -63,31 +88,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Fanout {
     /// Joins `key`'s group, starting it with `start` (the one execution,
     /// as payloads) when there is none. `buffer`: payloads a member may be
-    /// behind.
+    /// behind. `results` is the same for every member of a key (it follows
+    /// from the document).
     pub fn join(
         self: &Arc<Self>,
         key: Key,
         buffer: usize,
+        results: Results,
         start: impl FnOnce() -> BoxStream<'static, Payload>,
     ) -> Member {
         let mut groups = lock(&self.groups);
         if let Some(group) = groups.get(&key) {
+            // Under the latest's lock, so nothing is sent in between.
+            let latest = group.latest.as_deref().map(lock);
+            let rx = group.tx.subscribe();
             return Member {
-                rx: Some(group.tx.subscribe()),
+                rx: Some(rx),
                 left: group.left.clone(),
-                pending: None,
+                pending: latest
+                    .and_then(|latest| latest.clone())
+                    .map(|payload| (Arc::new(vec![payload]), 0)),
             };
         }
         let (tx, rx) = broadcast::channel(buffer.max(1));
         let left = Arc::new(Notify::new());
+        let latest = (results == Results::Snapshots).then(Latest::default);
         groups.insert(
             key.clone(),
             Group {
                 tx: tx.clone(),
                 left: left.clone(),
+                latest: latest.clone(),
             },
         );
-        tokio::spawn(run(self.clone(), key, tx, left.clone(), start()));
+        let sender = Sender { tx, latest };
+        tokio::spawn(run(self.clone(), key, sender, left.clone(), start()));
         Member {
             rx: Some(rx),
             left,
@@ -115,10 +150,28 @@ impl Fanout {
     }
 }
 
+/// A group's sending side.
+struct Sender {
+    tx: broadcast::Sender<Batch>,
+    latest: Option<Latest>,
+}
+
+impl Sender {
+    fn send(&self, batch: Vec<Payload>) {
+        let batch = Arc::new(batch);
+        let mut latest = self.latest.as_deref().map(lock);
+        if let Some(latest) = &mut latest {
+            **latest = batch.last().cloned();
+        }
+        // No member left is fine: `left` stops the group.
+        let _ = self.tx.send(batch);
+    }
+}
+
 async fn run(
     fanout: Arc<Fanout>,
     key: Key,
-    tx: broadcast::Sender<Batch>,
+    sender: Sender,
     left: Arc<Notify>,
     mut payloads: BoxStream<'static, Payload>,
 ) {
@@ -140,8 +193,7 @@ async fn run(
                             None => break,
                         }
                     }
-                    // No member left is fine: `left` stops the group.
-                    let _ = tx.send(Arc::new(batch));
+                    sender.send(batch);
                     if ended {
                         break;
                     }
@@ -149,13 +201,15 @@ async fn run(
                 None => break,
             },
             () = left.notified() => {
-                if fanout.retire(&key, &tx, false) {
+                if fanout.retire(&key, &sender.tx, false) {
                     return;
                 }
             }
         }
     }
-    fanout.retire(&key, &tx, true);
+    // A member joining from now until it is retired gets the latest (a
+    // snapshot group's last result), then the end.
+    fanout.retire(&key, &sender.tx, true);
     // Dropping `tx` ends every member's stream after what it has not read.
 }
 
@@ -225,7 +279,7 @@ mod tests {
             let rx = &mut rx;
             members.push(
                 fanout
-                    .join(key("a"), 8, move || {
+                    .join(key("a"), 8, Results::Events, move || {
                         started.fetch_add(1, Ordering::SeqCst);
                         let mut rx = rx.take().expect("started once");
                         futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
@@ -266,7 +320,7 @@ mod tests {
             }
         }
         let guard = Stops(stopped.clone());
-        let member = fanout.join(key("b"), 8, move || {
+        let member = fanout.join(key("b"), 8, Results::Events, move || {
             futures::stream::pending::<Payload>()
                 .map(move |b| {
                     let _ = &guard;
@@ -274,7 +328,9 @@ mod tests {
                 })
                 .boxed()
         });
-        let second = fanout.join(key("b"), 8, || unreachable!("one execution"));
+        let second = fanout.join(key("b"), 8, Results::Events, || {
+            unreachable!("one execution")
+        });
         drop(member);
         tokio::task::yield_now().await;
         assert_eq!(fanout.groups(), 1, "a member is left");
@@ -289,12 +345,12 @@ mod tests {
     async fn a_member_that_falls_behind_is_told_and_ends() {
         let fanout = Arc::new(Fanout::default());
         let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Payload>();
-        let member = fanout.join(key("c"), 2, move || {
+        let member = fanout.join(key("c"), 2, Results::Events, move || {
             let mut rx = rx;
             futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
         });
         let mut keeps_up = fanout
-            .join(key("c"), 2, || unreachable!())
+            .join(key("c"), 2, Results::Events, || unreachable!())
             .into_stream()
             .boxed();
         let mut slow = member.into_stream().boxed();
@@ -304,5 +360,53 @@ mod tests {
         }
         assert!(matches!(slow.next().await, Some(Delivery::TooSlow(3))));
         assert!(slow.next().await.is_none());
+    }
+
+    /// A group fed by hand: its feed and its first member.
+    fn fed(
+        fanout: &Arc<Fanout>,
+        k: &str,
+        results: Results,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<Payload>,
+        BoxStream<'static, Delivery>,
+    ) {
+        let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Payload>();
+        let member = fanout.join(key(k), 8, results, move || {
+            let mut rx = rx;
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+        });
+        (feed, member.into_stream().boxed())
+    }
+
+    async fn next(member: &mut BoxStream<'static, Delivery>) -> String {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), member.next()).await {
+            Ok(Some(Delivery::Next(p))) => p.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_member_of_snapshots_gets_the_latest_first_and_of_events_only_what_follows() {
+        let fanout = Arc::new(Fanout::default());
+        for (k, results) in [("s", Results::Snapshots), ("e", Results::Events)] {
+            let (feed, mut first) = fed(&fanout, k, results);
+            feed.send(Payload::from("1")).unwrap();
+            feed.send(Payload::from("2")).unwrap();
+            assert_eq!(next(&mut first).await, "1");
+            assert_eq!(next(&mut first).await, "2");
+            let mut late = fanout
+                .join(key(k), 8, results, || unreachable!("one execution"))
+                .into_stream()
+                .boxed();
+            feed.send(Payload::from("3")).unwrap();
+            assert_eq!(next(&mut first).await, "3");
+            if results == Results::Snapshots {
+                assert_eq!(next(&mut late).await, "2", "the latest, at once");
+            }
+            assert_eq!(next(&mut late).await, "3", "then what follows, once");
+            drop(feed);
+            assert!(late.next().await.is_none());
+        }
     }
 }

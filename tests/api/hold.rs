@@ -1,6 +1,6 @@
 //! What a hostile client can make the gateway hold (docs/security.md):
-//! rate buckets by IPv6 /64, connections that never finish their headers,
-//! and memory beyond the caches' byte bounds.
+//! rate buckets by IPv6 /64, connections that never finish their headers
+//! or their body, and memory beyond the caches' byte bounds.
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,37 @@ async fn a_connection_that_does_not_finish_its_headers_in_time_is_closed() {
     }
     // A connection that sends its request in time is served.
     assert_eq!(app.status("/healthz").await, 200);
+}
+
+#[tokio::test]
+async fn a_request_that_does_not_finish_its_body_in_time_gets_408_and_is_closed() {
+    let app = spawn_app_with(|s| s.server.body_read_timeout = Duration::from_secs(1)).await;
+    // A JSON request, a streamed subscription (and APQ rides either body).
+    for accept in ["application/json", "text/event-stream"] {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /graphql HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n\
+             Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // 9 of the 200 bytes announced, then nothing.
+        stream.write_all(b"{\"query\":").await.unwrap();
+        let (got, after) = until_closed(&mut stream, Duration::from_secs(10)).await;
+        assert!(
+            after < Duration::from_secs(5),
+            "{accept}: closed after {after:?}"
+        );
+        assert!(got.starts_with("HTTP/1.1 408"), "{accept}: {got}");
+        let body = got.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT",
+            "{accept}: {body}"
+        );
+    }
+    // A body sent in time is read.
+    let r = app.graphql("{ __typename }", json!({})).await;
+    assert!(r["errors"].is_null(), "{r}");
 }
 
 /// VmRSS of `pid`, in bytes.

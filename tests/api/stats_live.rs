@@ -246,3 +246,81 @@ async fn stats_subscription_refusals_cost_no_platform_request() {
     }
     assert_eq!(app.sim.request_count(), 0);
 }
+
+/// The next result of `events`, skipping any that came before (a shared
+/// execution's results are the same for every subscriber).
+async fn latest(events: &mut Events, mut last: Value) -> Value {
+    while let Some(Event::Next(r)) = events.next_result(Duration::from_millis(300)).await {
+        last = r;
+    }
+    last
+}
+
+#[tokio::test]
+async fn stats_subscription_a_subscriber_joining_after_the_first_has_its_figures_gets_them_at_once()
+{
+    let app = spawn_app_with(|s| s.upstream.live_poll = Duration::from_secs(1)).await;
+    let from = Utc::now() - chrono::Duration::days(2);
+    let variables = json!({ "id": SMALL_ACTIVITY.to_string(), "range": { "from": ts(from) },
+        "tz": "UTC", "interval": "HOUR", "top": 10 });
+
+    let mut first = open_stream(&app, SSE, variables.clone()).await;
+    let complete = loop {
+        match first.next_result(Duration::from_secs(10)).await {
+            Some(Event::Next(r)) if progress(&r).2 => break r,
+            Some(Event::Next(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    // The first has had its results; the activity is quiet.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let complete = latest(&mut first, complete).await;
+
+    // The same subscription again shares the running execution, and its
+    // first result still comes at once: the figures the first has.
+    let t = Instant::now();
+    let mut late = open_stream(&app, SSE, variables).await;
+    match late.next_result(Duration::from_secs(3)).await {
+        Some(Event::Next(r)) => assert_eq!(r, complete),
+        other => panic!("no result at once, but {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // Then both move with the next visit, alike, the late one by one.
+    app.sim.add_visit(SMALL_ACTIVITY, Utc::now());
+    let mut moved = Vec::new();
+    for events in [&mut first, &mut late] {
+        match events.next_result(Duration::from_secs(5)).await {
+            Some(Event::Next(r)) => moved.push(r),
+            other => panic!("{other:?}"),
+        }
+    }
+    let visits = |r: &Value| r["data"]["userVisitStats"]["visits"].as_u64().unwrap();
+    assert_eq!(visits(&moved[0]), visits(&complete) + 1, "{}", moved[0]);
+    assert_eq!(moved[0], moved[1]);
+    assert_eq!(
+        late.next_result(Duration::from_millis(1500)).await,
+        None,
+        "a result twice"
+    );
+}
+
+#[tokio::test]
+async fn stats_subscription_of_a_closed_range_asked_again_after_it_completed_completes_again() {
+    let app = spawn_app_with(|_| {}).await;
+    let to = Utc::now() - chrono::Duration::days(1);
+    let variables = json!({ "id": SMALL_ACTIVITY.to_string(),
+        "range": { "from": ts(to - chrono::Duration::days(1)), "to": ts(to) },
+        "tz": "UTC", "interval": "HOUR", "top": 10 });
+    let mut first = open_stream(&app, SSE, variables.clone()).await;
+    let results = until_the_end(&mut first, Duration::from_secs(10)).await;
+    let (_, complete) = results.last().expect("a result");
+    assert!(progress(complete).2, "{complete}");
+
+    let mut again = open_stream(&app, SSE, variables).await;
+    let results = until_the_end(&mut again, Duration::from_secs(3)).await;
+    let (at, last) = results.last().expect("a result");
+    assert!(*at < Duration::from_secs(2), "{at:?}");
+    assert_eq!(figures(last), figures(complete));
+    assert!(progress(last).2, "{last}");
+}

@@ -264,6 +264,32 @@ async fn stream_new_visits_reach_sse_and_multipart_subscribers_once_each_in_orde
 }
 
 #[tokio::test]
+async fn stream_a_subscriber_joining_a_running_subscription_gets_only_the_visits_after_it() {
+    let app = live_app(|_| {}).await;
+    let before = app.sim.request_count();
+    let mut first = subscribe(&app, SSE, None, SMALL_ACTIVITY).await;
+    started(&app, before, 1).await;
+    let t0 = Utc::now();
+    app.sim.add_visit(SMALL_ACTIVITY, t0);
+    let far = t0 + chrono::Duration::days(1);
+    assert_eq!(
+        visits(&mut first, 1).await,
+        app.expected(SMALL_ACTIVITY, t0, far)
+    );
+
+    // The same subscription again joins the running execution: the visit
+    // before it is not news to it.
+    let mut late = subscribe(&app, SSE, None, SMALL_ACTIVITY).await;
+    let t1 = Utc::now().max(t0 + chrono::Duration::milliseconds(1));
+    app.sim.add_visit(SMALL_ACTIVITY, t1);
+    let after = app.expected(SMALL_ACTIVITY, t1, far);
+    assert_eq!(after.len(), 1);
+    assert_eq!(visits(&mut late, 1).await, after);
+    assert_eq!(visits(&mut first, 1).await, after);
+    assert_eq!(late.next_result(Duration::from_millis(2500)).await, None);
+}
+
+#[tokio::test]
 async fn stream_a_query_is_one_result_then_the_end() {
     let app = live_app(|_| {}).await;
     let query = json!({"query": "query($id: ID!) { userVisits(activityId: $id, last: 2) { totalCount } }",

@@ -1,7 +1,7 @@
 use serde_json::json;
 use visits_gateway::demo::SMALL_ACTIVITY;
 
-use crate::helpers::{error_code, spawn_app};
+use crate::helpers::{error_code, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn the_committed_schema_matches_the_code() {
@@ -22,6 +22,70 @@ async fn probes_answer() {
     let app = spawn_app().await;
     assert_eq!(app.status("/healthz").await, 200);
     assert_eq!(app.status("/readyz").await, 200);
+}
+
+/// A 405 (or 404) with its `Allow` and a GraphQL error body with a code.
+async fn refused_method(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    status: u16,
+    allow: &[&str],
+) {
+    let r = http.request(method.clone(), url).send().await.unwrap();
+    assert_eq!(r.status(), status, "{method} {url}");
+    let allowed = r
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_owned());
+    if allow.is_empty() {
+        assert_eq!(allowed, None, "{method} {url}");
+    } else {
+        let allowed = allowed.unwrap_or_else(|| panic!("{method} {url}: no Allow"));
+        for m in allow {
+            assert!(allowed.contains(m), "{method} {url}: Allow: {allowed}");
+        }
+    }
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        error_code(&body),
+        "BAD_USER_INPUT",
+        "{method} {url}: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_method_a_path_does_not_take_is_a_405_with_allow_and_a_graphql_error() {
+    use reqwest::Method;
+    let app = spawn_app().await;
+    for method in [Method::PUT, Method::DELETE, Method::PATCH] {
+        refused_method(
+            &app.http,
+            method,
+            &app.url("/graphql"),
+            405,
+            &["GET", "POST"],
+        )
+        .await;
+    }
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        refused_method(&app.http, Method::POST, &app.url(path), 405, &["GET"]).await;
+    }
+
+    // The metrics listener of its own answers alike.
+    let app =
+        spawn_app_with(|s| s.server.metrics_listen_addr = Some("127.0.0.1:0".parse().unwrap()))
+            .await;
+    let metrics = format!("http://{}", app.metrics_addr.unwrap());
+    let url = format!("{metrics}/metrics");
+    refused_method(&app.http, Method::POST, &url, 405, &["GET"]).await;
+    let url = format!("{metrics}/graphql");
+    refused_method(&app.http, Method::GET, &url, 404, &[]).await;
 }
 
 #[tokio::test]

@@ -248,6 +248,7 @@ upstreamBurst: UPSTREAM_BURST
 maxBodyBytes: MAX_BODY_BYTES
 requestTimeoutMs: REQUEST_TIMEOUT_MS
 headerReadTimeoutSeconds: HEADER_READ_TIMEOUT_SECONDS
+bodyReadTimeoutSeconds: BODY_READ_TIMEOUT_SECONDS
 maxQueryDepth: MAX_QUERY_DEPTH
 maxQueryComplexity: MAX_QUERY_COMPLEXITY
 playgroundActivityId: PLAYGROUND_ACTIVITY_ID
