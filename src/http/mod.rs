@@ -358,7 +358,7 @@ const MAX_OPERATION_NAME: usize = 100;
 /// The GraphQL operation's span, with the semantic conventions' type and
 /// name when the document settles them, and how its results travel
 /// (`transport`: `http` for one response, `sse` or `multipart` for a
-/// stream). The document itself is left out: its literals may hold what a
+/// stream, `websocket`). The document itself is left out: its literals may hold what a
 /// client would not want in a trace backend.
 fn operation_span(
     doc: Option<&ExecutableDocument>,

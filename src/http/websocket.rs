@@ -32,6 +32,7 @@ use axum::response::Response;
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::AppState;
 use std::collections::HashMap;
@@ -299,7 +300,7 @@ async fn serve(
                     }
                     Admit::Drop => continue,
                     Admit::Reply(text) => Message::Text(text.into()),
-                    Admit::Subscribe { id, admitted, params } => {
+                    Admit::Subscribe { id, admitted, params, span } => {
                         let session = client.get().expect("subscribe is admitted after init");
                         if joined.contains_key(&*id) {
                             Message::Close(Some(CloseFrame {
@@ -307,7 +308,11 @@ async fn serve(
                                 reason: format!("Subscriber for {id} already exists").into(),
                             }))
                         } else {
-                            match subscriptions::join(&state, *admitted, &params, &session.connection) {
+                            let joined_now = span.in_scope(|| {
+                                subscriptions::join(&state, *admitted, &params, &session.connection)
+                            });
+                            drop(span);
+                            match joined_now {
                                 Err(refusal) => {
                                     // Like a resolver's refusal: a result with
                                     // the error, then `complete`.
@@ -338,7 +343,7 @@ async fn serve(
                             }
                         }
                     }
-                    Admit::Execute { id, admitted, now } => {
+                    Admit::Execute { id, admitted, now, span } => {
                         let session = client.get().expect("subscribe is admitted after init");
                         if joined.contains_key(&*id) {
                             Message::Close(Some(CloseFrame {
@@ -352,6 +357,7 @@ async fn serve(
                                 let connection = session.connection.clone();
                                 async move {
                                     subscriptions::execute_once(&state, *admitted, &client, connection, now)
+                                        .instrument(span)
                                         .await
                                         .unwrap_or_else(|refusal| refusal.into_result(&state.metrics))
                                 }
@@ -451,6 +457,8 @@ enum Admit {
         id: String,
         admitted: Box<Admitted>,
         params: Params,
+        /// Its operation span, over joining its shared execution.
+        span: tracing::Span,
     },
     /// An admitted query (or mutation): run once, its result sent as `next`,
     /// then `complete`.
@@ -459,6 +467,8 @@ enum Admit {
         admitted: Box<Admitted>,
         /// The request's one clock, as admission planned it.
         now: chrono::DateTime<chrono::Utc>,
+        /// Its operation span, over its execution.
+        span: tracing::Span,
     },
     /// The client ends operation `id`.
     Complete { id: String },
@@ -633,20 +643,34 @@ fn admit(state: &AppState, text: &[u8], client: &OnceLock<Session>, address: &Ar
             let admitted = admission::document(state, &params, Door::WebSocket, now)?;
             Ok((params, admitted))
         });
-    match admitted {
-        Err(refusal) => Admit::Reply(refusal.into_ws_error(&state.metrics, &id)),
-        Ok((params, admitted)) if subscriptions::is_subscription(&admitted, &params) => {
-            Admit::Subscribe {
-                id,
-                admitted: Box::new(admitted),
-                params,
-            }
+    let (params, admitted) = match admitted {
+        Err(refusal) => return Admit::Reply(refusal.into_ws_error(&state.metrics, &id)),
+        Ok(admitted) => admitted,
+    };
+    // Each operation is a trace of its own: the upgrade's ended long ago.
+    let span = if crate::otel::enabled() {
+        super::operation_span(
+            admitted.parsed.as_deref(),
+            params.operation_name.as_deref(),
+            "websocket",
+        )
+    } else {
+        tracing::Span::none()
+    };
+    if subscriptions::is_subscription(&admitted, &params) {
+        Admit::Subscribe {
+            id,
+            admitted: Box::new(admitted),
+            params,
+            span,
         }
-        Ok((_, admitted)) => Admit::Execute {
+    } else {
+        Admit::Execute {
             id,
             admitted: Box::new(admitted),
             now,
-        },
+            span,
+        }
     }
 }
 

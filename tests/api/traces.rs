@@ -565,6 +565,107 @@ async fn sse_and_multipart_requests_get_an_operation_span_under_their_server_spa
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn operations_over_a_websocket_get_an_operation_span_each() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let (sim, token) = platform().await;
+    let (otlp, exports) = receiver().await;
+    let base = sim.base_url();
+    let gateway = Gateway::start(&[
+        ("UPSTREAM_BASE_URL", base.as_str()),
+        ("UPSTREAM_TOKEN", token.as_str()),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ])
+    .await;
+    let mut request = gateway
+        .url
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let from = ts(Utc::now() - chrono::Duration::days(3));
+    for message in [
+        json!({"type": "connection_init"}),
+        json!({"id": "q", "type": "subscribe", "payload": {
+            "query": USER_VISITS.replacen("query(", "query Recent(", 1),
+            "variables": { "id": SMALL_ACTIVITY.to_string(), "range": { "from": from }, "first": 3 }}}),
+        json!({"id": "s", "type": "subscribe", "payload": {
+            "query": "subscription OnVisit($id: ID!) { userVisitAdded(activityId: $id) { visitAt } }",
+            "variables": { "id": SMALL_ACTIVITY.to_string() }}}),
+    ] {
+        ws.send(WsMessage::Text(message.to_string().into()))
+            .await
+            .unwrap();
+    }
+    // The query's result, then its end.
+    let mut got = Vec::new();
+    while !got.contains(&json!({"id": "q", "type": "complete"})) {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("the query's messages")
+            .unwrap()
+            .unwrap();
+        if let WsMessage::Text(t) = m {
+            got.push(serde_json::from_str::<Value>(&t).unwrap());
+        }
+    }
+    assert!(
+        got.iter().any(|m| m["id"] == "q" && m["type"] == "next"),
+        "{got:?}"
+    );
+
+    // Each operation is a trace of its own, marked as over a WebSocket.
+    let over_ws = |spans: &[Span]| -> Vec<Span> {
+        spans
+            .iter()
+            .filter(|s| {
+                matches!(attribute(&s.attributes, "visits.transport"),
+                    Some(any_value::Value::StringValue(t)) if t == "websocket")
+            })
+            .cloned()
+            .collect()
+    };
+    let mut spans = Vec::new();
+    for _ in 0..200 {
+        spans = spans_of(&decoded(&exports));
+        if over_ws(&spans).len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let operations = over_ws(&spans);
+    let mut names: Vec<&str> = operations.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["query Recent", "subscription OnVisit"],
+        "{spans:#?}"
+    );
+    // The query's platform requests are in its trace.
+    let query = operations
+        .iter()
+        .find(|s| s.name == "query Recent")
+        .unwrap();
+    assert_eq!(string(query, "graphql.operation.type"), "query");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.kind == SpanKind::Client as i32 && s.trace_id == query.trace_id),
+        "{spans:#?}"
+    );
+    drop(ws);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn with_tracing_off_nothing_is_propagated_and_the_log_has_no_trace_id() {
     let (sim, token) = platform().await;
     let base = sim.base_url();
