@@ -5,8 +5,9 @@
 //! wait behind all of its own, past `UPSTREAM_MAX_BUDGET_WAIT_MS`. So callers
 //! queue here first: one at a time (the head) takes its budget slot and waits
 //! for it, then the next is chosen by priority (reads a person waits for,
-//! then live polls, then statistics' bulk reads) and, within a priority, by
-//! client in turn, each client's own requests in order. Another client's
+//! then live polls, then statistics' bulk reads; a priority passed over
+//! three turns in a row goes next) and, within a priority, by client in
+//! turn, each client's own requests in order. Another client's
 //! request then waits behind at most one request of each client ahead of it.
 //! A client has at most `UPSTREAM_MAX_QUEUED_PER_CLIENT` requests here;
 //! beyond that its own request is refused at once, nobody else's.
@@ -112,6 +113,8 @@ struct State {
     next_id: u64,
     /// The waiting callers, by priority.
     classes: [Turns; 3],
+    /// Turns given to a higher priority while this one had callers waiting.
+    passed: [u32; 3],
     /// Requests queued by client: waiting, or the head.
     queued: HashMap<Arc<str>, usize>,
 }
@@ -163,10 +166,19 @@ impl Turns {
     }
 }
 
+/// A priority passed over this many turns in a row while it waited takes
+/// the next: live polls and statistics keep at least one turn in
+/// `PASSED_OVER + 1` each under a steady flow of `userVisits`.
+const PASSED_OVER: u32 = 3;
+
 impl State {
-    /// Gives the next waiter its turn, if any.
+    /// Gives the next waiter its turn, if any: by priority, unless a lower
+    /// one has been passed over for [`PASSED_OVER`] turns.
     fn next(&mut self) {
-        for class in &mut self.classes {
+        let passed_over = (1..self.classes.len())
+            .find(|&c| self.passed[c] >= PASSED_OVER && !self.classes[c].order.is_empty());
+        for c in passed_over.into_iter().chain(0..self.classes.len()) {
+            let class = &mut self.classes[c];
             if class.order.len() > 1 && class.order.front() == self.last.as_ref() {
                 class.order.rotate_left(1);
             }
@@ -177,6 +189,12 @@ impl State {
                 if turn.send(()).is_ok() {
                     self.busy = true;
                     self.last = Some(client);
+                    self.passed[c] = 0;
+                    for lower in c + 1..self.classes.len() {
+                        if !self.classes[lower].order.is_empty() {
+                            self.passed[lower] += 1;
+                        }
+                    }
                     return;
                 }
             }
@@ -363,6 +381,28 @@ mod tests {
         ];
         let served = order(queue, budget, callers, Duration::from_secs(60)).await;
         assert_eq!(served, ["head", "read", "live", "live2", "stats", "stats2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_flow_of_reads_does_not_hold_live_polls_and_statistics_back() {
+        let queue = Arc::new(FairQueue::new(100));
+        let budget = Arc::new(slow());
+        let mut callers = vec![("head", caller("x", Priority::Stats))];
+        let reads = ["r1", "r2", "r3", "r4", "r5", "r6", "r7"];
+        for (n, name) in reads.into_iter().enumerate() {
+            let client: &'static str = ["c1", "c2", "c3", "c4", "c5", "c6", "c7"][n];
+            callers.push((name, caller(client, Priority::Interactive)));
+        }
+        callers.push(("live", caller("p", Priority::Live)));
+        callers.push(("stats", caller("s", Priority::Stats)));
+        callers.push(("stats2", caller("s", Priority::Stats)));
+        let served = order(queue, budget, callers, Duration::from_secs(60)).await;
+        // Three reads, then the live poll and the statistics passed over
+        // meanwhile; three reads again, then statistics' next.
+        assert_eq!(
+            served,
+            ["head", "r1", "r2", "r3", "live", "stats", "r4", "r5", "r6", "stats2", "r7"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
