@@ -14,6 +14,8 @@
 //! - With a request's platform slots (`WINDOW_CONCURRENCY`), each page holds
 //!   one while the cache may call the platform.
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
@@ -108,29 +110,67 @@ impl<'a> Reader<'a> {
         self.page(self.request(window, page, Some(first))).await
     }
 
-    /// The first pages of `windows`, in order: the oldest alone first, then
-    /// the rest together.
+    /// The first pages of `windows`, in order ([`oldest_first`]).
     pub async fn firsts(&self, windows: &[Window]) -> Result<Vec<Served>, GatewayError> {
-        let Some((&oldest, rest)) = windows.split_first() else {
-            return Ok(Vec::new());
-        };
-        let mut firsts = Vec::with_capacity(windows.len());
-        firsts.push(self.first(oldest).await?);
-        let rest: Vec<PageRequest> = rest.iter().map(|w| self.request(*w, 1, None)).collect();
-        firsts.extend(self.pages(rest).await?);
-        Ok(firsts)
+        let reqs = windows.iter().map(|w| self.request(*w, 1, None)).collect();
+        oldest_first(reqs, |req| self.page(req)).await
     }
 
     /// Pages in order, as many at a time as the slots allow.
     pub async fn pages(&self, reqs: Vec<PageRequest>) -> Result<Vec<Served>, GatewayError> {
-        let n = reqs.len().max(1);
-        // Owned requests: a stream over borrows trips the `Send` check of
-        // the resolver's future.
-        futures::stream::iter(reqs.into_iter().map(|req| self.page(req)))
-            .buffered(n)
-            .try_collect()
-            .await
+        in_order(reqs, |req| self.page(req)).await
     }
+}
+
+/// First pages of windows, in order: the oldest alone first, then the rest
+/// together. `read` reads one page (a [`Reader`]'s, or a statistics job's
+/// patient one).
+pub async fn oldest_first<F, Fut>(
+    reqs: Vec<PageRequest>,
+    read: F,
+) -> Result<Vec<Served>, GatewayError>
+where
+    F: Fn(PageRequest) -> Fut,
+    Fut: Future<Output = Result<Served, GatewayError>>,
+{
+    let mut reqs = reqs.into_iter();
+    let Some(oldest) = reqs.next() else {
+        return Ok(Vec::new());
+    };
+    let mut served = vec![read(oldest).await?];
+    served.extend(in_order(reqs.collect(), read).await?);
+    Ok(served)
+}
+
+/// Pages in order, as many at a time as `read` allows (its slots).
+pub async fn in_order<F, Fut>(reqs: Vec<PageRequest>, read: F) -> Result<Vec<Served>, GatewayError>
+where
+    F: Fn(PageRequest) -> Fut,
+    Fut: Future<Output = Result<Served, GatewayError>>,
+{
+    let n = reqs.len().max(1);
+    // Owned requests: a stream over borrows trips the `Send` check of the
+    // resolver's future.
+    futures::stream::iter(reqs.into_iter().map(read))
+        .buffered(n)
+        .try_collect()
+        .await
+}
+
+/// Every page after the first of each window, in the size its first page
+/// shows the platform serves.
+pub fn later_pages(firsts: &[(PageRequest, Served)]) -> Vec<PageRequest> {
+    firsts
+        .iter()
+        .flat_map(|(req, first)| {
+            let shape = shape(first);
+            (2..=page_count(shape)).map(move |page| PageRequest {
+                page,
+                page_size: shape.page_size,
+                ..*req
+            })
+        })
+        .collect()
 }
 
 /// A window's shape, from its first page.

@@ -30,13 +30,11 @@
 //! starts a new job, which goes on from the pages already cached.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
 use moka::Expiry;
 use moka::sync::Cache;
 use tokio::sync::Semaphore;
@@ -47,7 +45,7 @@ use crate::cache::{CachedPage, Freshness, PageCache, Served, TtlPolicy};
 use crate::error::{ErrorCode, GatewayError};
 use crate::page::PageRequest;
 use crate::paging::{self, ActivityId, ResolvedRange, Window, WindowShape};
-use crate::reader::{Reader, page_count, shape, visits_of};
+use crate::reader::{Reader, in_order, later_pages, oldest_first, page_count, shape, visits_of};
 use crate::telemetry::{Metrics, OutcomeLabel};
 use crate::upstream::fair::{Caller, Priority};
 use crate::visits::FetchPolicy;
@@ -356,7 +354,8 @@ impl StatsLoader {
                 .with_slots(slots)
                 .page(req)
         };
-        let firsts = read_firsts(firsts, read).await?;
+        let served = oldest_first(firsts.clone(), read).await?;
+        let firsts: Vec<(PageRequest, Served)> = firsts.into_iter().zip(served).collect();
 
         // Then every other page of theirs, in units of the served size: read
         // here when the budget can give them before the deadline (a quarter
@@ -375,7 +374,7 @@ impl StatsLoader {
             let progress = Progress::new(needed - uncached_later, needed, reach.rate);
             return Err(self.start(job, pages, policy, progress, now));
         }
-        let later = read_all(later, read).await?;
+        let later = in_order(later, read).await?;
         shared.build(plan, &firsts, later, now)
     }
 
@@ -516,7 +515,8 @@ impl Shared {
         let firsts = plan.firsts();
         self.spend(&spent, uncached(pages, &firsts, now).await)?;
         let read = |req| read_patiently(pages, &slots, policy, req, progress, now);
-        let firsts = read_firsts(firsts, read).await?;
+        let served = oldest_first(firsts.clone(), read).await?;
+        let firsts: Vec<(PageRequest, Served)> = firsts.into_iter().zip(served).collect();
         let later = later_pages(&firsts);
         let uncached_later = uncached(pages, &later, now).await;
         self.spend(&spent, uncached_later)?;
@@ -525,7 +525,7 @@ impl Shared {
         progress
             .read
             .store(needed - uncached_later, Ordering::Relaxed);
-        let later = read_all(later, read).await?;
+        let later = in_order(later, read).await?;
         self.build(plan, &firsts, later, now).map(drop)
     }
 
@@ -772,55 +772,6 @@ async fn uncached(pages: &PageCache, reqs: &[PageRequest], now: DateTime<Utc>) -
         }
     }
     n
-}
-
-/// Every page after the first of each window, in units of the size the
-/// platform served.
-fn later_pages(firsts: &[(PageRequest, Served)]) -> Vec<PageRequest> {
-    firsts
-        .iter()
-        .flat_map(|(req, first)| {
-            let size = first.page.page.page_size.max(1);
-            let count = first.page.page.total.div_ceil(size);
-            (2..=count).map(move |page| PageRequest {
-                page,
-                page_size: size,
-                ..*req
-            })
-        })
-        .collect()
-}
-
-/// First pages, the oldest alone first: when the platform refuses the
-/// activity, one request learns it, not one per window.
-async fn read_firsts<F, Fut>(
-    reqs: Vec<PageRequest>,
-    read: F,
-) -> Result<Vec<(PageRequest, Served)>, GatewayError>
-where
-    F: Fn(PageRequest) -> Fut,
-    Fut: Future<Output = Result<Served, GatewayError>>,
-{
-    let Some((&oldest, rest)) = reqs.split_first() else {
-        return Ok(Vec::new());
-    };
-    let mut served = vec![(oldest, read(oldest).await?)];
-    let rest_served = read_all(rest.to_vec(), read).await?;
-    served.extend(rest.iter().copied().zip(rest_served));
-    Ok(served)
-}
-
-/// Pages in order, as many at a time as `read`'s platform slots allow.
-async fn read_all<F, Fut>(reqs: Vec<PageRequest>, read: F) -> Result<Vec<Served>, GatewayError>
-where
-    F: Fn(PageRequest) -> Fut,
-    Fut: Future<Output = Result<Served, GatewayError>>,
-{
-    let n = reqs.len().max(1);
-    futures::stream::iter(reqs.into_iter().map(read))
-        .buffered(n)
-        .try_collect()
-        .await
 }
 
 /// A job's page: each attempt with the request deadline's time, waiting out
