@@ -34,6 +34,19 @@ impl Scope {
             .collect::<Result<HashSet<_>, _>>()
             .map(|ids| Scope::Only(Arc::new(ids)))
     }
+
+    /// `*`, or the ids sorted and comma-separated: equal for equal scopes,
+    /// whoever holds them.
+    pub fn canonical(&self) -> String {
+        match self {
+            Scope::All => "*".to_owned(),
+            Scope::Only(ids) => {
+                let mut ids: Vec<u64> = ids.iter().copied().collect();
+                ids.sort_unstable();
+                ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            }
+        }
+    }
 }
 
 /// An authenticated client (or the anonymous one, where allowed).

@@ -98,20 +98,33 @@ pub fn client(
 pub struct Credential {
     authorization: Option<Secret>,
     address: Arc<str>,
+    /// Who it made the client: what the connection's operations run as.
+    principal: Principal,
 }
 
 impl Credential {
-    pub fn new(authorization: Option<&str>, address: Arc<str>) -> Self {
+    pub fn new(authorization: Option<&str>, address: Arc<str>, principal: Principal) -> Self {
         Self {
             authorization: authorization.map(Secret::new),
             address,
+            principal,
         }
     }
 
-    /// Stage 1 again, as it stands now (keys reloaded, the clock moved on).
+    /// Stage 1 again, as it stands now (keys reloaded, the clock moved on):
+    /// it must still hold, and still grant what it granted (a key's scope
+    /// narrowed on a reload no longer holds for the connection).
     pub fn recheck(&self, state: &AppState) -> Result<(), Refusal> {
         let authorization = self.authorization.as_ref().map(Secret::expose);
-        client(state, authorization, &self.address).map(drop)
+        let now = client(state, authorization, &self.address)?;
+        if now.principal != self.principal {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthenticated,
+                "the credential's scope changed since the connection opened: connect again",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -119,6 +119,7 @@ pub async fn serve(
         let credential = Credential::new(
             admission::authorization(&parts),
             admission::address(&state, &parts),
+            client.principal.clone(),
         );
         let stream = Stream {
             protocol,

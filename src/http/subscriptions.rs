@@ -16,10 +16,9 @@ use chrono::{DateTime, Utc};
 use super::admission::{Admitted, Client};
 use super::refusal::Refusal;
 use super::{AppState, annotate, within_deadline};
-use crate::auth::Scope;
 use crate::graphql::RequestScope;
 use crate::graphql_http::{self, Params};
-use crate::live::fanout::{Delivery, Key, Payload, Results};
+use crate::live::fanout::{Delivery, Key, Output, Payload, Results};
 use crate::live::{LiveConnection, SubscriptionGuard};
 use crate::response_cache::Facts;
 use crate::upstream::fair::{Caller, Priority};
@@ -68,11 +67,10 @@ pub fn join(
         .reserve(connection)
         .map_err(|e| Refusal::new(StatusCode::TOO_MANY_REQUESTS, e.code, e.message))?;
     // One execution per request and scope: what a credential may read
-    // changes the answer, nothing else about the caller does.
-    let scope: &str = match &connection.principal.scope {
-        Scope::All => "*",
-        Scope::Only(_) => &connection.principal.name,
-    };
+    // changes the answer, nothing else about the caller does. The scope's
+    // contents, not its holder's name: two JWTs of one subject may name
+    // different activities, and a key's scope may change on a reload.
+    let scope = connection.principal.scope.canonical();
     let variables = params
         .variables
         .as_ref()
@@ -106,10 +104,12 @@ pub fn join(
                 .execute_stream(request)
                 .map(move |mut response| {
                     annotate(&state, &mut response, &Facts::default());
-                    Payload::from(serde_json::to_string(&response).unwrap_or_else(|e| {
+                    let clean = response.errors.is_empty();
+                    let payload = Payload::from(serde_json::to_string(&response).unwrap_or_else(|e| {
                         tracing::error!(error = %e, "cannot serialise a subscription's result");
                         r#"{"data":null,"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_owned()
-                    }))
+                    }));
+                    Output { payload, clean }
                 })
                 .boxed()
         });

@@ -62,6 +62,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// A socket must send `connection_init` within this, or it is closed with
 /// 4408 (the protocol's code for it; docs/subscriptions.md).
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queries (not subscriptions) running at once on one socket: each holds
+/// its document and request scope until it answers.
+const MAX_QUERIES_AT_ONCE: usize = 16;
 /// What a `subscribe` message may add to a request body: its id and type.
 const ENVELOPE_BYTES: usize = 1024;
 /// Client messages admitted but not yet read by async-graphql. The client's
@@ -199,10 +202,15 @@ async fn serve(
                     });
                     data.insert(connection.clone());
                     data.insert(state.live.clone());
+                    let credential = Credential::new(
+                        credential.as_deref(),
+                        address,
+                        authenticated.principal.clone(),
+                    );
                     let _ = client.set(Session {
                         client: authenticated,
                         connection,
-                        credential: Credential::new(credential.as_deref(), address),
+                        credential,
                     });
                     Ok(data)
                 }
@@ -345,11 +353,19 @@ async fn serve(
                     }
                     Admit::Execute { id, admitted, now, span } => {
                         let session = client.get().expect("subscribe is admitted after init");
+                        let running = joined.values().filter(|(_, guard)| guard.is_none()).count();
                         if joined.contains_key(&*id) {
                             Message::Close(Some(CloseFrame {
                                 code: 4409,
                                 reason: format!("Subscriber for {id} already exists").into(),
                             }))
+                        } else if running >= MAX_QUERIES_AT_ONCE {
+                            let refusal = Refusal::new(
+                                StatusCode::TOO_MANY_REQUESTS,
+                                ErrorCode::RateLimited,
+                                format!("at most {MAX_QUERIES_AT_ONCE} queries run at once on one socket"),
+                            );
+                            Message::Text(refusal.into_ws_error(&state.metrics, &id).into())
                         } else {
                             let tag = Arc::new(Tag::new(id.into()));
                             let run = {
@@ -374,15 +390,15 @@ async fn serve(
                             continue;
                         }
                     }
-                    Admit::Complete { id } => match joined.remove(&*id) {
-                        // Its place is free at once; the confirmation below.
-                        Some((abort, _guard)) => {
+                    Admit::Complete { id } => {
+                        // Its place is free at once. Nothing more is sent for
+                        // it, no `complete` either: the client stopped
+                        // listening (as graphql-ws's own server does).
+                        if let Some((abort, _guard)) = joined.remove(&*id) {
                             abort.abort();
-                            Message::Text(completed(&id).into())
                         }
-                        // Not running (any more): nothing to end.
-                        None => continue,
-                    },
+                        continue;
+                    }
                     Admit::Close(code, reason) => Message::Close(Some(CloseFrame {
                         code,
                         reason: reason.into(),
@@ -402,11 +418,14 @@ async fn serve(
             _ = ping.tick() => match client.get().map(|s| s.credential.recheck(&state)) {
                 // Its credential expired or was revoked since: what is open
                 // ends with the socket.
+                // 4403, not 4401: graphql-ws clients give up on 4401 but
+                // reconnect on 4403, asking their `connectionParams` again
+                // (a fresh token).
                 Some(Err(refusal)) => {
                     state.metrics.graphql_error(refusal.code().as_str());
                     Message::Close(Some(CloseFrame {
-                        code: 4401,
-                        reason: "Unauthorized: the credential expired or was revoked".into(),
+                        code: 4403,
+                        reason: "Forbidden: the credential expired, was revoked or changed".into(),
                     }))
                 }
                 _ => Message::Text(r#"{"type":"ping"}"#.into()),

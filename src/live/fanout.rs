@@ -40,6 +40,15 @@ pub struct Key(pub Arc<str>);
 /// Text, so a door writes it into its frame without checking it again.
 pub type Payload = Arc<str>;
 
+/// One result of a group's execution, serialised.
+pub struct Output {
+    pub payload: Payload,
+    /// Without errors. Only such a result is a snapshot group's latest: an
+    /// error (a poll that failed for a moment) is sent, never handed to a
+    /// member joining later.
+    pub clean: bool,
+}
+
 /// What a member receives.
 #[derive(Debug, Clone)]
 pub enum Delivery {
@@ -95,7 +104,7 @@ impl Fanout {
         key: Key,
         buffer: usize,
         results: Results,
-        start: impl FnOnce() -> BoxStream<'static, Payload>,
+        start: impl FnOnce() -> BoxStream<'static, Output>,
     ) -> Member {
         let mut groups = lock(&self.groups);
         if let Some(group) = groups.get(&key) {
@@ -157,12 +166,14 @@ struct Sender {
 }
 
 impl Sender {
-    fn send(&self, batch: Vec<Payload>) {
-        let batch = Arc::new(batch);
+    fn send(&self, batch: Vec<Output>) {
         let mut latest = self.latest.as_deref().map(lock);
-        if let Some(latest) = &mut latest {
-            **latest = batch.last().cloned();
+        if let Some(latest) = &mut latest
+            && let Some(clean) = batch.iter().rev().find(|o| o.clean)
+        {
+            **latest = Some(clean.payload.clone());
         }
+        let batch: Batch = Arc::new(batch.into_iter().map(|o| o.payload).collect());
         // No member left is fine: `left` stops the group.
         let _ = self.tx.send(batch);
     }
@@ -173,7 +184,7 @@ async fn run(
     key: Key,
     sender: Sender,
     left: Arc<Notify>,
-    mut payloads: BoxStream<'static, Payload>,
+    mut payloads: BoxStream<'static, Output>,
 ) {
     use futures::{FutureExt, StreamExt};
     loop {
@@ -267,6 +278,13 @@ mod tests {
         Key(s.into())
     }
 
+    fn clean(payload: Payload) -> Output {
+        Output {
+            payload,
+            clean: true,
+        }
+    }
+
     #[tokio::test]
     async fn members_of_one_key_share_one_execution_and_the_same_bytes() {
         let fanout = Arc::new(Fanout::default());
@@ -282,7 +300,9 @@ mod tests {
                     .join(key("a"), 8, Results::Events, move || {
                         started.fetch_add(1, Ordering::SeqCst);
                         let mut rx = rx.take().expect("started once");
-                        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+                        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                            .map(clean)
+                            .boxed()
                     })
                     .into_stream()
                     .boxed(),
@@ -324,7 +344,7 @@ mod tests {
             futures::stream::pending::<Payload>()
                 .map(move |b| {
                     let _ = &guard;
-                    b
+                    clean(b)
                 })
                 .boxed()
         });
@@ -347,7 +367,9 @@ mod tests {
         let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Payload>();
         let member = fanout.join(key("c"), 2, Results::Events, move || {
             let mut rx = rx;
-            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                .map(clean)
+                .boxed()
         });
         let mut keeps_up = fanout
             .join(key("c"), 2, Results::Events, || unreachable!())
@@ -374,7 +396,13 @@ mod tests {
         let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Payload>();
         let member = fanout.join(key(k), 8, results, move || {
             let mut rx = rx;
-            futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+            // A payload starting `!` stands for a result with errors.
+            futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                .map(|p: Payload| Output {
+                    clean: !p.starts_with('!'),
+                    payload: p,
+                })
+                .boxed()
         });
         (feed, member.into_stream().boxed())
     }
@@ -408,5 +436,24 @@ mod tests {
             drop(feed);
             assert!(late.next().await.is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn a_result_with_errors_is_sent_but_never_a_late_members_first() {
+        let fanout = Arc::new(Fanout::default());
+        let (feed, mut first) = fed(&fanout, "s", Results::Snapshots);
+        feed.send(Payload::from("1")).unwrap();
+        feed.send(Payload::from("!failed")).unwrap();
+        assert_eq!(next(&mut first).await, "1");
+        assert_eq!(next(&mut first).await, "!failed");
+        let mut late = fanout
+            .join(key("s"), 8, Results::Snapshots, || {
+                unreachable!("one execution")
+            })
+            .into_stream()
+            .boxed();
+        assert_eq!(next(&mut late).await, "1", "the latest clean result");
+        feed.send(Payload::from("2")).unwrap();
+        assert_eq!(next(&mut late).await, "2");
     }
 }

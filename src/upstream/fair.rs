@@ -401,7 +401,9 @@ mod tests {
         // meanwhile; three reads again, then statistics' next.
         assert_eq!(
             served,
-            ["head", "r1", "r2", "r3", "live", "stats", "r4", "r5", "r6", "stats2", "r7"]
+            [
+                "head", "r1", "r2", "r3", "live", "stats", "r4", "r5", "r6", "stats2", "r7"
+            ]
         );
     }
 

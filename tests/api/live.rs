@@ -559,14 +559,10 @@ async fn messages(ws: &mut Ws, n: usize) -> Vec<Value> {
     got
 }
 
-/// Ends subscription `id` from the client's side; the gateway confirms it
-/// with its own `complete`.
+/// Ends subscription `id` from the client's side; the gateway sends
+/// nothing more for it (the callers then watch its place freed).
 async fn unsubscribe(ws: &mut Ws, id: &str) {
     send(ws, json!({"id": id, "type": "complete"})).await;
-    assert_eq!(
-        next(ws, Duration::from_secs(5)).await,
-        Some(json!({"id": id, "type": "complete"}))
-    );
 }
 
 /// Waits (up to 5 s) until the gateway holds `n` subscriptions.
@@ -1244,7 +1240,7 @@ pub(crate) async fn jwt_live_app(ping: Duration) -> TestApp {
 }
 
 #[tokio::test]
-async fn live_a_credential_that_expires_on_an_open_socket_opens_nothing_more_and_closes_it_with_4401()
+async fn live_a_credential_that_expires_on_an_open_socket_opens_nothing_more_and_closes_it_with_4403()
  {
     // A new operation after the expiry is refused with UNAUTHENTICATED.
     let app = jwt_live_app(Duration::from_secs(60)).await;
@@ -1281,7 +1277,8 @@ async fn live_a_credential_that_expires_on_an_open_socket_opens_nothing_more_and
             _ => break None,
         }
     };
-    assert_eq!(code, Some(4401));
+    // 4403: graphql-ws reconnects on it (with fresh connectionParams).
+    assert_eq!(code, Some(4403));
     let lived = opened.elapsed();
     assert!(
         lived >= Duration::from_secs(2),
@@ -1322,4 +1319,69 @@ async fn live_an_unsound_upgrade_is_refused_with_a_coded_json_body() {
             "{body}"
         );
     }
+}
+
+#[tokio::test]
+async fn live_a_second_connection_init_closes_the_socket_with_4429() {
+    let app = live_app(|_| {}).await;
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    send(&mut ws, json!({"type": "connection_init"})).await;
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(4429)
+    );
+}
+
+#[tokio::test]
+async fn live_queries_running_on_one_socket_are_bounded_and_one_completed_sends_nothing_more() {
+    let app = live_app(|s| {
+        s.upstream.connect_timeout = Duration::from_millis(1000);
+        s.upstream.timeout = Duration::from_millis(1500);
+        s.upstream.deadline = Duration::from_millis(2000);
+        s.server.request_timeout = Duration::from_millis(3000);
+    })
+    .await;
+    // Every platform request hangs: each query runs until its deadline.
+    for _ in 0..100 {
+        app.sim.push_fault(Fault::Hang);
+    }
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    let query = |id: String, days: i64| {
+        let range =
+            json!({ "from": ts(app.now - chrono::Duration::days(days)), "to": ts(app.now) });
+        json!({"id": id, "type": "subscribe", "payload": {
+            "query": "query($range: TimeRange) { userVisits(activityId: \"10024069\", range: $range, first: 1) { totalCount } }",
+            "variables": {"range": range}}})
+    };
+    for n in 0..16 {
+        send(&mut ws, query(format!("q{n}"), n + 1)).await;
+    }
+    // The 17th waits for none of them: refused at once.
+    send(&mut ws, query("extra".into(), 30)).await;
+    let refused = next(&mut ws, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(refused["id"], "extra", "{refused}");
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{refused}"
+    );
+    // One the client completes gets nothing more; the others their
+    // result and `complete`.
+    send(&mut ws, json!({"id": "q0", "type": "complete"})).await;
+    let mut done = std::collections::HashSet::new();
+    while done.len() < 15 {
+        let m = next(&mut ws, Duration::from_secs(10))
+            .await
+            .expect("every running query answers");
+        assert_ne!(m["id"], "q0", "{m}");
+        if m["type"] == "complete" {
+            done.insert(m["id"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(m["type"], "next", "{m}");
+            assert!(errors_of(&m)[0]["extensions"]["code"].is_string(), "{m}");
+        }
+    }
+    assert_eq!(next(&mut ws, Duration::from_millis(500)).await, None);
 }

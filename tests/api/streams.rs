@@ -517,3 +517,82 @@ async fn stream_shutdown_ends_every_stream_with_its_protocols_end() {
         .expect("the gateway exits after ending its streams")
         .unwrap();
 }
+
+/// An open-range statistics subscription of `activity`, as a body.
+fn open_stats(activity: u64) -> Value {
+    json!({
+        "query": "subscription($id: ID!, $range: TimeRange) { userVisitStats(activityId: $id, range: $range) { visits progress { complete } } }",
+        "variables": { "id": activity.to_string(), "range": { "from": crate::helpers::ts(Utc::now() - chrono::Duration::days(2)) } },
+    })
+}
+
+#[tokio::test]
+async fn stream_a_shared_subscription_is_shared_only_by_equal_scopes() {
+    use crate::security::{HS_SECRET, claims, hs256, now_secs};
+    let app = crate::live::jwt_live_app(Duration::from_secs(15)).await;
+    // Two tokens of one subject, naming different activities.
+    let token = |activity: u64| {
+        let claims = claims(now_secs() + 600, json!([activity.to_string()]));
+        format!("Bearer {}", hs256(&claims, HS_SECRET.as_bytes()))
+    };
+    // One document and its variables for both.
+    let body = open_stats(EXAMPLE_ACTIVITY);
+    let mut first = events(
+        post(&app, SSE, Some(&token(EXAMPLE_ACTIVITY)), body.clone()).await,
+        SSE,
+    );
+    let Some(Event::Next(figures)) = first.next_result(Duration::from_secs(10)).await else {
+        panic!("no figures");
+    };
+    assert!(figures["errors"].is_null(), "{figures}");
+    // The same document from the other token: its own scope decides.
+    let mut other = events(
+        post(&app, SSE, Some(&token(SMALL_ACTIVITY)), body).await,
+        SSE,
+    );
+    let Some(Event::Next(refused)) = other.next_result(Duration::from_secs(10)).await else {
+        panic!("no result");
+    };
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+    assert!(refused["data"].is_null(), "{refused}");
+}
+
+#[tokio::test]
+async fn stream_a_key_whose_scope_narrows_on_a_reload_ends_its_stream() {
+    const KEY: &str = "stream-reload-key";
+    let file = crate::helpers::temp_dir().join("api-keys");
+    std::fs::write(&file, crate::helpers::keys_line("web", KEY, "*")).unwrap();
+    let f = file.clone();
+    let app = live_app(move |s| {
+        s.client.allow_unauthenticated = false;
+        s.client.api_keys_file = Some(f);
+        s.client.secrets_reload = Duration::from_secs(1);
+        s.server.live_ping = Duration::from_secs(1);
+    })
+    .await;
+    let key = format!("Bearer {KEY}");
+    let mut stream = subscribe(&app, SSE, Some(&key), SMALL_ACTIVITY).await;
+    assert_eq!(
+        stream.next(Duration::from_secs(3)).await,
+        Some(Event::Heartbeat)
+    );
+    std::fs::write(
+        &file,
+        crate::helpers::keys_line("web", KEY, &EXAMPLE_ACTIVITY.to_string()),
+    )
+    .unwrap();
+    let Some(Event::Next(last)) = stream.next_result(Duration::from_secs(8)).await else {
+        panic!("the stream did not end with a result");
+    };
+    assert_eq!(
+        last["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{last}"
+    );
+    assert_eq!(
+        stream.next_result(Duration::from_secs(5)).await,
+        Some(Event::End)
+    );
+}
