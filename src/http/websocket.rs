@@ -307,7 +307,13 @@ async fn serve(
                         }
                     }
                     Admit::Drop => continue,
-                    Admit::Reply(text) => Message::Text(text.into()),
+                    // An id already running is the protocol's 4409, whatever
+                    // else is wrong with the message.
+                    Admit::Reply(id, _) if joined.contains_key(&*id) => Message::Close(Some(CloseFrame {
+                        code: 4409,
+                        reason: format!("Subscriber for {id} already exists").into(),
+                    })),
+                    Admit::Reply(id, refusal) => Message::Text(refusal.into_ws_error(&state.metrics, &id).into()),
                     Admit::Subscribe { id, admitted, params, span } => {
                         let session = client.get().expect("subscribe is admitted after init");
                         if joined.contains_key(&*id) {
@@ -467,8 +473,8 @@ enum Admit {
     /// On to async-graphql: `connection_init`, `ping` and `pong`, the
     /// protocol's own; it sees no operation.
     Pass(Vec<u8>),
-    /// Answered here: an operation's `error`.
-    Reply(String),
+    /// Answered here: operation `id`'s `error`.
+    Reply(String, Refusal),
     /// Ignored: a `ping` over the client's rate.
     Drop,
     /// An admitted subscription, served from its shared execution.
@@ -649,10 +655,10 @@ fn admit(state: &AppState, text: &[u8], client: &OnceLock<Session>, address: &Ar
         return invalid("`subscribe` needs an id");
     };
     if let Some(refusal) = over_rate {
-        return Admit::Reply(refusal.into_ws_error(&state.metrics, &id));
+        return Admit::Reply(id, refusal);
     }
     if let Err(refusal) = session.credential.recheck(state) {
-        return Admit::Reply(refusal.into_ws_error(&state.metrics, &id));
+        return Admit::Reply(id, refusal);
     }
     let payload = message.get("payload").cloned().unwrap_or(Value::Null);
     let now = chrono::Utc::now();
@@ -663,7 +669,7 @@ fn admit(state: &AppState, text: &[u8], client: &OnceLock<Session>, address: &Ar
             Ok((params, admitted))
         });
     let (params, admitted) = match admitted {
-        Err(refusal) => return Admit::Reply(refusal.into_ws_error(&state.metrics, &id)),
+        Err(refusal) => return Admit::Reply(id, refusal),
         Ok(admitted) => admitted,
     };
     // Each operation is a trace of its own: the upgrade's ended long ago.

@@ -1385,3 +1385,22 @@ async fn live_queries_running_on_one_socket_are_bounded_and_one_completed_sends_
     }
     assert_eq!(next(&mut ws, Duration::from_millis(500)).await, None);
 }
+
+#[tokio::test]
+async fn live_an_id_already_running_closes_with_4409_even_when_its_message_is_refused() {
+    let app = live_app(|_| {}).await;
+    let mut ws = connect(&app, None).await;
+    init(&mut ws, json!({})).await;
+    subscribe(&mut ws, "s", SMALL_ACTIVITY).await;
+    subscriptions_become(&app, 1.0).await;
+    // Its id again, with a payload admission refuses.
+    send(
+        &mut ws,
+        json!({"id": "s", "type": "subscribe", "payload": {"query": "{"}}),
+    )
+    .await;
+    assert_eq!(
+        close_code(&mut ws, Duration::from_secs(5)).await,
+        Some(4409)
+    );
+}
