@@ -258,7 +258,9 @@ async fn serve(
             biased;
             () = &mut shutdown, if !closing => {
                 closing = true;
-                if open.load(Ordering::SeqCst) == 0 {
+                // Subscriptions end (the live side completes them) and
+                // queries answer, within the grace, before the close.
+                if joined.is_empty() {
                     going_away()
                 } else {
                     // Subscriptions are open: the client is initialised.
@@ -457,7 +459,7 @@ async fn serve(
         if is_close {
             break;
         }
-        if closing && open.load(Ordering::SeqCst) == 0 {
+        if closing && joined.is_empty() {
             let _ = tokio::time::timeout(CLOSE_GRACE, socket.inner.send(going_away())).await;
             break;
         }

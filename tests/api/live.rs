@@ -509,17 +509,31 @@ async fn live_shutdown_completes_every_subscription_and_closes_with_1001() {
     let app = live_app(|s| s.server.shutdown_drain = Duration::from_millis(300)).await;
     let mut ws = connect(&app, None).await;
     init(&mut ws, json!({})).await;
+    // A query still waiting for the platform when the shutdown comes gets
+    // its answer before the close.
+    app.sim
+        .push_fault(Fault::Delay(Duration::from_millis(1500)));
+    send(
+        &mut ws,
+        json!({"id": "q", "type": "subscribe", "payload": {
+            "query": "{ userVisits(activityId: \"10024069\", first: 1) { totalCount } }"}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     subscribe(&mut ws, "a", EXAMPLE_ACTIVITY).await;
     subscribe(&mut ws, "b", SMALL_ACTIVITY).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.begin_shutdown();
     let mut completed = Vec::new();
+    let mut answered = None;
     let code = loop {
         match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
                 let v: Value = serde_json::from_str(&t).unwrap();
                 if v["type"] == "complete" {
                     completed.push(v["id"].as_str().unwrap().to_owned());
+                } else if v["id"] == "q" {
+                    answered = Some(v);
                 }
             }
             Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
@@ -528,7 +542,12 @@ async fn live_shutdown_completes_every_subscription_and_closes_with_1001() {
         }
     };
     completed.sort();
-    assert_eq!(completed, ["a", "b"]);
+    assert_eq!(completed, ["a", "b", "q"]);
+    let answered = answered.expect("the query's answer");
+    assert!(
+        answered["payload"]["data"]["userVisits"]["totalCount"].is_u64(),
+        "{answered}"
+    );
     assert_eq!(code, Some(CloseCode::Away));
     tokio::time::timeout(Duration::from_secs(5), app.stopped())
         .await
