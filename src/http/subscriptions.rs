@@ -18,7 +18,7 @@ use super::refusal::Refusal;
 use super::{AppState, annotate, within_deadline};
 use crate::graphql::RequestScope;
 use crate::graphql_http::{self, Params};
-use crate::live::fanout::{Delivery, Key, Output, Payload, Results};
+use crate::live::fanout::{Delivery, Key, Output, Payload};
 use crate::live::{LiveConnection, SubscriptionGuard};
 use crate::response_cache::Facts;
 use crate::upstream::fair::{Caller, Priority};
@@ -39,19 +39,15 @@ pub fn is_subscription(admitted: &Admitted, params: &Params) -> bool {
     })
 }
 
-/// What a subscription's results are: whole snapshots when it follows
+/// Whether each result is the whole state: a subscription following
 /// statistics only (each result is all the figures, so a subscriber joining
-/// a running execution is given the latest), else events (visits, of which
-/// a subscriber gets only those after it subscribed).
-fn results(admitted: &Admitted, params: &Params) -> Results {
+/// a running execution may be given the latest), not visits (of which a
+/// subscriber gets only those after it subscribed).
+fn snapshots(admitted: &Admitted, params: &Params) -> bool {
     let fields = admitted.parsed.as_deref().map_or_else(Vec::new, |doc| {
         graphql_http::root_fields(doc, params.operation_name.as_deref())
     });
-    if !fields.is_empty() && fields.iter().all(|f| *f == "userVisitStats") {
-        Results::Snapshots
-    } else {
-        Results::Events
-    }
+    !fields.is_empty() && fields.iter().all(|f| *f == "userVisitStats")
 }
 
 /// Counts the subscription against `connection`'s limits and joins its
@@ -82,11 +78,11 @@ pub fn join(
         admitted.query
     )
     .into());
-    let results = results(&admitted, params);
+    let snapshots = snapshots(&admitted, params);
     let member = state
         .live
         .fanout
-        .join(key, state.live.policy.buffer, results, || {
+        .join(key, state.live.policy.buffer, || {
             let shared = Arc::new(LiveConnection {
                 principal: connection.principal.clone(),
                 client: connection.client.clone(),
@@ -104,12 +100,12 @@ pub fn join(
                 .execute_stream(request)
                 .map(move |mut response| {
                     annotate(&state, &mut response, &Facts::default());
-                    let clean = response.errors.is_empty();
+                    let replay = snapshots && response.errors.is_empty();
                     let payload = Payload::from(serde_json::to_string(&response).unwrap_or_else(|e| {
                         tracing::error!(error = %e, "cannot serialise a subscription's result");
                         r#"{"data":null,"errors":[{"message":"internal error","extensions":{"code":"INTERNAL"}}]}"#.to_owned()
                     }));
-                    Output { payload, clean }
+                    Output { payload, replay }
                 })
                 .boxed()
         });

@@ -13,9 +13,9 @@
 //! A member joining a running group gets what comes after it joined: for
 //! `userVisitAdded`, the visits after its subscription started, none before.
 //! Statistics are different: each result is the whole of the figures, and
-//! the first comes at once, so a group of [`Results::Snapshots`] keeps its
-//! latest payload and gives it to a member joining late (who would otherwise
-//! wait for the next visit, on a quiet activity for ever).
+//! the first comes at once, so a group keeps its latest result marked
+//! [`Output::replay`] and gives it to a member joining late (who would
+//! otherwise wait for the next visit, on a quiet activity for ever).
 //!
 //! A group starts with its first member and stops when its last member
 //! leaves (at once, not at the next event) or when its execution ends (a
@@ -43,10 +43,10 @@ pub type Payload = Arc<str>;
 /// One result of a group's execution, serialised.
 pub struct Output {
     pub payload: Payload,
-    /// Without errors. Only such a result is a snapshot group's latest: an
-    /// error (a poll that failed for a moment) is sent, never handed to a
-    /// member joining later.
-    pub clean: bool,
+    /// A member joining later may be given it first: the whole state
+    /// (statistics) without errors. Never news (a visit), never an error (a
+    /// poll that failed for a moment).
+    pub replay: bool,
 }
 
 /// What a member receives.
@@ -58,21 +58,10 @@ pub enum Delivery {
     TooSlow(u64),
 }
 
-/// What a subscription's results are, which decides what a member joining
-/// a running group is given first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Results {
-    /// Each is news (a visit): a member gets those after it joined only.
-    Events,
-    /// Each is the whole state (statistics): a member joining is given the
-    /// latest at once, then those after it.
-    Snapshots,
-}
-
 /// The payloads one poll brought.
 type Batch = Arc<Vec<Payload>>;
 
-/// A snapshot group's latest payload. Sending and joining both hold its
+/// A group's latest payload to replay. Sending and joining both hold its
 /// lock, so a member either gets a payload from the channel or as the
 /// latest, never both, never neither.
 type Latest = Arc<Mutex<Option<Payload>>>;
@@ -81,8 +70,7 @@ struct Group {
     tx: broadcast::Sender<Batch>,
     /// Woken when a member leaves, so an empty group stops at once.
     left: Arc<Notify>,
-    /// `Some` for [`Results::Snapshots`].
-    latest: Option<Latest>,
+    latest: Latest,
 }
 
 #[derive(Default)]
@@ -97,31 +85,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Fanout {
     /// Joins `key`'s group, starting it with `start` (the one execution,
     /// as payloads) when there is none. `buffer`: payloads a member may be
-    /// behind. `results` is the same for every member of a key (it follows
-    /// from the document).
+    /// behind.
     pub fn join(
         self: &Arc<Self>,
         key: Key,
         buffer: usize,
-        results: Results,
         start: impl FnOnce() -> BoxStream<'static, Output>,
     ) -> Member {
         let mut groups = lock(&self.groups);
         if let Some(group) = groups.get(&key) {
             // Under the latest's lock, so nothing is sent in between.
-            let latest = group.latest.as_deref().map(lock);
+            let latest = lock(&group.latest);
             let rx = group.tx.subscribe();
             return Member {
                 rx: Some(rx),
                 left: group.left.clone(),
-                pending: latest
-                    .and_then(|latest| latest.clone())
-                    .map(|payload| (Arc::new(vec![payload]), 0)),
+                pending: latest.clone().map(|payload| (Arc::new(vec![payload]), 0)),
             };
         }
         let (tx, rx) = broadcast::channel(buffer.max(1));
         let left = Arc::new(Notify::new());
-        let latest = (results == Results::Snapshots).then(Latest::default);
+        let latest = Latest::default();
         groups.insert(
             key.clone(),
             Group {
@@ -162,16 +146,14 @@ impl Fanout {
 /// A group's sending side.
 struct Sender {
     tx: broadcast::Sender<Batch>,
-    latest: Option<Latest>,
+    latest: Latest,
 }
 
 impl Sender {
     fn send(&self, batch: Vec<Output>) {
-        let mut latest = self.latest.as_deref().map(lock);
-        if let Some(latest) = &mut latest
-            && let Some(clean) = batch.iter().rev().find(|o| o.clean)
-        {
-            **latest = Some(clean.payload.clone());
+        let mut latest = lock(&self.latest);
+        if let Some(replay) = batch.iter().rev().find(|o| o.replay) {
+            *latest = Some(replay.payload.clone());
         }
         let batch: Batch = Arc::new(batch.into_iter().map(|o| o.payload).collect());
         // No member left is fine: `left` stops the group.
@@ -278,10 +260,10 @@ mod tests {
         Key(s.into())
     }
 
-    fn clean(payload: Payload) -> Output {
+    fn event(payload: Payload) -> Output {
         Output {
             payload,
-            clean: true,
+            replay: false,
         }
     }
 
@@ -297,11 +279,11 @@ mod tests {
             let rx = &mut rx;
             members.push(
                 fanout
-                    .join(key("a"), 8, Results::Events, move || {
+                    .join(key("a"), 8, move || {
                         started.fetch_add(1, Ordering::SeqCst);
                         let mut rx = rx.take().expect("started once");
                         futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-                            .map(clean)
+                            .map(event)
                             .boxed()
                     })
                     .into_stream()
@@ -340,17 +322,15 @@ mod tests {
             }
         }
         let guard = Stops(stopped.clone());
-        let member = fanout.join(key("b"), 8, Results::Events, move || {
+        let member = fanout.join(key("b"), 8, move || {
             futures::stream::pending::<Payload>()
                 .map(move |b| {
                     let _ = &guard;
-                    clean(b)
+                    event(b)
                 })
                 .boxed()
         });
-        let second = fanout.join(key("b"), 8, Results::Events, || {
-            unreachable!("one execution")
-        });
+        let second = fanout.join(key("b"), 8, || unreachable!("one execution"));
         drop(member);
         tokio::task::yield_now().await;
         assert_eq!(fanout.groups(), 1, "a member is left");
@@ -365,14 +345,14 @@ mod tests {
     async fn a_member_that_falls_behind_is_told_and_ends() {
         let fanout = Arc::new(Fanout::default());
         let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Payload>();
-        let member = fanout.join(key("c"), 2, Results::Events, move || {
+        let member = fanout.join(key("c"), 2, move || {
             let mut rx = rx;
             futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-                .map(clean)
+                .map(event)
                 .boxed()
         });
         let mut keeps_up = fanout
-            .join(key("c"), 2, Results::Events, || unreachable!())
+            .join(key("c"), 2, || unreachable!())
             .into_stream()
             .boxed();
         let mut slow = member.into_stream().boxed();
@@ -388,18 +368,18 @@ mod tests {
     fn fed(
         fanout: &Arc<Fanout>,
         k: &str,
-        results: Results,
+        snapshots: bool,
     ) -> (
         tokio::sync::mpsc::UnboundedSender<Payload>,
         BoxStream<'static, Delivery>,
     ) {
         let (feed, rx) = tokio::sync::mpsc::unbounded_channel::<Payload>();
-        let member = fanout.join(key(k), 8, results, move || {
+        let member = fanout.join(key(k), 8, move || {
             let mut rx = rx;
             // A payload starting `!` stands for a result with errors.
             futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-                .map(|p: Payload| Output {
-                    clean: !p.starts_with('!'),
+                .map(move |p: Payload| Output {
+                    replay: snapshots && !p.starts_with('!'),
                     payload: p,
                 })
                 .boxed()
@@ -417,19 +397,19 @@ mod tests {
     #[tokio::test]
     async fn a_late_member_of_snapshots_gets_the_latest_first_and_of_events_only_what_follows() {
         let fanout = Arc::new(Fanout::default());
-        for (k, results) in [("s", Results::Snapshots), ("e", Results::Events)] {
-            let (feed, mut first) = fed(&fanout, k, results);
+        for (k, snapshots) in [("s", true), ("e", false)] {
+            let (feed, mut first) = fed(&fanout, k, snapshots);
             feed.send(Payload::from("1")).unwrap();
             feed.send(Payload::from("2")).unwrap();
             assert_eq!(next(&mut first).await, "1");
             assert_eq!(next(&mut first).await, "2");
             let mut late = fanout
-                .join(key(k), 8, results, || unreachable!("one execution"))
+                .join(key(k), 8, || unreachable!("one execution"))
                 .into_stream()
                 .boxed();
             feed.send(Payload::from("3")).unwrap();
             assert_eq!(next(&mut first).await, "3");
-            if results == Results::Snapshots {
+            if snapshots {
                 assert_eq!(next(&mut late).await, "2", "the latest, at once");
             }
             assert_eq!(next(&mut late).await, "3", "then what follows, once");
@@ -441,15 +421,13 @@ mod tests {
     #[tokio::test]
     async fn a_result_with_errors_is_sent_but_never_a_late_members_first() {
         let fanout = Arc::new(Fanout::default());
-        let (feed, mut first) = fed(&fanout, "s", Results::Snapshots);
+        let (feed, mut first) = fed(&fanout, "s", true);
         feed.send(Payload::from("1")).unwrap();
         feed.send(Payload::from("!failed")).unwrap();
         assert_eq!(next(&mut first).await, "1");
         assert_eq!(next(&mut first).await, "!failed");
         let mut late = fanout
-            .join(key("s"), 8, Results::Snapshots, || {
-                unreachable!("one execution")
-            })
+            .join(key("s"), 8, || unreachable!("one execution"))
             .into_stream()
             .boxed();
         assert_eq!(next(&mut late).await, "1", "the latest clean result");
