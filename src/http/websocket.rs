@@ -247,11 +247,7 @@ async fn serve(
     });
     let mut closing = false;
     let stuck = live.policy.stuck_write();
-    // Operations running, by id (a subscription holds its place in the
-    // limits); their deliveries.
-    let mut joined: HashMap<Arc<str>, (AbortHandle, Option<SubscriptionGuard>)> = HashMap::new();
-    let mut deliveries: SelectAll<BoxStream<'static, (Arc<Tag>, Option<Delivery>)>> =
-        SelectAll::new();
+    let mut running = Running::default();
     loop {
         let initialised = client.get().is_some() || refused.load(Ordering::SeqCst);
         let message = tokio::select! {
@@ -260,7 +256,7 @@ async fn serve(
                 closing = true;
                 // Subscriptions end (the live side completes them) and
                 // queries answer, within the grace, before the close.
-                if joined.is_empty() {
+                if running.is_empty() {
                     going_away()
                 } else {
                     // Subscriptions are open: the client is initialised.
@@ -281,7 +277,7 @@ async fn serve(
             }
             // A delivery before the client's messages: it is what thousands
             // of sockets wake for at once.
-            Some((tag, delivery)) = deliveries.next(), if !deliveries.is_empty() => match delivery {
+            Some((tag, delivery)) = running.deliveries.next(), if !running.deliveries.is_empty() => match delivery {
                 Some(Delivery::Next(payload)) => {
                     live.metrics.live_events_sent.inc();
                     Message::Text(tag.next(&payload).into())
@@ -292,12 +288,22 @@ async fn serve(
                 }
                 None => {
                     // The shared execution ended: so does this subscription.
-                    joined.remove(&*tag.id);
+                    running.ended(&tag.id);
                     Message::Text(completed(&tag.id).into())
                 }
             },
             m = socket.next() => match m {
                 Some(Ok(Message::Text(t))) => match admit(&state, t.as_bytes(), &client, &address) {
+                    // An id already running is the protocol's 4409, whatever
+                    // else is wrong with the message.
+                    Admit::Reply(id, _) | Admit::Subscribe { id, .. } | Admit::Execute { id, .. }
+                        if running.contains(&id) =>
+                    {
+                        Message::Close(Some(CloseFrame {
+                            code: 4409,
+                            reason: format!("Subscriber for {id} already exists").into(),
+                        }))
+                    }
                     Admit::Pass(bytes) => {
                         if to_protocol.try_send(bytes).is_err() {
                             Message::Close(Some(CloseFrame {
@@ -309,102 +315,50 @@ async fn serve(
                         }
                     }
                     Admit::Drop => continue,
-                    // An id already running is the protocol's 4409, whatever
-                    // else is wrong with the message.
-                    Admit::Reply(id, _) if joined.contains_key(&*id) => Message::Close(Some(CloseFrame {
-                        code: 4409,
-                        reason: format!("Subscriber for {id} already exists").into(),
-                    })),
                     Admit::Reply(id, refusal) => Message::Text(refusal.into_ws_error(&state.metrics, &id).into()),
                     Admit::Subscribe { id, admitted, params, span } => {
                         let session = client.get().expect("subscribe is admitted after init");
-                        if joined.contains_key(&*id) {
-                            Message::Close(Some(CloseFrame {
-                                code: 4409,
-                                reason: format!("Subscriber for {id} already exists").into(),
-                            }))
-                        } else {
-                            let joined_now = span.in_scope(|| {
-                                subscriptions::join(&state, *admitted, &params, &session.connection)
-                            });
-                            drop(span);
-                            match joined_now {
-                                Err(refusal) => {
-                                    // Like a resolver's refusal: a result with
-                                    // the error, then `complete`.
-                                    let tag = Arc::new(Tag::new(id.into()));
-                                    let result = refusal.into_result(&state.metrics).into();
-                                    deliveries.push(
-                                        futures::stream::iter([
-                                            (tag.clone(), Some(Delivery::Next(result))),
-                                            (tag, None),
-                                        ])
-                                        .boxed(),
-                                    );
-                                    continue;
-                                }
-                                Ok(Joined { deliveries: stream, guard }) => {
-                                    let tag = Arc::new(Tag::new(id.into()));
-                                    let tagged = stream
-                                        .map({
-                                            let tag = tag.clone();
-                                            move |d| (tag.clone(), Some(d))
-                                        })
-                                        .chain(futures::stream::iter([(tag.clone(), None)]));
-                                    let (tagged, abort) = futures::stream::abortable(tagged);
-                                    joined.insert(tag.id.clone(), (abort, Some(guard)));
-                                    deliveries.push(tagged.boxed());
-                                    continue;
-                                }
+                        let joined = span.in_scope(|| {
+                            subscriptions::join(&state, *admitted, &params, &session.connection)
+                        });
+                        match joined {
+                            Ok(Joined { deliveries, guard }) => running.start(id, deliveries, Some(guard)),
+                            // Like a resolver's refusal: a result with the
+                            // error, then `complete`.
+                            Err(refusal) => {
+                                let result = Delivery::Next(refusal.into_result(&state.metrics).into());
+                                running.start(id, futures::stream::iter([result]).boxed(), None);
                             }
                         }
+                        continue;
+                    }
+                    Admit::Execute { id, .. } if running.queries() >= MAX_QUERIES_AT_ONCE => {
+                        let refusal = Refusal::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            ErrorCode::RateLimited,
+                            format!("at most {MAX_QUERIES_AT_ONCE} queries run at once on one socket"),
+                        );
+                        Message::Text(refusal.into_ws_error(&state.metrics, &id).into())
                     }
                     Admit::Execute { id, admitted, now, span } => {
                         let session = client.get().expect("subscribe is admitted after init");
-                        let running = joined.values().filter(|(_, guard)| guard.is_none()).count();
-                        if joined.contains_key(&*id) {
-                            Message::Close(Some(CloseFrame {
-                                code: 4409,
-                                reason: format!("Subscriber for {id} already exists").into(),
-                            }))
-                        } else if running >= MAX_QUERIES_AT_ONCE {
-                            let refusal = Refusal::new(
-                                StatusCode::TOO_MANY_REQUESTS,
-                                ErrorCode::RateLimited,
-                                format!("at most {MAX_QUERIES_AT_ONCE} queries run at once on one socket"),
-                            );
-                            Message::Text(refusal.into_ws_error(&state.metrics, &id).into())
-                        } else {
-                            let tag = Arc::new(Tag::new(id.into()));
-                            let run = {
-                                let (state, client) = (state.clone(), session.client.clone());
-                                let connection = session.connection.clone();
-                                async move {
-                                    subscriptions::execute_once(&state, *admitted, &client, connection, now)
-                                        .instrument(span)
-                                        .await
-                                        .unwrap_or_else(|refusal| refusal.into_result(&state.metrics))
-                                }
-                            };
-                            let result = futures::stream::once(run)
-                                .map({
-                                    let tag = tag.clone();
-                                    move |payload| (tag.clone(), Some(Delivery::Next(payload.into())))
-                                })
-                                .chain(futures::stream::iter([(tag.clone(), None)]));
-                            let (result, abort) = futures::stream::abortable(result);
-                            joined.insert(tag.id.clone(), (abort, None));
-                            deliveries.push(result.boxed());
-                            continue;
-                        }
+                        let (state, client) = (state.clone(), session.client.clone());
+                        let connection = session.connection.clone();
+                        let result = async move {
+                            let result = subscriptions::execute_once(&state, *admitted, &client, connection, now)
+                                .instrument(span)
+                                .await
+                                .unwrap_or_else(|refusal| refusal.into_result(&state.metrics));
+                            Delivery::Next(result.into())
+                        };
+                        running.start(id, futures::stream::once(result).boxed(), None);
+                        continue;
                     }
                     Admit::Complete { id } => {
                         // Its place is free at once. Nothing more is sent for
                         // it, no `complete` either: the client stopped
                         // listening (as graphql-ws's own server does).
-                        if let Some((abort, _guard)) = joined.remove(&*id) {
-                            abort.abort();
-                        }
+                        running.stop(&id);
                         continue;
                     }
                     Admit::Close(code, reason) => Message::Close(Some(CloseFrame {
@@ -459,7 +413,7 @@ async fn serve(
         if is_close {
             break;
         }
-        if closing && joined.is_empty() {
+        if closing && running.is_empty() {
             let _ = tokio::time::timeout(CLOSE_GRACE, socket.inner.send(going_away())).await;
             break;
         }
@@ -468,6 +422,63 @@ async fn serve(
 
 fn tokio_stream_of(mut rx: mpsc::Receiver<Vec<u8>>) -> impl futures::Stream<Item = Vec<u8>> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The operations running on a socket, by id, and their results as one
+/// stream the socket's task waits on.
+#[derive(Default)]
+struct Running {
+    /// A subscription holds its place in the limits; a query holds none.
+    by_id: HashMap<Arc<str>, (AbortHandle, Option<SubscriptionGuard>)>,
+    /// Each result with its operation's tag; `None` once an operation ended.
+    deliveries: SelectAll<BoxStream<'static, (Arc<Tag>, Option<Delivery>)>>,
+}
+
+impl Running {
+    fn start(
+        &mut self,
+        id: String,
+        results: BoxStream<'static, Delivery>,
+        guard: Option<SubscriptionGuard>,
+    ) {
+        let tag = Arc::new(Tag::new(id.into()));
+        let tagged = results
+            .map({
+                let tag = tag.clone();
+                move |d| (tag.clone(), Some(d))
+            })
+            .chain(futures::stream::iter([(tag.clone(), None)]));
+        let (tagged, abort) = futures::stream::abortable(tagged);
+        self.by_id.insert(tag.id.clone(), (abort, guard));
+        self.deliveries.push(tagged.boxed());
+    }
+
+    /// The client ends `id`: nothing more of it is sent.
+    fn stop(&mut self, id: &str) {
+        if let Some((abort, _guard)) = self.by_id.remove(id) {
+            abort.abort();
+        }
+    }
+
+    /// `id`'s results ended (its `complete` goes out).
+    fn ended(&mut self, id: &str) {
+        self.by_id.remove(id);
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    fn queries(&self) -> usize {
+        self.by_id
+            .values()
+            .filter(|(_, guard)| guard.is_none())
+            .count()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
 }
 
 /// What becomes of one client message.
