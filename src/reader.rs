@@ -113,7 +113,8 @@ impl<'a> Reader<'a> {
     /// The first pages of `windows`, in order ([`oldest_first`]).
     pub async fn firsts(&self, windows: &[Window]) -> Result<Vec<Served>, GatewayError> {
         let reqs = windows.iter().map(|w| self.request(*w, 1, None)).collect();
-        oldest_first(reqs, |req| self.page(req)).await
+        let firsts = oldest_first(reqs, |req| self.page(req)).await?;
+        Ok(firsts.into_iter().map(|(_, first)| first).collect())
     }
 
     /// Pages in order, as many at a time as the slots allow.
@@ -122,23 +123,23 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// First pages of windows, in order: the oldest alone first, then the rest
-/// together. `read` reads one page (a [`Reader`]'s, or a statistics job's
-/// patient one).
+/// First pages of windows, in order, each with its request: the oldest
+/// alone first, then the rest together. `read` reads one page (a
+/// [`Reader`]'s, or a statistics job's patient one).
 pub async fn oldest_first<F, Fut>(
     reqs: Vec<PageRequest>,
     read: F,
-) -> Result<Vec<Served>, GatewayError>
+) -> Result<Vec<(PageRequest, Served)>, GatewayError>
 where
     F: Fn(PageRequest) -> Fut,
     Fut: Future<Output = Result<Served, GatewayError>>,
 {
-    let mut reqs = reqs.into_iter();
-    let Some(oldest) = reqs.next() else {
+    let Some((&oldest, rest)) = reqs.split_first() else {
         return Ok(Vec::new());
     };
-    let mut served = vec![read(oldest).await?];
-    served.extend(in_order(reqs.collect(), read).await?);
+    let mut served = vec![(oldest, read(oldest).await?)];
+    let rest_served = in_order(rest.to_vec(), read).await?;
+    served.extend(rest.iter().copied().zip(rest_served));
     Ok(served)
 }
 

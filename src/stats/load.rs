@@ -354,8 +354,7 @@ impl StatsLoader {
                 .with_slots(slots)
                 .page(req)
         };
-        let served = oldest_first(firsts.clone(), read).await?;
-        let firsts: Vec<(PageRequest, Served)> = firsts.into_iter().zip(served).collect();
+        let firsts = oldest_first(firsts, read).await?;
 
         // Then every other page of theirs, in units of the served size: read
         // here when the budget can give them before the deadline (a quarter
@@ -515,8 +514,7 @@ impl Shared {
         let firsts = plan.firsts();
         self.spend(&spent, uncached(pages, &firsts, now).await)?;
         let read = |req| read_patiently(pages, &slots, policy, req, progress, now);
-        let served = oldest_first(firsts.clone(), read).await?;
-        let firsts: Vec<(PageRequest, Served)> = firsts.into_iter().zip(served).collect();
+        let firsts = oldest_first(firsts, read).await?;
         let later = later_pages(&firsts);
         let uncached_later = uncached(pages, &later, now).await;
         self.spend(&spent, uncached_later)?;

@@ -450,20 +450,25 @@ async fn a_request_is_traced_from_the_client_through_graphql_to_the_platform() {
     }
 }
 
+/// An open gateway in front of `base`, exporting each span as it ends, so
+/// the spans of streams and sockets arrive while they are open.
+async fn exporting_at_once(base: &str, token: &str, otlp: &str) -> Gateway {
+    Gateway::start(&[
+        ("UPSTREAM_BASE_URL", base),
+        ("UPSTREAM_TOKEN", token),
+        ("ALLOW_UNAUTHENTICATED", "true"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ])
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sse_and_multipart_requests_get_an_operation_span_under_their_server_span() {
     let (sim, token) = platform().await;
     let (otlp, exports) = receiver().await;
     let base = sim.base_url();
-    let gateway = Gateway::start(&[
-        ("UPSTREAM_BASE_URL", base.as_str()),
-        ("UPSTREAM_TOKEN", token.as_str()),
-        ("ALLOW_UNAUTHENTICATED", "true"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
-        // Exported as they end, so the streams' spans arrive while they are open.
-        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-    ])
-    .await;
+    let gateway = exporting_at_once(&base, &token, &otlp).await;
     let http = reqwest::Client::new();
     // Each request in a trace of its own, to tell their spans apart.
     let post = |accept: &'static str, body: Value| {
@@ -573,14 +578,7 @@ async fn operations_over_a_websocket_get_an_operation_span_each() {
     let (sim, token) = platform().await;
     let (otlp, exports) = receiver().await;
     let base = sim.base_url();
-    let gateway = Gateway::start(&[
-        ("UPSTREAM_BASE_URL", base.as_str()),
-        ("UPSTREAM_TOKEN", token.as_str()),
-        ("ALLOW_UNAUTHENTICATED", "true"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-    ])
-    .await;
+    let gateway = exporting_at_once(&base, &token, &otlp).await;
     let mut request = gateway
         .url
         .replacen("http://", "ws://", 1)
